@@ -1,0 +1,47 @@
+"""Shared fixtures: tiny simulated data built in seconds, and the real recordings when they are present."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from training.importers import simday_to_day
+from training.simulator import SimConfig, simulate_days
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def real_data_dir() -> Path:
+    return Path(os.environ.get("ALIGNNET_REAL_DATA", REPO.parent / "shared" / "data" / "real"))
+
+
+def real_file(name: str) -> Path:
+    path = real_data_dir() / "chewie" / name
+    if not path.is_file():
+        pytest.skip(f"real recording {path} not found (set ALIGNNET_REAL_DATA to the folder holding chewie/)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_sim_cfg() -> SimConfig:
+    return SimConfig(n_days=3, trials_per_day=40, seed=7)
+
+
+@pytest.fixture(scope="session")
+def tiny_sim_days(tiny_sim_cfg):
+    """Three simulated days (SimDay) of 40 trials."""
+    return list(simulate_days(tiny_sim_cfg))
+
+
+@pytest.fixture(scope="session")
+def tiny_days(tiny_sim_days):
+    """The same days binned at 20 ms (Day)."""
+    return [simday_to_day(sd, 0.02, 0.04) for sd in tiny_sim_days]
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)

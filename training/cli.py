@@ -1,0 +1,42 @@
+"""The ``alignnet`` command: one entry point, thin subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from training.data import DataError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from training import data_cli
+
+    parser = argparse.ArgumentParser(
+        prog="alignnet",
+        description="AlignNet-BCI: cross-day alignment of motor-cortex spikes and behavior, served in real time.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    data_cli.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return int(args.func(args) or 0)
+    except (DataError, FileNotFoundError, ValueError) as e:
+        print(f"alignnet {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
