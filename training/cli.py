@@ -10,7 +10,7 @@ from training.data import DataError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from training import data_cli
+    from training import data_cli, model_cli
 
     parser = argparse.ArgumentParser(
         prog="alignnet",
@@ -19,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     data_cli.add_parser(sub)
+    model_cli.add_parser(sub)
     return parser
 
 

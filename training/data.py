@@ -19,6 +19,7 @@ import logging
 import os
 import tempfile
 import zipfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -245,23 +246,23 @@ class Dataset:
 
 
 def write_dataset(
-    root: str | Path, days: list[Day], *, subject: str, source: str, contract: DataContract, units_matched: bool,
+    root: str | Path, days: Iterable[Day], *, subject: str, source: str, contract: DataContract, units_matched: bool,
     extra: dict[str, Any] | None = None, overwrite: bool = False,
 ) -> Dataset:
-    """Write days and the manifest. The manifest is written last, so a dataset is complete once it exists."""
+    """Write days (any iterable: each is saved as it comes, so a long recording never sits in memory whole) and the
+    manifest. The manifest is written last, so a dataset is complete once it exists."""
     root = Path(root)
     if (root / MANIFEST).exists() and not overwrite:
         raise DataError(f"{root}: a dataset already exists here; pass --overwrite to replace it")
-    if not days:
-        raise DataError(f"{root}: no days to write")
-    names = [d.name for d in days]
-    if len(set(names)) != len(names):
-        raise DataError(f"{root}: day names must be unique, got {names}")
     entries = []
     for day in days:
+        if day.name in {e["name"] for e in entries}:
+            raise DataError(f"{root}: day names must be unique; {day.name!r} appears twice")
         rel = f"days/{day.name}.npz"
         day.save(root / rel)
         entries.append(day_entry(day, rel))
+    if not entries:
+        raise DataError(f"{root}: no days to write")
     manifest = {
         "format_version": DATASET_FORMAT_VERSION,
         "subject": subject,

@@ -90,7 +90,8 @@ def _add_binning(p: argparse.ArgumentParser, bin_default: float | None = 20.0) -
                    help="std of the Gaussian smoothing of behavior in ms (default: 2 bins for spike-time data, "
                         "none for already-binned data)")
     p.add_argument("--window-bins", type=int, default=None,
-                   help="bins per model window (default: 100 for 20-ms bins, else the median segment length)")
+                   help="bins per model window (default: simulate 2 s; import 100 for 20-ms bins, else the median "
+                        "segment length)")
     p.add_argument("--hop-bins", type=int, default=None, help="default hop between windows (default: 10%% of a window)")
     p.add_argument("--behavior", choices=("pos", "vel"), default="pos", help="behavior the model decodes")
 
@@ -128,29 +129,35 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             setattr(cfg.drift, k, getattr(cfg.drift, k) * args.drift_scale)
     bin_s = args.bin_ms / 1000
     smooth_s = (args.smooth_ms if args.smooth_ms is not None else 2 * args.bin_ms) / 1000
-    days = []
-    for sd in simulate_days(cfg, progress=True):
-        days.append(simday_to_day(sd, bin_s, smooth_s))
-        if args.nwb:
-            export_nwb(sd, args.out / "nwb" / f"day{sd.index:03d}.nwb", subject=cfg.subject)
-        if args.broadband_seconds > 0 and sd.index == 0:
-            n = int(args.broadband_seconds * SPIKE_FS)
-            keep = sd.spike_samples < n
-            x = simulate_broadband(sd.spike_samples[keep], sd.spike_channels[keep], sd.n_channels, n,
-                                   snr=args.snr, seed=cfg.seed)
-            nb = int(args.broadband_seconds * 1000)
-            atomic_savez(args.out / "broadband" / "day000.npz", broadband=x, fs=np.float64(SPIKE_FS),
-                         behavior=sd.behavior[:nb], behavior_fs=np.float64(1000.0),
-                         spike_samples=sd.spike_samples[keep], spike_channels=sd.spike_channels[keep])
-    window, hop = _window_defaults(args, days, bin_s)
+
+    def days():
+        for sd in simulate_days(cfg, progress=True):
+            if args.nwb:
+                export_nwb(sd, args.out / "nwb" / f"day{sd.index:03d}.nwb", subject=cfg.subject)
+            if args.broadband_seconds > 0 and sd.index == 0:
+                write_broadband(sd, args.out / "broadband" / "day000.npz", args.broadband_seconds, args.snr, cfg.seed)
+            yield simday_to_day(sd, bin_s, smooth_s)
+
+    window = args.window_bins or max(2, int(round(2.0 / bin_s)))  # 2-s windows, as in the paper
+    hop = args.hop_bins or max(1, window // 10)
     contract = DataContract(n_channels=cfg.neural.n_channels, bin_s=bin_s, window_bins=window,
                             behavior_kind=args.behavior)
-    ds = write_dataset(args.out, days, subject=cfg.subject, source="alignnet simulator", contract=contract,
+    ds = write_dataset(args.out, days(), subject=cfg.subject, source="alignnet simulator", contract=contract,
                        units_matched=True, overwrite=args.overwrite,
                        extra={"default_hop_bins": hop, "simulator": cfg.to_dict()})
     print(f"wrote {len(ds)} simulated days to {args.out}")
     _print_days(ds)
     return 0
+
+
+def write_broadband(sd, path: Path, seconds: float, snr: float, seed: int) -> None:
+    """The first ``seconds`` of a simulated day as 30-kHz broadband, with the true spikes for scoring."""
+    n = int(seconds * SPIKE_FS)
+    keep = sd.spike_samples < n
+    x = simulate_broadband(sd.spike_samples[keep], sd.spike_channels[keep], sd.n_channels, n, snr=snr, seed=seed)
+    atomic_savez(path, broadband=x, fs=np.float64(SPIKE_FS), behavior=sd.behavior[: int(seconds * 1000)],
+                 behavior_fs=np.float64(1000.0), spike_samples=sd.spike_samples[keep],
+                 spike_channels=sd.spike_channels[keep])
 
 
 def _detect_format(path: Path) -> str:

@@ -1,0 +1,37 @@
+"""Losses. Each returns (loss, parts) where parts are floats for logging."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def info_nce(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float) -> tuple[torch.Tensor, dict[str, float]]:
+    """Symmetric InfoNCE (CLIP): window i's two views are positives, every other window of the batch a negative.
+
+    z_a, z_b: (B, D). Parts: 'align' (mean positive similarity / temperature, to maximise), 'uniform' (mean
+    log-sum-exp over the batch), 'accuracy' (fraction of windows whose nearest other-modality vector is their own)."""
+    if z_a.shape != z_b.shape or z_a.dim() != 2:
+        raise ValueError(f"latent vectors must both be (B, D), got {tuple(z_a.shape)} and {tuple(z_b.shape)}")
+    a, b = F.normalize(z_a, dim=1), F.normalize(z_b, dim=1)
+    logits = a @ b.T / temperature
+    target = torch.arange(a.shape[0], device=a.device)
+    loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+    with torch.no_grad():
+        align = logits.diagonal().mean()
+        uniform = 0.5 * (torch.logsumexp(logits, 1).mean() + torch.logsumexp(logits, 0).mean())
+        acc = 0.5 * ((logits.argmax(1) == target).float().mean() + (logits.argmax(0) == target).float().mean())
+    return loss, {"align": float(align), "uniform": float(uniform), "accuracy": float(acc)}
+
+
+def pretrain_loss(
+    out: dict[str, torch.Tensor], spikes: torch.Tensor, behavior: torch.Tensor, temperature: float,
+    contrastive_weight: float = 1.0, spike_weight: float = 1.0, behavior_weight: float = 1.0,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """AlignNet pretraining: reconstruction (MSE) of both modalities plus contrastive alignment."""
+    spike_mse = F.mse_loss(out["spike_recon"], spikes)
+    behavior_mse = F.mse_loss(out["behavior_recon"], behavior)
+    nce, parts = info_nce(out["z_spike"], out["z_behavior"], temperature)
+    loss = spike_weight * spike_mse + behavior_weight * behavior_mse + contrastive_weight * nce
+    return loss, {"loss": loss.item(), "spike_mse": spike_mse.item(), "behavior_mse": behavior_mse.item(),
+                  "infonce": nce.item(), **{f"nce_{k}": v for k, v in parts.items()}}

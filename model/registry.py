@@ -1,0 +1,50 @@
+"""One registry and one factory for every model (AlignNet, baselines and their tiny test variants)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import fields
+from typing import Any
+
+from torch import nn
+
+_REGISTRY: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {}
+
+
+def register_model(name: str, **defaults: Any) -> Callable[[type[nn.Module]], type[nn.Module]]:
+    """Class decorator: ``@register_model("alignnet")``; stack it with other names and defaults for variants."""
+
+    def wrap(cls: type[nn.Module]) -> type[nn.Module]:
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} is registered twice")
+        if not hasattr(cls, "config_class"):
+            raise TypeError(f"{cls.__name__} needs a config_class attribute to be registered")
+        _REGISTRY[name] = (cls, dict(defaults))
+        return cls
+
+    return wrap
+
+
+def list_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def model_config(name: str, **overrides: Any):
+    """The resolved config dataclass of a registered model."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; registered models: {', '.join(list_models())}")
+    cls, defaults = _REGISTRY[name]
+    valid = {f.name for f in fields(cls.config_class)}
+    unknown = sorted(set(overrides) - valid)
+    if unknown:
+        raise ValueError(f"{name}: unknown config field(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}")
+    return cls.config_class(**{**defaults, **overrides})
+
+
+def create_model(name: str, **overrides: Any) -> nn.Module:
+    """Build a registered model: ``create_model("alignnet", n_channels=96)``."""
+    cls, _ = _REGISTRY[name] if name in _REGISTRY else (None, None)
+    cfg = model_config(name, **overrides)
+    model = cls(cfg)
+    model.model_name = name
+    return model

@@ -1,0 +1,190 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from model import DataContract, create_model, list_models
+from model.artifacts import ArtifactError, load_artifact, save_artifact
+from model.losses import info_nce, pretrain_loss
+
+ALL = list_models()
+TEST_MODELS = [n for n in ALL if n.startswith("test-")]
+
+
+def _inputs(model, batch=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    c = model.config
+    spikes = torch.log1p(torch.poisson(torch.full((batch, c.n_channels, c.window_bins), 0.5), generator=g))
+    behavior = torch.randn(batch, c.behavior_dims, c.window_bins, generator=g)
+    return spikes, behavior
+
+
+def _contract(model) -> DataContract:
+    c = model.config
+    return DataContract(n_channels=c.n_channels, bin_s=0.02, window_bins=c.window_bins,
+                        behavior_dims=c.behavior_dims, behavior_names=tuple(f"b{i}" for i in range(c.behavior_dims)),
+                        spike_scale=[1.0] * c.n_channels, behavior_mean=[0.0] * c.behavior_dims,
+                        behavior_std=[1.0] * c.behavior_dims)
+
+
+def test_registry_has_every_model_and_a_test_variant():
+    for name in ("alignnet", "wiener", "gru", "mlp", "resnet", "resnet-unet"):
+        assert name in ALL and f"test-{name}" in ALL
+    with pytest.raises(ValueError, match="registered models: .*alignnet"):
+        create_model("nope")
+    with pytest.raises(ValueError, match="unknown config field"):
+        create_model("test-alignnet", widthz=(2,))
+    with pytest.raises(ValueError, match="temperature"):
+        create_model("test-alignnet", temperature=0.0)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_forward_shapes_both_directions_no_nan(name):
+    model = create_model(name).eval()
+    spikes, behavior = _inputs(model, batch=2)
+    with torch.no_grad():
+        decoded, rates = model.decode(spikes), model.simulate(behavior)
+    assert decoded.shape == behavior.shape and rates.shape == spikes.shape
+    assert torch.isfinite(decoded).all() and torch.isfinite(rates).all()
+    assert (rates >= 0).all(), "simulated rates must be non-negative"
+    with pytest.raises(ValueError, match="must be"):
+        model.decode(spikes[:, :-1])
+
+
+@pytest.mark.parametrize("name", TEST_MODELS)
+def test_gradients_reach_every_trainable_parameter(name):
+    torch.manual_seed(0)
+    model = create_model(name).train()
+    if not model.needs_gradients:
+        pytest.skip("closed-form model: fitted by fit(), covered by test_wiener_fit_recovers_a_linear_filter")
+    spikes, behavior = _inputs(model, batch=6)
+    loss = ((model.decode(spikes) - behavior) ** 2).mean() + ((model.simulate(behavior) - spikes) ** 2).mean()
+    if hasattr(model, "pretrain_outputs"):
+        loss = loss + pretrain_loss(model.pretrain_outputs(spikes, behavior), spikes, behavior, 0.1)[0]
+    loss.backward()
+    dead = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or p.grad.abs().sum() == 0)]
+    assert not dead, f"no gradient reaches: {dead}"
+
+
+def test_firing_rates_after_initialisation_are_sane():
+    torch.manual_seed(0)
+    model = create_model("alignnet").train()  # batch norm on batch statistics, as training sees it
+    spikes, _ = _inputs(model, batch=8)
+    rates = model.firing_rates(spikes)
+    assert all(0.05 < r < 0.6 for r in rates), rates
+
+
+@pytest.mark.parametrize("name", ["test-alignnet", "alignnet"])
+def test_repeated_calls_give_identical_outputs(name):
+    model = create_model(name).eval()
+    spikes, behavior = _inputs(model, batch=3)
+    with torch.no_grad():
+        a, b = model.decode(spikes), model.simulate(behavior)
+        # a different batch size in between must not leak membrane state
+        model.decode(spikes[:1])
+        assert torch.equal(a, model.decode(spikes)) and torch.equal(b, model.simulate(behavior))
+
+
+@pytest.mark.parametrize("name", ["test-alignnet", "alignnet"])
+def test_spikingjelly_and_plain_lif_agree_on_the_same_weights(name):
+    torch.manual_seed(1)
+    sj = create_model(name).train()
+    spikes, behavior = _inputs(sj, batch=5)
+    sj(spikes)  # move batch-norm statistics away from their defaults
+    sj.eval()
+    plain = create_model(name, lif_impl="plain").eval()
+    assert sj.state_dict().keys() == plain.state_dict().keys()
+    plain.load_state_dict(sj.state_dict())
+    with torch.no_grad():
+        for a, b in zip(sj.encode_spikes(spikes)[1], plain.encode_spikes(spikes)[1]):
+            assert torch.equal(a, b), "spikes inside the SNN differ"
+        torch.testing.assert_close(sj.decode(spikes), plain.decode(spikes), atol=1e-6, rtol=0)
+        torch.testing.assert_close(sj.simulate(behavior), plain.simulate(behavior), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("name", TEST_MODELS)
+def test_artifact_round_trip_is_bit_identical(name, tmp_path):
+    torch.manual_seed(2)
+    model = create_model(name).eval()
+    model.add_day("dayX", 11)
+    spikes, behavior = _inputs(model)
+    save_artifact(tmp_path / "a", model, _contract(model), provenance={"test": True}, metrics={"r2": 0.5})
+    loaded, contract, config = load_artifact(tmp_path / "a")
+    with torch.no_grad():
+        assert torch.equal(model.decode(spikes), loaded.decode(spikes))
+        assert torch.equal(model.simulate(behavior), loaded.simulate(behavior))
+        x = torch.rand(2, 11, model.config.window_bins)
+        assert torch.equal(model.decode(x, "dayX"), loaded.decode(x, "dayX"))
+    assert contract.n_channels == model.config.n_channels
+    assert config["metrics"]["r2"] == 0.5 and config["versions"]["torch"] == torch.__version__
+
+
+def test_corrupted_or_mismatched_artifacts_are_refused(tmp_path):
+    model = create_model("test-alignnet")
+    folder = save_artifact(tmp_path / "a", model, _contract(model))
+    weights = folder / "model.safetensors"
+    blob = bytearray(weights.read_bytes())
+    blob[-10] ^= 0xFF
+    weights.write_bytes(bytes(blob))
+    with pytest.raises(ArtifactError, match="SHA-256 does not match"):
+        load_artifact(folder)
+    save_artifact(folder, model, _contract(model))  # repaired
+    load_artifact(folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["format_version"] = 99
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ArtifactError, match="format version 99.*re-export"):
+        load_artifact(folder)
+    cfg["format_version"] = 1
+    cfg["model_config"]["widths"] = [8, 8]
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ArtifactError, match="do not match the architecture"):
+        load_artifact(folder)
+    with pytest.raises(ArtifactError, match="not found"):
+        load_artifact(tmp_path / "missing")
+    with pytest.raises(ValueError, match="normalisation"):
+        save_artifact(tmp_path / "b", model, DataContract(n_channels=16, window_bins=20))
+
+
+def test_info_nce_prefers_matched_pairs():
+    z = torch.randn(32, 16)
+    matched, parts = info_nce(z, z + 0.01 * torch.randn(32, 16), 0.1)
+    shuffled, _ = info_nce(z, torch.randn(32, 16), 0.1)
+    assert parts["accuracy"] == 1.0
+    assert matched < 0.1 < np.log(32) * 0.8 < shuffled
+
+
+def test_wiener_fit_recovers_a_linear_filter():
+    torch.manual_seed(0)
+    model = create_model("test-wiener")
+    c = model.config
+    rng = np.random.default_rng(0)
+    spikes = rng.poisson(1.0, (80, c.n_channels, c.window_bins)).astype(np.float32)
+    truth = create_model("test-wiener")
+    with torch.no_grad():
+        truth.s2b.conv.weight.normal_(0, 0.3)
+        truth.b2s.conv.weight.normal_(0, 0.3)
+        behavior = truth.decode(torch.from_numpy(spikes)).numpy()
+    chosen = model.fit(spikes, behavior)
+    assert chosen["s2b_alpha"] <= 1.0
+    with torch.no_grad():
+        pred = model.decode(torch.from_numpy(spikes)).numpy()
+    assert np.corrcoef(pred.ravel(), behavior.ravel())[0, 1] > 0.999
+
+
+def test_day_read_in_can_be_trained_alone():
+    model = create_model("test-alignnet")
+    model.add_day("new", 7)
+    params = model.day_parameters("new")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    x = torch.rand(3, 7, model.config.window_bins)
+    out = model.decode(x, "new")
+    out.sum().backward()
+    assert all(p.grad is not None for p in model.days["new"].read_in.parameters())
+    assert model.simulate(torch.randn(3, 2, model.config.window_bins), "new").shape == (3, 7, 20)
+    with pytest.raises(KeyError, match="no read-in for day 'other'"):
+        model.decode(x, "other")
