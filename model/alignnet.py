@@ -25,8 +25,8 @@ class AlignNetConfig:
     n_channels: int = 64  # channels of the model's spike space (a per-day read-in maps other counts to it)
     window_bins: int = 100  # bins per window
     behavior_dims: int = 2  # behavior variables per bin
-    widths: tuple[int, ...] = (8, 16, 32)  # conv channels per U-Net level; depth = len(widths)
-    latent_channels: int = 8  # channels of the 1x1-conv bottleneck (the latent map)
+    widths: tuple[int, ...] = (4, 8, 16)  # conv channels per U-Net level; depth = len(widths)
+    latent_channels: int = 4  # channels of the 1x1-conv bottleneck (the latent map)
     latent_dim: int = 64  # D: dimension of the shared latent vectors
     proj_hidden: int = 128  # hidden width of the projection MLPs
     behavior_hidden: int = 64  # hidden width of the per-bin behavior <-> channel MLPs

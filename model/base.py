@@ -87,6 +87,8 @@ class DecodePath(nn.Module):
     def __init__(self, model: BidirectionalModel, day: str | None = None) -> None:
         super().__init__()
         self.model, self.day = model, day
+        # a wrapper takes the model's mode: exporters restore the wrapper's mode recursively afterwards
+        self.train(model.training)
 
     def forward(self, spikes: torch.Tensor) -> torch.Tensor:
         return self.model.decode(spikes, self.day)
@@ -98,6 +100,7 @@ class SimulatePath(nn.Module):
     def __init__(self, model: BidirectionalModel, day: str | None = None) -> None:
         super().__init__()
         self.model, self.day = model, day
+        self.train(model.training)
 
     def forward(self, behavior: torch.Tensor) -> torch.Tensor:
         return self.model.simulate(behavior, self.day)

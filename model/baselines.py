@@ -64,7 +64,7 @@ class _TwoWay(BidirectionalModel):
 @dataclass
 class WienerConfig(BaselineConfig):
     n_lags: int = 10  # history length in bins (decode is causal; simulate uses +/- n_lags around each bin)
-    alphas: tuple[float, ...] = (1e-1, 1.0, 1e1, 1e2, 1e3, 1e4)  # ridge penalties tried; chosen on validation
+    alphas: tuple[float, ...] = (1e-1, 1.0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6)  # ridge penalties tried; chosen on validation
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -45,3 +45,33 @@ def tiny_days(tiny_sim_days):
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+TINY_SIM_YAML = "neural:\n  n_channels: 16\n"
+TINY_TRAIN_YAML = """
+model: test-alignnet
+model_config: {}
+train: {window_bins: 20, hop_bins: 10, val_fraction: 0.2, days: all, seed: 0, device: cpu}
+pretrain: {epochs: 2, batch_size: 8, lr: 0.003, max_steps_per_epoch: 4, progress: false}
+finetune: {epochs: 2, batch_size: 8, lr: 0.003, max_steps_per_epoch: 4, progress: false}
+evaluate:
+  window_bins: 20
+  hop_bins: 10
+  cross_train_days: [0, 1]
+  cross_test_day: 2
+  train: {epochs: 2, batch_size: 8, max_steps_per_epoch: 4, progress: false}
+  pretrain: {epochs: 1}
+"""
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    """A 3-day, 16-channel simulated dataset with 20-bin windows, written through the CLI."""
+    from training.cli import main
+
+    root = tmp_path_factory.mktemp("tiny")
+    (root / "sim.yaml").write_text(TINY_SIM_YAML)
+    (root / "train.yaml").write_text(TINY_TRAIN_YAML)
+    assert main(["data", "simulate", "--days", "3", "--trials", "24", "--out", str(root / "D"),
+                 "--config", str(root / "sim.yaml"), "--window-bins", "20"]) == 0
+    return root

@@ -6,11 +6,13 @@ import argparse
 import logging
 import sys
 
+from model.artifacts import ArtifactError
 from training.data import DataError
+from training.export import ExportError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from training import data_cli, model_cli
+    from training import data_cli, model_cli, train_cli
 
     parser = argparse.ArgumentParser(
         prog="alignnet",
@@ -20,18 +22,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     data_cli.add_parser(sub)
     model_cli.add_parser(sub)
+    train_cli.add_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded next to results
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
     try:
         return int(args.func(args) or 0)
-    except (DataError, FileNotFoundError, ValueError) as e:
+    except (DataError, FileNotFoundError, ValueError, ArtifactError, ExportError) as e:
         print(f"alignnet {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

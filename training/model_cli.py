@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -30,6 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default: %(default)s)")
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
     p.set_defaults(func=cmd_bench_models)
+    add_export_parsers(sub, bsub)
 
 
 def n_params(model: torch.nn.Module) -> int:
@@ -86,3 +88,142 @@ def cmd_bench_models(args: argparse.Namespace) -> int:
     return 0
 
 
+
+
+# ---- export and latency ----------------------------------------------------------------------------------------
+def add_export_parsers(sub: argparse._SubParsersAction, bsub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="write decode/simulate ONNX and TorchScript graphs into an artifact",
+                       description="Export RUN/artifact (or an artifact folder) with a dynamic batch dimension; "
+                       "checks parity with eager PyTorch (max |diff| <= 1e-4, identical spikes inside the SNN) and "
+                       "writes nothing if it fails.")
+    p.add_argument("run", type=Path, help="artifact folder, or a run folder holding artifact/")
+    p.add_argument("--formats", default="onnx,torchscript", help="comma-separated: onnx, torchscript")
+    p.add_argument("--data", type=Path, default=None,
+                   help="dataset whose last-day windows serve as held-out parity inputs (default: seeded random)")
+    p.set_defaults(func=cmd_export)
+
+    p = bsub.add_parser("latency", help="batch-1 latency p50/p99 and throughput of each runtime engine",
+                        description="Each engine runs in its own process. Batch-1 decode and simulate latency "
+                        "(p50/p99) and throughput at batch 1, 8 and 64. With --data, also accuracy against latency "
+                        "for fewer SNN steps at inference.")
+    p.add_argument("artifact", type=Path, help="exported artifact folder (or run folder)")
+    p.add_argument("--engines", default="onnx,torchscript,eager", help="comma-separated (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=1, help="threads per engine (default: %(default)s)")
+    p.add_argument("--repeats", type=int, default=300, help="timed batch-1 calls (default: %(default)s)")
+    p.add_argument("--data", type=Path, default=None, help="dataset for the SNN-steps trade-off (optional)")
+    p.add_argument("--steps", default="1,2,3,4", help="SNN steps to try with --data (default: %(default)s)")
+    p.add_argument("--json", type=Path, default=None, help="write the figures here")
+    p.set_defaults(func=cmd_bench_latency)
+
+
+def _artifact_dir(path: Path) -> Path:
+    return path / "artifact" if (path / "artifact" / "config.json").is_file() else path
+
+
+def _heldout_windows(data: Path, contract, n: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Windows of the last 20 % of trials of the dataset's last day, as raw counts and behavior."""
+    from training.data import Dataset
+    from training.windows import split_trials, windows_in_trials
+
+    ds = Dataset(data)
+    day = ds.day(len(ds) - 1)
+    w = windows_in_trials(day, split_trials(day)["test"], contract.window_bins, contract.window_bins,
+                          contract.behavior_kind)
+    if len(w) == 0:
+        raise ValueError(f"{data}: no held-out windows of {contract.window_bins} bins on the last day")
+    return w.counts[:n], w.behavior[:n]
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from model.artifacts import read_config
+    from model.contract import DataContract
+    from training.export import export_artifact
+
+    folder = _artifact_dir(args.run)
+    contract = DataContract.from_dict(read_config(folder)["contract"])
+    spikes = behavior = None
+    if args.data:
+        counts, beh = _heldout_windows(args.data, contract)
+        spikes, behavior = contract.preprocess_spikes(counts), contract.preprocess_behavior(beh)
+    report = export_artifact(folder, tuple(f.strip() for f in args.formats.split(",")), spikes=spikes,
+                             behavior=behavior)
+    for name, r in report.items():
+        spikes_txt = f", spikes identical ({r['spikes_compared']:,} compared)" if "spike_mismatches" in r else ""
+        print(f"{name}: max |diff| {r['max_abs_diff']:.2e} on {r['windows']} windows{spikes_txt}")
+    print(f"exported into {folder}")
+    return 0
+
+
+def _worker(folder: Path, engine: str, threads: int, repeats: int) -> dict:
+    import subprocess
+    import sys
+
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": str(threads)}
+    proc = subprocess.run([sys.executable, "-m", "service.bench_worker", str(folder), engine, "--threads",
+                           str(threads), "--repeats", str(repeats)], capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{engine} benchmark failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def cmd_bench_latency(args: argparse.Namespace) -> int:
+    import platform
+
+    folder = _artifact_dir(args.artifact)
+    rows = []
+    print(f"{folder}: {args.threads} thread(s), {args.repeats} batch-1 calls per path, each engine in its own "
+          f"process ({platform.processor() or platform.machine()})")
+    print(f"{'engine':<12} {'decode p50/p99 ms':>19} {'simulate p50/p99 ms':>21} "
+          f"{'decode windows/s at batch 1 / 8 / 64':>38}")
+    for engine in args.engines.split(","):
+        r = _worker(folder, engine.strip(), args.threads, args.repeats)
+        rows.append(r)
+        print(f"{engine:<12} {r['decode_p50_ms']:>9.2f}/{r['decode_p99_ms']:<9.2f} "
+              f"{r['simulate_p50_ms']:>10.2f}/{r['simulate_p99_ms']:<10.2f} "
+              f"{r['decode_windows_per_s_b1']:>12.0f} / {r['decode_windows_per_s_b8']:.0f} / "
+              f"{r['decode_windows_per_s_b64']:.0f}")
+    by = {r["engine"]: r for r in rows}
+    out = {"artifact": str(folder), "threads": args.threads, "engines": rows}
+    if "onnx" in by and "eager" in by:
+        out["onnx_over_eager_decode_p50"] = by["onnx"]["decode_p50_ms"] / by["eager"]["decode_p50_ms"]
+        print(f"ONNX Runtime / eager PyTorch, batch-1 decode p50: {out['onnx_over_eager_decode_p50']:.2f}")
+    if args.data:
+        out["snn_steps"] = steps_tradeoff(folder, args.data, [int(s) for s in args.steps.split(",")], args.threads,
+                                          args.repeats)
+        print(f"\n{'SNN steps':>9} {'decode R²':>10} {'ONNX decode p50/p99 ms':>24}")
+        for s in out["snn_steps"]:
+            print(f"{s['time_steps']:>9} {s['r2']:>10.3f} {s['p50_ms']:>11.2f}/{s['p99_ms']:<9.2f}")
+    if args.json:
+        atomic_write_json(args.json, out)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def steps_tradeoff(folder: Path, data: Path, steps: list[int], threads: int, repeats: int) -> list[dict]:
+    """Decode R² on held-out windows and ONNX latency with fewer SNN steps at inference (same weights)."""
+    import shutil
+    import tempfile
+
+    from model.artifacts import load_artifact, save_artifact
+    from training.export import export_artifact
+    from training.metrics import r2
+
+    base, contract, config = load_artifact(folder)
+    if "time_steps" not in config["model_config"]:
+        raise ValueError(f"{config['model']} has no SNN steps to vary")
+    counts, beh = _heldout_windows(data, contract, n=256)
+    out = []
+    for ts in steps:
+        with tempfile.TemporaryDirectory() as tmp:
+            model = create_model(config["model"], **{**config["model_config"], "time_steps": ts})
+            model.load_state_dict(base.state_dict())
+            save_artifact(Path(tmp) / "a", model.eval(), contract)
+            export_artifact(Path(tmp) / "a", ("onnx",))
+            from service.engines import OnnxEngine
+
+            pred = OnnxEngine(Path(tmp) / "a", threads).decode(counts)
+            lat = _worker(Path(tmp) / "a", "onnx", threads, repeats)
+            out.append({"time_steps": ts, "r2": r2(beh, pred, 1), "p50_ms": lat["decode_p50_ms"],
+                        "p99_ms": lat["decode_p99_ms"]})
+            shutil.rmtree(Path(tmp) / "a", ignore_errors=True)
+    return out

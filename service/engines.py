@@ -1,0 +1,172 @@
+"""Runtime engines behind one interface: ``decode(counts) -> behavior`` and ``simulate(behavior) -> rates``.
+
+ONNX Runtime (default; threads configurable), TorchScript, or eager PyTorch. All three apply the artifact's data
+contract identically: the same ``preprocess``/``postprocess`` functions of ``model.contract`` around the network.
+Inputs and outputs are in data units: spike counts per bin (B, C, T) in, behavior (B, D, T) out; behavior in,
+expected spike counts per bin (B, C, T) out.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from model.artifacts import ArtifactError, verify_files
+from model.contract import DataContract
+
+log = logging.getLogger(__name__)
+
+ENGINES = ("onnx", "torchscript", "eager")
+
+
+class Engine:
+    """Base: contract handling shared by every engine; subclasses run the two graphs on normalised arrays."""
+
+    kind = "?"
+    files: tuple[str, ...] = ()
+
+    def __init__(self, folder: str | Path, threads: int = 1) -> None:
+        self.folder = Path(folder)
+        self.threads = int(threads)
+        if self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        self.config = verify_files(self.folder, list(self.files) if self.files else ["model.safetensors"])
+        self.contract = DataContract.from_dict(self.config["contract"])
+        if not self.contract.is_fitted:
+            raise ArtifactError(f"{self.folder}: the artifact's contract has no normalisation statistics")
+
+    # ---- the interface -----------------------------------------------------------------------------------------
+    def decode(self, counts: np.ndarray) -> np.ndarray:
+        """(B, C, T) spike counts -> (B, D, T) behavior in data units."""
+        x = self.contract.preprocess_spikes(counts)
+        return self.contract.postprocess_behavior(self._decode(x))
+
+    def simulate(self, behavior: np.ndarray) -> np.ndarray:
+        """(B, D, T) behavior in data units -> (B, C, T) non-negative expected spike counts per bin."""
+        y = self.contract.preprocess_behavior(behavior)
+        return self.contract.postprocess_rates(self._simulate(y))
+
+    def _decode(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def _simulate(self, y: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        return {"engine": self.kind, "threads": self.threads, "model": self.config["model"],
+                "artifact": str(self.folder)}
+
+
+class OnnxEngine(Engine):
+    kind = "onnx"
+    files = ("decode.onnx", "simulate.onnx")
+
+    def __init__(self, folder: str | Path, threads: int = 1, optimization: str = "all") -> None:
+        self._missing_hint(folder)
+        super().__init__(folder, threads)
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = self.threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        levels = {"none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+                  "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                  "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+                  "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
+        if optimization not in levels:
+            raise ValueError(f"optimization must be one of {', '.join(levels)}, got {optimization!r}")
+        opts.graph_optimization_level = levels[optimization]
+        # spinning threads burn a core between decodes; a real-time loop on a shared machine is better without
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.sessions = {}
+        for name in ("decode", "simulate"):
+            path = self.folder / f"{name}.onnx"
+            try:
+                self.sessions[name] = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            except Exception as e:  # onnxruntime raises its own exception types for a corrupt graph
+                raise ArtifactError(f"{path}: ONNX Runtime cannot load it ({type(e).__name__}: {e}); "
+                                    "re-export the artifact") from e
+
+    def _missing_hint(self, folder) -> None:
+        missing = [f for f in self.files if not (Path(folder) / f).is_file()]
+        if missing and (Path(folder) / "config.json").is_file():
+            raise ArtifactError(f"{folder}: no {', '.join(missing)}; run `alignnet export {folder}` first")
+
+    def _run(self, name: str, x: np.ndarray) -> np.ndarray:
+        sess = self.sessions[name]
+        return sess.run(None, {sess.get_inputs()[0].name: np.ascontiguousarray(x, np.float32)})[0]
+
+    def _decode(self, x: np.ndarray) -> np.ndarray:
+        return self._run("decode", x)
+
+    def _simulate(self, y: np.ndarray) -> np.ndarray:
+        return self._run("simulate", y)
+
+
+class TorchScriptEngine(Engine):
+    kind = "torchscript"
+    files = ("decode.pt", "simulate.pt")
+
+    def __init__(self, folder: str | Path, threads: int = 1) -> None:
+        OnnxEngine._missing_hint(self, folder)
+        super().__init__(folder, threads)
+        import torch
+
+        torch.set_num_threads(self.threads)
+        self.torch = torch
+        self.modules = {}
+        for name in ("decode", "simulate"):
+            path = self.folder / f"{name}.pt"
+            try:
+                self.modules[name] = torch.jit.load(str(path), map_location="cpu").eval()
+            except Exception as e:
+                raise ArtifactError(f"{path}: TorchScript cannot load it ({type(e).__name__}: {e}); "
+                                    "re-export the artifact") from e
+
+    def _run(self, name: str, x: np.ndarray) -> np.ndarray:
+        with self.torch.inference_mode():
+            return self.modules[name](self.torch.from_numpy(np.ascontiguousarray(x, np.float32))).numpy()
+
+    def _decode(self, x: np.ndarray) -> np.ndarray:
+        return self._run("decode", x)
+
+    def _simulate(self, y: np.ndarray) -> np.ndarray:
+        return self._run("simulate", y)
+
+
+class EagerEngine(Engine):
+    """Eager PyTorch with the training-time model (spikingjelly's LIF), or the plain-op twin."""
+
+    kind = "eager"
+
+    def __init__(self, folder: str | Path, threads: int = 1, lif_impl: str | None = None) -> None:
+        super().__init__(folder, threads)
+        import torch
+
+        from model.artifacts import load_artifact
+
+        torch.set_num_threads(self.threads)
+        self.torch = torch
+        self.model, _, _ = load_artifact(self.folder, lif_impl=lif_impl)
+
+    def _decode(self, x: np.ndarray) -> np.ndarray:
+        with self.torch.inference_mode():
+            return self.model.decode(self.torch.from_numpy(np.ascontiguousarray(x, np.float32))).numpy()
+
+    def _simulate(self, y: np.ndarray) -> np.ndarray:
+        with self.torch.inference_mode():
+            return self.model.simulate(self.torch.from_numpy(np.ascontiguousarray(y, np.float32))).numpy()
+
+
+def load_engine(folder: str | Path, kind: str = "onnx", threads: int = 1) -> Engine:
+    """Open an artifact with the named engine ('onnx' by default)."""
+    if kind == "onnx":
+        return OnnxEngine(folder, threads)
+    if kind == "torchscript":
+        return TorchScriptEngine(folder, threads)
+    if kind == "eager":
+        return EagerEngine(folder, threads)
+    raise ValueError(f"unknown engine {kind!r}; choose from {', '.join(ENGINES)}")

@@ -1,0 +1,93 @@
+import numpy as np
+import pytest
+import torch
+
+from model import DataContract, create_model
+from model.artifacts import ArtifactError, save_artifact
+from service.engines import ENGINES, load_engine
+from training.cli import main as cli
+from training.export import ExportError, export_artifact
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    torch.manual_seed(0)
+    model = create_model("test-alignnet").train()
+    model(torch.rand(8, 16, 20))  # non-default batch-norm statistics
+    model.eval()
+    contract = DataContract(n_channels=16, bin_s=0.02, window_bins=20, spike_scale=[0.7] * 16,
+                            behavior_mean=[0.1, -0.2], behavior_std=[0.5, 0.8])
+    folder = tmp_path_factory.mktemp("art") / "a"
+    save_artifact(folder, model, contract)
+    report = export_artifact(folder)
+    return folder, report
+
+
+def test_export_parity_both_formats_both_directions(exported):
+    folder, report = exported
+    assert set(report) == {"decode.onnx", "simulate.onnx", "decode.pt", "simulate.pt"}
+    for name, r in report.items():
+        assert r["max_abs_diff"] <= 1e-4, name
+    assert report["decode.onnx"]["spike_mismatches"] == 0 and report["decode.onnx"]["spikes_compared"] > 1000
+    assert report["decode.pt"]["spike_mismatches"] == 0
+
+
+def test_engines_agree_and_apply_the_contract(exported):
+    folder, _ = exported
+    rng = np.random.default_rng(1)
+    counts = rng.poisson(1.0, (5, 16, 20)).astype(np.float32)
+    behavior = rng.standard_normal((5, 2, 20)).astype(np.float32)
+    out = {k: load_engine(folder, k) for k in ENGINES}
+    ref_d, ref_s = out["eager"].decode(counts), out["eager"].simulate(behavior)
+    assert ref_d.shape == (5, 2, 20) and ref_s.shape == (5, 16, 20) and (ref_s >= 0).all()
+    for k in ("onnx", "torchscript"):
+        np.testing.assert_allclose(out[k].decode(counts), ref_d, atol=1e-4)
+        np.testing.assert_allclose(out[k].simulate(behavior), ref_s, atol=1e-4)
+    # dynamic batch: 1 and 33 windows through the same graph
+    assert out["onnx"].decode(counts[:1]).shape == (1, 2, 20)
+    assert out["onnx"].decode(np.repeat(counts, 7, axis=0)[:33]).shape == (33, 2, 20)
+    with pytest.raises(ValueError, match=r"\(batch, 16, 20\)"):
+        out["onnx"].decode(counts[:, :15])
+    with pytest.raises(ValueError, match="NaN"):
+        out["onnx"].decode(np.full((1, 16, 20), np.nan, np.float32))
+
+
+def test_corrupted_onnx_gives_a_clear_error(exported, tmp_path):
+    import shutil
+
+    folder, _ = exported
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    (copy / "decode.onnx").write_bytes(b"garbage" * 10)
+    with pytest.raises(ArtifactError, match="decode.onnx: SHA-256 does not match"):
+        load_engine(copy, "onnx")
+    (copy / "decode.onnx").unlink()
+    with pytest.raises(ArtifactError, match="run `alignnet export"):
+        load_engine(copy, "onnx")
+
+
+def test_failed_parity_writes_nothing(tmp_path, monkeypatch):
+    model = create_model("test-alignnet").eval()
+    contract = DataContract(n_channels=16, bin_s=0.02, window_bins=20, spike_scale=[1.0] * 16,
+                            behavior_mean=[0.0, 0.0], behavior_std=[1.0, 1.0])
+    folder = save_artifact(tmp_path / "a", model, contract)
+    import training.export as ex
+
+    monkeypatch.setattr(ex, "PARITY_ATOL", -1.0)  # no export can pass
+    with pytest.raises(ExportError, match="nothing was written"):
+        export_artifact(folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_cli_export_and_latency_bench(exported, tmp_path, capsys):
+    folder, _ = exported
+    assert cli(["bench", "latency", str(folder), "--engines", "onnx,eager", "--repeats", "20",
+                "--json", str(tmp_path / "lat.json")]) == 0
+    import json
+
+    figures = json.loads((tmp_path / "lat.json").read_text())
+    assert [r["engine"] for r in figures["engines"]] == ["onnx", "eager"]
+    assert figures["onnx_over_eager_decode_p50"] > 0
+    assert all(r["decode_p99_ms"] >= r["decode_p50_ms"] > 0 for r in figures["engines"])
+    assert cli(["export", str(tmp_path / "nothing")]) == 2
+    assert "artifact folder not found" in capsys.readouterr().err

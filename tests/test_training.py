@@ -1,0 +1,138 @@
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from model import create_model
+from model.artifacts import load_artifact
+from training.cli import main as cli
+from training.data import Dataset
+from training.metrics import pearson, r2
+from training.trainer import TrainConfig, Trainer
+from training.windows import Normaliser, split_trials, windows_in_trials
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_metrics_are_defined_once_and_correctly():
+    rng = np.random.default_rng(0)
+    y = rng.standard_normal((10, 2, 30))
+    assert r2(y, y, 1) == pytest.approx(1.0)
+    assert r2(y, np.zeros_like(y) + y.mean(axis=(0, 2), keepdims=True), 1) == pytest.approx(0.0, abs=1e-12)
+    from sklearn.metrics import r2_score
+
+    pred = y + 0.5 * rng.standard_normal(y.shape)
+    flat = lambda a: a.transpose(0, 2, 1).reshape(-1, 2)  # noqa: E731
+    assert r2(y, pred, 1) == pytest.approx(r2_score(flat(y), flat(pred)))
+    counts = rng.poisson(2.0, (5, 4, 50)).astype(float)
+    counts[:, 3] = 0  # a silent channel is left out of the average
+    rates = counts + rng.standard_normal(counts.shape)
+    per = [np.corrcoef(counts[:, c].ravel(), rates[:, c].ravel())[0, 1] for c in range(3)]
+    assert pearson(counts, rates, 1) == pytest.approx(np.mean(per))
+
+
+def _tiny_windows(root):
+    ds = Dataset(root / "D")
+    day = ds.day(0)
+    split = split_trials(day, 0.2, 0.2)
+    train = [windows_in_trials(day, split["train"], 20, 5, "pos")]
+    val = [windows_in_trials(day, split["val"], 20, 5, "pos")]
+    test = windows_in_trials(day, split["test"], 20, 20, "pos")
+    # no window of one split holds a trial of another
+    for a, b in (("train", "test"), ("val", "test"), ("train", "val")):
+        assert not set(split[a]) & set(split[b])
+    return ds, train, val, test
+
+
+def test_resume_after_interruption_gives_the_same_weights(tiny_dataset, tmp_path, monkeypatch):
+    ds, train, val, _ = _tiny_windows(tiny_dataset)
+    norm = Normaliser.fit(ds.contract(window_bins=20), train)
+    cfg = TrainConfig(stage="both", epochs=3, batch_size=8, max_steps_per_epoch=5, progress=False, device="cpu")
+
+    torch.manual_seed(0)
+    straight = create_model("test-gru")
+    Trainer(straight, cfg, run_dir=tmp_path / "a").fit(train, val, norm)
+
+    torch.manual_seed(0)
+    interrupted = create_model("test-gru")
+    trainer = Trainer(interrupted, cfg, run_dir=tmp_path / "b")
+    real_step, calls = Trainer.step, {"n": 0}
+
+    def dying_step(self, batch):
+        calls["n"] += 1
+        if calls["n"] == 8:  # in the middle of the second epoch
+            raise KeyboardInterrupt
+        return real_step(self, batch)
+
+    monkeypatch.setattr(Trainer, "step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit(train, val, norm)
+    monkeypatch.setattr(Trainer, "step", real_step)
+    assert (tmp_path / "b" / "checkpoint.pt").is_file()
+
+    torch.manual_seed(123)  # a fresh process: nothing but the checkpoint carries state
+    resumed = create_model("test-gru")
+    Trainer(resumed, cfg, run_dir=tmp_path / "b").fit(train, val, norm, resume=True)
+    for (k, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), f"{k} differs after resume"
+    rows = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+
+
+def test_wiener_fits_through_the_same_trainer(tiny_dataset):
+    ds, train, val, test = _tiny_windows(tiny_dataset)
+    norm = Normaliser.fit(ds.contract(window_bins=20), train)
+    model = create_model("wiener", n_channels=16, window_bins=20, n_lags=3)
+    summary = Trainer(model, TrainConfig(stage="both", progress=False)).fit(train, val, norm)
+    assert "s2b_alpha" in summary
+    with torch.no_grad():
+        pred = model.decode(torch.from_numpy(norm.spikes(test.counts))).numpy()
+    assert r2(norm.behavior(test.behavior), pred, 1) > 0.05  # 16 channels, 14 training trials: better than the mean
+
+
+def test_tiny_end_to_end_evaluate(tiny_dataset, tmp_path, capsys):
+    out = tmp_path / "ev"
+    rc = cli(["evaluate", "--data", str(tiny_dataset / "D"), "--config", str(tiny_dataset / "train.yaml"),
+              "--protocol", "all", "--models", "test-wiener,test-gru,test-alignnet", "--out", str(out)])
+    assert rc == 0
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["protocols"]) == {"single-day", "cross-day", "pretrain"}
+    for rows in results["protocols"].values():
+        assert [r["model"] for r in rows] == ["test-wiener", "test-gru", "test-alignnet"]
+        assert all(np.isfinite(r["s2b_r2"]) and np.isfinite(r["b2s_r"]) for r in rows)
+    md = (out / "results.md").read_text()
+    assert "| Model | single-day S→B R² |" in md and "alignnet evaluate" in md
+    for fig in ("fig5_trajectories_single-day.png", "fig6_rasters_cross-day.png", "fig7_rate_groups_pretrain.png",
+                "fig_r2_vs_days_apart.png"):
+        assert (out / fig).stat().st_size > 10_000, fig
+
+
+def test_train_writes_a_loadable_artifact(tiny_dataset, tmp_path):
+    out = tmp_path / "run"
+    assert cli(["train", str(tiny_dataset / "train.yaml"), "--data", str(tiny_dataset / "D"), "--out", str(out),
+                "--set", "finetune.epochs=1"]) == 0
+    model, contract, config = load_artifact(out / "artifact")
+    assert contract.is_fitted and contract.window_bins == 20
+    assert config["provenance"]["days"] == ["day000", "day001", "day002"]
+    assert "val_s2b_r2" in config["metrics"]
+    assert (out / "config.yaml").is_file() and (out / "pretrain" / "metrics.jsonl").is_file()
+
+
+def test_torchrun_two_processes_pretrain(tiny_dataset, tmp_path):
+    out = tmp_path / "ddp"
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    proc = subprocess.run(
+        [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "training.cli", "train",
+         str(tiny_dataset / "train.yaml"), "--data", str(tiny_dataset / "D"), "--out", str(out),
+         "--set", "finetune.epochs=1"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = (out / "pretrain" / "metrics.jsonl").read_text().splitlines()
+    assert len(rows) == 2, "rank 0 alone logs, once per epoch"
+    load_artifact(out / "artifact")

@@ -1,0 +1,177 @@
+"""results.md in the layout of the paper's Table 1, and the figures (PNG)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+NAMES = {"wiener": "Wiener filter", "gru": "GRU", "mlp": "MLP", "resnet": "ResNet", "resnet-unet": "ResNet+UNet",
+         "alignnet": "AlignNet"}
+PAPER = {"wiener": (0.354, 0.442, 0.08, 0.409), "mlp": (0.723, 0.492, 0.366, 0.349),
+         "alignnet": (0.880, 0.539, 0.581, 0.440)}
+
+
+def _name(m: str) -> str:
+    return NAMES.get(m, m)
+
+
+def _fmt(v: Any) -> str:
+    return "–" if v is None else f"{v:.3f}"
+
+
+def _secs(row: dict[str, Any] | None) -> str:
+    return "–" if row is None else f"{row['train_s']:.0f}"
+
+
+def table(results: dict[str, Any]) -> str:
+    p = results["protocols"]
+    by = {k: {r["model"]: r for r in rows} for k, rows in p.items()}
+    models = list(dict.fromkeys(r["model"] for rows in p.values() for r in rows))
+    lines = ["| Model | single-day S→B R² | single-day B→S r | cross-day S→B R² | cross-day B→S r | "
+             "train s (single / cross) |", "|---|---|---|---|---|---|"]
+    for m in models:
+        sd, cd = by.get("single-day", {}).get(m), by.get("cross-day", {}).get(m)
+        lines.append(f"| {_name(m)} | {_fmt(sd and sd['s2b_r2'])} | {_fmt(sd and sd['b2s_r'])} | "
+                     f"{_fmt(cd and cd['s2b_r2'])} | {_fmt(cd and cd['b2s_r'])} | "
+                     f"{_secs(sd)} / {_secs(cd)} |")
+    out = ["\n".join(lines)]
+    if "pretrain" in by:
+        n_days = len(results.get("pretrain_days", [])) or "all other"
+        rows = ["| Model | S→B R² | B→S r | train s |", "|---|---|---|---|"]
+        for m, r in by["pretrain"].items():
+            label = f"{_name(m)} (pretrained + fine-tuned)" if m == "alignnet" else _name(m)
+            rows.append(f"| {label} | {_fmt(r['s2b_r2'])} | {_fmt(r['b2s_r'])} | {r['train_s']:.0f} |")
+        out.append(f"Many days ({n_days} labelled days, same held-out test day):\n\n" + "\n".join(rows))
+    return "\n\n".join(out)
+
+
+def markdown(results: dict[str, Any], command: str) -> str:
+    c = results["config"]
+    head = [
+        "# Results", "",
+        f"Command: `{command}`", "",
+        f"Dataset `{results['dataset']}` (subject {results['subject']}); windows of {results['window_bins']} bins, "
+        f"hop {results['hop_bins']}; behavior `{results['behavior']}`; units matched across days: "
+        f"{results['units_matched']}.",
+        f"Single-day: day {c['single_day']}, trials in order, last {c['test_fraction']:.0%} test. Cross-day: train on "
+        f"days {c['cross_train_days']}, test on day {c['cross_test_day']}"
+        + (f" (first {c['calib_fraction']:.0%} of its trials labelled for the read-in, tested on the rest)."
+           if c["calib_fraction"] else " (no labels from the test day)."),
+        "S→B: R² of decoded behavior (all held-out bins, averaged over axes). B→S: Pearson r between simulated "
+        "rates and true counts (per channel over held-out bins, averaged over channels that vary).", "",
+        table(results), "",
+        "Paper (their macaque data), for reference: AlignNet 0.880 / 0.539 / 0.581 / 0.440; Wiener 0.354 / 0.442 / "
+        "0.08 / 0.409; MLP 0.723 / 0.492 / 0.366 / 0.349.", "",
+    ]
+    return "\n".join(head)
+
+
+def figures(results: dict[str, Any], predictions: dict[str, dict[str, np.ndarray]], out: Path,
+            bin_s: float) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for tag in ("single-day", "cross-day", "pretrain"):
+        truth = predictions.get(f"{tag}/truth")
+        if truth is None:
+            continue
+        models = [k.split("/")[1] for k in predictions if k.startswith(tag + "/") and not k.endswith("/truth")]
+        paths.append(_trajectories(truth, predictions, tag, models, out / f"fig5_trajectories_{tag}.png", bin_s))
+        ours = next((m for m in models if "alignnet" in m), None)  # alignnet or a variant of it
+        if ours is not None:
+            paths.append(_rasters(truth, predictions[f"{tag}/{ours}"], tag, out / f"fig6_rasters_{tag}.png", bin_s))
+            paths.append(_rate_groups(truth, predictions, tag, models, out / f"fig7_rate_groups_{tag}.png", bin_s))
+    by_day = {r["model"]: r["details"].get("r2_by_day") for r in results["protocols"].get("cross-day", [])}
+    if any(by_day.values()):
+        paths.append(_days_apart(by_day, results["config"]["cross_train_days"], out / "fig_r2_vs_days_apart.png"))
+    return paths
+
+
+def _trajectories(truth, preds, tag, models, path, bin_s) -> Path:
+    beh = truth["behavior"]
+    k = min(3, len(beh))
+    idx = np.linspace(0, len(beh) - 1, k).astype(int)
+    fig, axes = plt.subplots(2, k, figsize=(4.2 * k, 6), squeeze=False)
+    t = np.arange(beh.shape[2]) * bin_s
+    for j, w in enumerate(idx):
+        for a in range(2):
+            ax = axes[a, j]
+            ax.plot(t, beh[w, a], color="black", lw=2.2, label="true")
+            for m in models:
+                ax.plot(t, preds[f"{tag}/{m}"]["behavior"][w, a], lw=1.2, label=_name(m),
+                        alpha=1.0 if m == "alignnet" else 0.7)
+            ax.set_title(f"window {w}, {'xy'[a] if a < 2 else a}")
+            ax.set_xlabel("time in window (s)")
+    axes[0, 0].legend(fontsize=7, loc="best")
+    fig.suptitle(f"Decoded vs true behavior ({tag}, held-out windows)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _rasters(truth, pred, tag, path, bin_s) -> Path:
+    w = int(np.argmax(truth["counts"].sum(axis=(1, 2))))
+    true_c, sim_c = truth["counts"][w], pred["counts"][w]
+    vmax = max(float(np.percentile(true_c, 99)), 1.0)
+    fig, axes = plt.subplots(2, 1, figsize=(9, 6.5), sharex=True)
+    extent = (0, true_c.shape[1] * bin_s, true_c.shape[0], 0)
+    axes[0].imshow(true_c, aspect="auto", cmap="magma", vmin=0, vmax=vmax, extent=extent, interpolation="nearest")
+    axes[0].set_title("true spike counts")
+    im = axes[1].imshow(sim_c, aspect="auto", cmap="magma", vmin=0, vmax=vmax, extent=extent, interpolation="nearest")
+    axes[1].set_title("AlignNet simulated rate (expected counts per bin)")
+    for ax in axes:
+        ax.set_ylabel("channel")
+    axes[1].set_xlabel("time (s)")
+    fig.colorbar(im, ax=axes, shrink=0.8, label="spikes / bin")
+    fig.suptitle(f"True vs simulated raster ({tag})")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _rate_groups(truth, preds, tag, models, path, bin_s) -> Path:
+    c = truth["counts"].shape[1]
+    groups = [(g, min(g + 8, c)) for g in range(0, c, 8)]
+    true_rate = truth["counts"].mean(axis=(0, 2)) / bin_s
+    fig, ax = plt.subplots(figsize=(10, 4))
+    width = 0.8 / (1 + len(models))
+    x = np.arange(len(groups))
+    ax.bar(x, [true_rate[a:b].mean() for a, b in groups], width, color="black", label="true")
+    for i, m in enumerate(models):
+        r = preds[f"{tag}/{m}"]["counts"].mean(axis=(0, 2)) / bin_s
+        ax.bar(x + (i + 1) * width, [r[a:b].mean() for a, b in groups], width, label=_name(m))
+    ax.set_xticks(x + 0.4 - width / 2, [f"{a + 1}–{b}" for a, b in groups], rotation=45 if len(groups) > 12 else 0)
+    ax.set_xlabel("channel group")
+    ax.set_ylabel("mean firing rate (Hz)")
+    ax.set_title(f"Firing rate per channel group, true vs simulated ({tag})")
+    ax.legend(fontsize=7, ncol=4)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _days_apart(by_day, train_days, path) -> Path:
+    fig, ax = plt.subplots(figsize=(7, 4))
+    last = max(train_days)
+    for m, scores in by_day.items():
+        if not scores:
+            continue
+        days = sorted(int(d) for d in scores)
+        ax.plot([d - last for d in days], [scores[str(d)] for d in days], marker="o", label=_name(m))
+    ax.axvspan(min(train_days) - last - 0.5, 0.5, color="grey", alpha=0.15, label="training days")
+    ax.axhline(0, color="black", lw=0.5)
+    ax.set_xlabel("days after the last training day")
+    ax.set_ylabel("S→B R²")
+    ax.set_title("Decoding accuracy against days apart (trained on two days)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
