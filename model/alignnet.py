@@ -25,12 +25,13 @@ class AlignNetConfig:
     n_channels: int = 64  # channels of the model's spike space (a per-day read-in maps other counts to it)
     window_bins: int = 100  # bins per window
     behavior_dims: int = 2  # behavior variables per bin
-    widths: tuple[int, ...] = (4, 8, 16)  # conv channels per U-Net level; depth = len(widths)
-    latent_channels: int = 4  # channels of the 1x1-conv bottleneck (the latent map)
+    widths: tuple[int, ...] = (8, 16, 32)  # conv channels per U-Net level; depth = len(widths)
+    latent_channels: int = 8  # channels of the 1x1-conv bottleneck (the latent map)
     latent_dim: int = 64  # D: dimension of the shared latent vectors
     proj_hidden: int = 128  # hidden width of the projection MLPs
     behavior_hidden: int = 64  # hidden width of the per-bin behavior <-> channel MLPs
     time_steps: int = 4  # Ts: SNN simulation steps per window
+    channel_mixing: bool = True  # per-bin linear maps into / out of the spike U-Net's channel axis (see below)
     tau: float = 2.0  # LIF membrane time constant (paper)
     v_threshold: float = 0.3  # LIF threshold (paper)
     v_reset: float = 0.0  # LIF reset potential (paper)
@@ -194,7 +195,11 @@ class AlignNet(BidirectionalModel):
         self.config = c = config
         lif, impl = c.lif, c.lif_impl
         latent_features = c.latent_channels * c.latent_hw[0] * c.latent_hw[1]
-        # spike autoencoder (SNN)
+        # spike autoencoder (SNN). 3x3 kernels see three neighbouring channels, and electrode order carries no
+        # meaning, so (like the behavior side's MLPs) a per-bin linear map arranges channels for the convolutions
+        # and another maps the decoder's channel grid back; channel_mixing=False is the paper's plain U-Net
+        self.spike_in = nn.Conv1d(c.n_channels, c.n_channels, 1) if c.channel_mixing else nn.Identity()
+        self.spike_out = nn.Conv1d(c.n_channels, c.n_channels, 1) if c.channel_mixing else nn.Identity()
         self.spike_encoder = UEncoder(c.widths, True, lif, impl)
         self.spike_bottleneck = Bottleneck(c.widths[-1], c.latent_channels)
         self.spike_decoder = UDecoder(c.widths, c.latent_channels, True, lif, impl)
@@ -228,7 +233,7 @@ class AlignNet(BidirectionalModel):
         """(B, C, T) -> latent map (B, L, h, w) and skip spikes [(Ts, B, w_i, H_i, W_i)]."""
         self._check(spikes, self.config.n_channels, "spikes")
         reset_states(self.spike_encoder)
-        h, skips = self.spike_encoder(self._to_image(spikes), self.config.time_steps)
+        h, skips = self.spike_encoder(self._to_image(self.spike_in(spikes)), self.config.time_steps)
         return self.spike_bottleneck(h), skips
 
     def encode_behavior(self, behavior: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -245,7 +250,7 @@ class AlignNet(BidirectionalModel):
     def decode_spike_logits(self, latent: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
         """SNN spike decoder, Ts steps. -> (B, C, T) pre-softplus."""
         reset_states(self.spike_decoder)
-        return self._from_image(self.spike_decoder(latent, skips, self.config.time_steps))
+        return self.spike_out(self._from_image(self.spike_decoder(latent, skips, self.config.time_steps)))
 
     # ---- the two directions and pretraining --------------------------------------------------------------------
     def _decode(self, spikes: torch.Tensor) -> torch.Tensor:

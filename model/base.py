@@ -34,6 +34,8 @@ class BidirectionalModel(nn.Module):
     # ---- per-day channels --------------------------------------------------------------------------------------
     def add_day(self, name: str, n_channels: int) -> DayAdapter:
         """Add (or replace) the read-in/read-out of a day with its own channel count."""
+        if not name or "." in name:
+            raise ValueError(f"day name {name!r} must be non-empty and contain no '.'")
         adapter = DayAdapter(n_channels, self.config.n_channels)
         self.days[name] = adapter
         return adapter

@@ -32,6 +32,9 @@ class Engine:
         self.threads = int(threads)
         if self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
+        missing = [f for f in self.files if not (self.folder / f).is_file()]
+        if missing and (self.folder / "config.json").is_file():
+            raise ArtifactError(f"{self.folder}: no {', '.join(missing)}; run `alignnet export {self.folder}` first")
         self.config = verify_files(self.folder, list(self.files) if self.files else ["model.safetensors"])
         self.contract = DataContract.from_dict(self.config["contract"])
         if not self.contract.is_fitted:
@@ -49,9 +52,13 @@ class Engine:
         return self.contract.postprocess_rates(self._simulate(y))
 
     def _decode(self, x: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        return self._run("decode", np.ascontiguousarray(x, np.float32))
 
     def _simulate(self, y: np.ndarray) -> np.ndarray:
+        return self._run("simulate", np.ascontiguousarray(y, np.float32))
+
+    def _run(self, path: str, x: np.ndarray) -> np.ndarray:
+        """Run the 'decode' or 'simulate' graph on a normalised float32 array."""
         raise NotImplementedError
 
     def describe(self) -> dict:
@@ -64,7 +71,6 @@ class OnnxEngine(Engine):
     files = ("decode.onnx", "simulate.onnx")
 
     def __init__(self, folder: str | Path, threads: int = 1, optimization: str = "all") -> None:
-        self._missing_hint(folder)
         super().__init__(folder, threads)
         import onnxruntime as ort
 
@@ -90,20 +96,9 @@ class OnnxEngine(Engine):
                 raise ArtifactError(f"{path}: ONNX Runtime cannot load it ({type(e).__name__}: {e}); "
                                     "re-export the artifact") from e
 
-    def _missing_hint(self, folder) -> None:
-        missing = [f for f in self.files if not (Path(folder) / f).is_file()]
-        if missing and (Path(folder) / "config.json").is_file():
-            raise ArtifactError(f"{folder}: no {', '.join(missing)}; run `alignnet export {folder}` first")
-
-    def _run(self, name: str, x: np.ndarray) -> np.ndarray:
-        sess = self.sessions[name]
-        return sess.run(None, {sess.get_inputs()[0].name: np.ascontiguousarray(x, np.float32)})[0]
-
-    def _decode(self, x: np.ndarray) -> np.ndarray:
-        return self._run("decode", x)
-
-    def _simulate(self, y: np.ndarray) -> np.ndarray:
-        return self._run("simulate", y)
+    def _run(self, path: str, x: np.ndarray) -> np.ndarray:
+        sess = self.sessions[path]
+        return sess.run(None, {sess.get_inputs()[0].name: x})[0]
 
 
 class TorchScriptEngine(Engine):
@@ -111,7 +106,6 @@ class TorchScriptEngine(Engine):
     files = ("decode.pt", "simulate.pt")
 
     def __init__(self, folder: str | Path, threads: int = 1) -> None:
-        OnnxEngine._missing_hint(self, folder)
         super().__init__(folder, threads)
         import torch
 
@@ -126,15 +120,9 @@ class TorchScriptEngine(Engine):
                 raise ArtifactError(f"{path}: TorchScript cannot load it ({type(e).__name__}: {e}); "
                                     "re-export the artifact") from e
 
-    def _run(self, name: str, x: np.ndarray) -> np.ndarray:
+    def _run(self, path: str, x: np.ndarray) -> np.ndarray:
         with self.torch.inference_mode():
-            return self.modules[name](self.torch.from_numpy(np.ascontiguousarray(x, np.float32))).numpy()
-
-    def _decode(self, x: np.ndarray) -> np.ndarray:
-        return self._run("decode", x)
-
-    def _simulate(self, y: np.ndarray) -> np.ndarray:
-        return self._run("simulate", y)
+            return self.modules[path](self.torch.from_numpy(x)).numpy()
 
 
 class EagerEngine(Engine):
@@ -152,13 +140,10 @@ class EagerEngine(Engine):
         self.torch = torch
         self.model, _, _ = load_artifact(self.folder, lif_impl=lif_impl)
 
-    def _decode(self, x: np.ndarray) -> np.ndarray:
+    def _run(self, path: str, x: np.ndarray) -> np.ndarray:
+        fn = self.model.decode if path == "decode" else self.model.simulate
         with self.torch.inference_mode():
-            return self.model.decode(self.torch.from_numpy(np.ascontiguousarray(x, np.float32))).numpy()
-
-    def _simulate(self, y: np.ndarray) -> np.ndarray:
-        with self.torch.inference_mode():
-            return self.model.simulate(self.torch.from_numpy(np.ascontiguousarray(y, np.float32))).numpy()
+            return fn(self.torch.from_numpy(x)).numpy()
 
 
 def load_engine(folder: str | Path, kind: str = "onnx", threads: int = 1) -> Engine:

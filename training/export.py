@@ -1,9 +1,15 @@
 """Export an artifact's model to ONNX and TorchScript, with a parity check that refuses to write a failing file.
 
 The exportable twin uses the plain-op LIF (same weights, same spikes as spikingjelly's). Parity is checked against
-eager PyTorch with spikingjelly's LIF on held-out windows (or seeded random windows when none are given): max
-absolute difference of the outputs <= 1e-4, and identical spikes at every level of the SNN encoder (probed through a
-separate temporary graph of the same kind).
+eager PyTorch with spikingjelly's LIF on held-out windows (or seeded random windows when none are given), probing
+the spikes at every level of the SNN encoder through a separate temporary graph of the same kind:
+
+- spikes must be identical, except that ONNX Runtime's convolutions round differently from PyTorch's, so a
+  neuron whose membrane potential sits within float rounding of the threshold can flip. Such flips are counted and
+  reported; more than ``MAX_FLIP_RATE`` of the spikes compared (1 in 100,000) fails the export;
+- the outputs must agree to ``PARITY_ATOL`` (1e-4) on every window whose spikes are identical (a flipped spike
+  legitimately changes its own window's output, which is reported separately).
+TorchScript runs PyTorch's own kernels and has always matched exactly here.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ log = logging.getLogger(__name__)
 
 FORMATS = ("onnx", "torchscript")
 PARITY_ATOL = 1e-4
+MAX_FLIP_RATE = 1e-5
 OPSET = 17
 
 
@@ -33,18 +40,26 @@ class ExportError(RuntimeError):
 
 
 class SpikeProbe(nn.Module):
-    """The SNN encoder's spikes, flattened and concatenated: (B, n) (for the parity check only)."""
+    """The spikes of every LIF layer that a path runs, flattened and concatenated: (B, n) (parity check only).
 
-    def __init__(self, model: nn.Module, day: str | None) -> None:
+    Collected with forward hooks on the spiking activations, so it works for the decode path (SNN encoder) and the
+    simulate path (SNN decoder) alike, and the collected tensors are part of the traced graph."""
+
+    def __init__(self, path: nn.Module, model: nn.Module) -> None:
         super().__init__()
-        self.model, self.day = model, day
-        self.train(model.training)  # exporters restore the wrapper's mode recursively afterwards
+        self.path = path
+        self.lifs = [m for m in model.modules() if getattr(m, "spiking", False)]
+        self.train(path.training)  # exporters restore the wrapper's mode recursively afterwards
 
-    def forward(self, spikes: torch.Tensor) -> torch.Tensor:
-        adapter = self.model._adapter(self.day)
-        x = adapter.read_in(spikes) if adapter is not None else spikes
-        _, skips = self.model.encode_spikes(x)
-        return torch.cat([s.transpose(0, 1).reshape(s.shape[1], -1) for s in skips], dim=1)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        seen: list[torch.Tensor] = []
+        hooks = [m.register_forward_hook(lambda _m, _i, out: seen.append(out)) for m in self.lifs]
+        try:
+            self.path(x)
+        finally:
+            for h in hooks:
+                h.remove()
+        return torch.cat([s.transpose(0, 1).reshape(s.shape[1], -1) for s in seen], dim=1)
 
 
 def _export_onnx(module: nn.Module, example: torch.Tensor, path: Path, in_name: str, out_name: str) -> None:
@@ -119,23 +134,32 @@ def export_artifact(
                     raise ExportError(f"{fmt} export of {name} failed: {type(e).__name__}: {e}") from e
                 with torch.no_grad():
                     want = reference(torch.from_numpy(x)).numpy()
-                diff = float(np.abs(got - want).max())
-                entry = {"max_abs_diff": diff, "windows": int(len(x))}
-                if has_snn and name == "decode":
+                clean = np.ones(len(x), bool)  # windows whose SNN spikes are identical
+                entry: dict[str, Any] = {"windows": int(len(x))}
+                if has_snn:
                     probe_path = tmp / f"probe.{ext}"
-                    probe = SpikeProbe(plain, day)
+                    probe = SpikeProbe(exportable, plain)
                     if fmt == "onnx":
-                        _export_onnx(probe, example, probe_path, "spikes", "probe")
+                        _export_onnx(probe, example, probe_path, in_name, "probe")
                     else:
                         _export_torchscript(probe, example, probe_path)
                     with torch.no_grad():
-                        ref_spikes = SpikeProbe(eager, day)(torch.from_numpy(x)).numpy()
-                    mismatched = int((run(probe_path, x) != ref_spikes).sum())
-                    entry["spike_mismatches"] = mismatched
-                    entry["spikes_compared"] = int(ref_spikes.size)
-                    if mismatched:
-                        raise ExportError(f"{fmt} {name}: {mismatched} of {ref_spikes.size} spikes inside the SNN "
-                                          "differ from eager PyTorch; nothing was written")
+                        ref_spikes = SpikeProbe(reference, eager)(torch.from_numpy(x)).numpy()
+                    flips = run(probe_path, x) != ref_spikes
+                    clean = ~flips.any(axis=1)
+                    entry.update(spike_mismatches=int(flips.sum()), spikes_compared=int(ref_spikes.size),
+                                 windows_with_flips=int((~clean).sum()))
+                    if flips.sum() > MAX_FLIP_RATE * ref_spikes.size:
+                        raise ExportError(f"{fmt} {name}: {int(flips.sum())} of {ref_spikes.size} spikes inside the "
+                                          "SNN differ from eager PyTorch (more than float rounding at the threshold "
+                                          "explains); nothing was written")
+                if not clean.any():
+                    raise ExportError(f"{fmt} {name}: no window with identical spikes to compare outputs on; "
+                                      "nothing was written")
+                diff = float(np.abs(got - want)[clean].max())
+                entry["max_abs_diff"] = diff
+                if (~clean).any():
+                    entry["max_abs_diff_windows_with_flips"] = float(np.abs(got - want)[~clean].max())
                 if not diff <= PARITY_ATOL:
                     raise ExportError(f"{fmt} {name}: max |export - eager| = {diff:.3g} > {PARITY_ATOL}; "
                                       "nothing was written")

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from model import create_model, list_models
+from service.bench_worker import measure
 from training.data import atomic_write_json
 
 
@@ -50,18 +50,6 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def time_call(fn, x: torch.Tensor, repeats: int) -> list[float]:
-    with torch.no_grad():
-        for _ in range(3):
-            fn(x)
-        out = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            fn(x)
-            out.append((time.perf_counter() - t) * 1000)
-    return out
-
-
 def cmd_bench_models(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     names = args.models.split(",") if args.models else [n for n in list_models() if not n.startswith("test-")]
@@ -74,7 +62,8 @@ def cmd_bench_models(args: argparse.Namespace) -> int:
         c = m.config
         spikes = torch.rand(args.batch, c.n_channels, c.window_bins)
         behavior = torch.randn(args.batch, c.behavior_dims, c.window_bins)
-        dec, sim = time_call(m.decode, spikes, args.repeats), time_call(m.simulate, behavior, args.repeats)
+        with torch.inference_mode():
+            dec, sim = measure(m.decode, spikes, args.repeats), measure(m.simulate, behavior, args.repeats)
         row = {"model": name, "parameters": n_params(m), "batch": args.batch,
                "decode_ms_median": float(np.median(dec)), "decode_ms_p90": float(np.percentile(dec, 90)),
                "simulate_ms_median": float(np.median(sim)), "simulate_ms_p90": float(np.percentile(sim, 90))}
@@ -99,7 +88,8 @@ def add_export_parsers(sub: argparse._SubParsersAction, bsub: argparse._SubParse
     p.add_argument("run", type=Path, help="artifact folder, or a run folder holding artifact/")
     p.add_argument("--formats", default="onnx,torchscript", help="comma-separated: onnx, torchscript")
     p.add_argument("--data", type=Path, default=None,
-                   help="dataset whose last-day windows serve as held-out parity inputs (default: seeded random)")
+                   help="dataset whose last-day windows (last 20 %% of trials) serve as parity inputs "
+                        "(default: seeded random windows)")
     p.set_defaults(func=cmd_export)
 
     p = bsub.add_parser("latency", help="batch-1 latency p50/p99 and throughput of each runtime engine",
@@ -120,8 +110,9 @@ def _artifact_dir(path: Path) -> Path:
     return path / "artifact" if (path / "artifact" / "config.json").is_file() else path
 
 
-def _heldout_windows(data: Path, contract, n: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """Windows of the last 20 % of trials of the dataset's last day, as raw counts and behavior."""
+def _last_day_windows(data: Path, contract, n: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Windows of the last 20 % of trials of the dataset's last day, as raw counts and behavior. They are held out
+    only if training held them out (`alignnet train` uses every trial but its validation slice)."""
     from training.data import Dataset
     from training.windows import split_trials, windows_in_trials
 
@@ -143,12 +134,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     contract = DataContract.from_dict(read_config(folder)["contract"])
     spikes = behavior = None
     if args.data:
-        counts, beh = _heldout_windows(args.data, contract)
+        counts, beh = _last_day_windows(args.data, contract)
         spikes, behavior = contract.preprocess_spikes(counts), contract.preprocess_behavior(beh)
     report = export_artifact(folder, tuple(f.strip() for f in args.formats.split(",")), spikes=spikes,
                              behavior=behavior)
     for name, r in report.items():
-        spikes_txt = f", spikes identical ({r['spikes_compared']:,} compared)" if "spike_mismatches" in r else ""
+        spikes_txt = ""
+        if "spike_mismatches" in r:
+            spikes_txt = (f", {r['spike_mismatches']} of {r['spikes_compared']:,} SNN spikes flipped at threshold by "
+                          f"float rounding ({r['windows_with_flips']} windows; outputs compared on the others)"
+                          if r["spike_mismatches"] else f", spikes identical ({r['spikes_compared']:,} compared)")
         print(f"{name}: max |diff| {r['max_abs_diff']:.2e} on {r['windows']} windows{spikes_txt}")
     print(f"exported into {folder}")
     return 0
@@ -200,7 +195,8 @@ def cmd_bench_latency(args: argparse.Namespace) -> int:
 
 
 def steps_tradeoff(folder: Path, data: Path, steps: list[int], threads: int, repeats: int) -> list[dict]:
-    """Decode R² on held-out windows and ONNX latency with fewer SNN steps at inference (same weights)."""
+    """Decode R² on the last day's last 20 % of trials and ONNX latency with fewer SNN steps at inference (same
+    weights)."""
     import shutil
     import tempfile
 
@@ -211,14 +207,15 @@ def steps_tradeoff(folder: Path, data: Path, steps: list[int], threads: int, rep
     base, contract, config = load_artifact(folder)
     if "time_steps" not in config["model_config"]:
         raise ValueError(f"{config['model']} has no SNN steps to vary")
-    counts, beh = _heldout_windows(data, contract, n=256)
+    counts, beh = _last_day_windows(data, contract, n=256)
     out = []
     for ts in steps:
         with tempfile.TemporaryDirectory() as tmp:
             model = create_model(config["model"], **{**config["model_config"], "time_steps": ts})
             model.load_state_dict(base.state_dict())
             save_artifact(Path(tmp) / "a", model.eval(), contract)
-            export_artifact(Path(tmp) / "a", ("onnx",))
+            export_artifact(Path(tmp) / "a", ("onnx",), spikes=contract.preprocess_spikes(counts[:32]),
+                            behavior=contract.preprocess_behavior(beh[:32]))
             from service.engines import OnnxEngine
 
             pred = OnnxEngine(Path(tmp) / "a", threads).decode(counts)

@@ -119,6 +119,7 @@ class Protocol:
 
     def fit_model(self, name: str, train: list[DayWindows], val: list[DayWindows], norm: Normaliser,
                   pretrain: list[DayWindows] | None = None) -> tuple[BidirectionalModel, dict[str, Any]]:
+        """Train one model; AlignNet pretrains on ``pretrain`` (default: the training windows) first."""
         seed_everything(self.cfg.seed)
         days = sorted({w.day for w in train + val + (pretrain or [])})
         use_readin = not self.matched
@@ -133,9 +134,11 @@ class Protocol:
             model = self.build(name, days)
         t0 = time.perf_counter()
         info: dict[str, Any] = {}
-        if pretrain and hasattr(model, "pretrain_outputs"):
+        if hasattr(model, "pretrain_outputs") and self.cfg.pretrain.get("epochs", 1) > 0:
+            # AlignNet is always trained as the paper does: pretraining (reconstructions + InfoNCE), then
+            # fine-tuning of all parameters; the many-days protocol only gives it (and everyone) more days
             info["pretrain"] = Trainer(model, self.train_cfg("pretrain"), day_names_use_readin=use_readin).fit(
-                pretrain, val, norm)
+                pretrain or train, val, norm)
         info["finetune"] = Trainer(model, self.train_cfg("both"), day_names_use_readin=use_readin).fit(
             train, val, norm)
         info["train_s"] = time.perf_counter() - t0
@@ -217,7 +220,7 @@ class Protocol:
                                              [calib.take(np.arange(int(n * 0.8), n))], norm)
                 use_day = False
             else:
-                model, info = self.fit_model(name, train, val, norm, train if pretrain else None)
+                model, info = self.fit_model(name, train, val, norm)
                 use_day = not self.matched
                 if use_day:
                     t0 = time.perf_counter()
