@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch import nn
 from tqdm.auto import tqdm
 
 from model.base import BidirectionalModel
@@ -105,13 +106,40 @@ class Batches:
             plan = [(k, i) for k, i in plan if len(i) > 1]
         if dist.is_initialized():
             world, rank = dist.get_world_size(), dist.get_rank()
-            plan = plan[: len(plan) // world * world][rank::world]
+            if epoch is not None:  # training: the same number of steps on every rank (DDP syncs each step)
+                plan = plan[: len(plan) // world * world]
+            plan = plan[rank::world]
         return plan
 
     def get(self, k: int, idx: np.ndarray) -> dict[str, Any]:
         ti = torch.from_numpy(idx)
         return {"spikes": self.spikes[k][ti].to(self.device), "behavior": self.behavior[k][ti].to(self.device),
                 "day": self.days[k]}
+
+
+class Objective(nn.Module):
+    """The training loss of a stage as a module, so DDP sees the forward that produces it (gradient sync) and
+    torch.compile can compile it whole. forward -> (loss, parts)."""
+
+    def __init__(self, model: BidirectionalModel, stage: str, contrastive_weight: float) -> None:
+        super().__init__()
+        self.model, self.stage, self.contrastive_weight = model, stage, contrastive_weight
+
+    def forward(self, spikes: torch.Tensor, behavior: torch.Tensor, day: str | None):
+        if self.stage == "pretrain":
+            out = self.model.pretrain_outputs(spikes, behavior, day)
+            return pretrain_loss(out, spikes, behavior, self.model.config.temperature, self.contrastive_weight)
+        parts, loss = {}, torch.zeros((), device=spikes.device)
+        if self.stage in ("decode", "both"):
+            dec = F.mse_loss(self.model.decode(spikes, day), behavior)
+            loss = loss + dec
+            parts["decode_mse"] = dec.item()
+        if self.stage in ("simulate", "both"):
+            sim = F.mse_loss(self.model.simulate(behavior, day), spikes)
+            loss = loss + sim
+            parts["simulate_mse"] = sim.item()
+        parts["loss"] = loss.item()
+        return loss, parts
 
 
 class Trainer:
@@ -124,16 +152,16 @@ class Trainer:
         self.use_readin = day_names_use_readin
         if cfg.stage == "pretrain" and not hasattr(model, "pretrain_outputs"):
             raise ValueError(f"stage 'pretrain' needs AlignNet; {model.model_name} has no pretraining")
-        self.params = [p for n, p in model.named_parameters()
-                       if not cfg.train_only or any(n.startswith(pref) for pref in cfg.train_only)]
         for n, p in model.named_parameters():
             p.requires_grad_(not cfg.train_only or any(n.startswith(pref) for pref in cfg.train_only))
-        self.net = model
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.net: nn.Module = Objective(model, cfg.stage, cfg.contrastive_weight)
         if dist.is_initialized():
             from torch.nn.parallel import DistributedDataParallel
 
-            self.net = DistributedDataParallel(model, find_unused_parameters=True)
-        self._forward_model = torch.compile(model) if cfg.compile else model
+            self.net = DistributedDataParallel(self.net, find_unused_parameters=True)
+        if cfg.compile:
+            self.net = torch.compile(self.net)
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay) if self.params \
             else None
         self.epoch, self.best, self.bad_epochs, self.global_step = 0, math.inf, 0, 0
@@ -142,24 +170,7 @@ class Trainer:
 
     # ---- one step ----------------------------------------------------------------------------------------------
     def losses(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
-        s, b = batch["spikes"], batch["behavior"]
-        day = batch["day"] if self.use_readin else None
-        m = self._forward_model
-        if self.cfg.stage == "pretrain":
-            wrapped = self.net if self.net is not self.model else None
-            out = (wrapped.module if wrapped else self.model).pretrain_outputs(s, b, day)
-            return pretrain_loss(out, s, b, self.model.config.temperature, self.cfg.contrastive_weight)
-        parts, loss = {}, torch.zeros((), device=self.device)
-        if self.cfg.stage in ("decode", "both"):
-            dec = F.mse_loss(m.decode(s, day), b)
-            loss = loss + dec
-            parts["decode_mse"] = dec.item()
-        if self.cfg.stage in ("simulate", "both"):
-            sim = F.mse_loss(m.simulate(b, day), s)
-            loss = loss + sim
-            parts["simulate_mse"] = sim.item()
-        parts["loss"] = loss.item()
-        return loss, parts
+        return self.net(batch["spikes"], batch["behavior"], batch["day"] if self.use_readin else None)
 
     def step(self, batch: dict[str, Any]) -> dict[str, float]:
         """One optimisation step; returns the loss parts."""
@@ -188,6 +199,11 @@ class Trainer:
             for key, v in parts.items():
                 totals[key] = totals.get(key, 0.0) + v * len(idx)
             n += len(idx)
+        if dist.is_initialized():  # every rank saw a shard: sum them so all ranks take the same decisions
+            keys = sorted(totals)
+            packed = torch.tensor([totals[k] for k in keys] + [float(n)], dtype=torch.float64)
+            dist.all_reduce(packed)
+            totals, n = dict(zip(keys, packed[:-1].tolist())), int(packed[-1])
         return {f"val_{k}": v / max(n, 1) for k, v in totals.items()}
 
     # ---- the loop ----------------------------------------------------------------------------------------------
@@ -250,8 +266,20 @@ class Trainer:
                     self.save_checkpoint(self.run_dir / "checkpoint.pt")
         if self.best_state is not None:
             self.model.load_state_dict(self.best_state)
+        if dist.is_initialized():
+            self._check_ranks_agree()
         return {"epochs": self.epoch, "best_val_loss": self.best, "train_s": time.perf_counter() - t0,
                 "windows_seen": windows_seen, "stopped_early": self.bad_epochs >= c.patience}
+
+    def _check_ranks_agree(self) -> None:
+        """Every rank must end with the same weights (DDP keeps them in sync); refuse to go on otherwise."""
+        with torch.no_grad():
+            checksum = torch.stack([p.double().sum() for p in self.model.parameters()]).sum().reshape(1)
+            gathered = [torch.zeros_like(checksum) for _ in range(dist.get_world_size())]
+            dist.all_gather(gathered, checksum)
+        values = [float(g) for g in gathered]
+        if max(values) - min(values) > 1e-6 * max(1.0, abs(values[0])):
+            raise RuntimeError(f"DDP ranks hold different weights after training (checksums {values})")
 
     def _fit_closed_form(self, train, val, norm, t0) -> dict[str, Any]:
         if len({d.counts.shape[1] for d in train}) > 1:
