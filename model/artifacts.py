@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 import shutil
-import tempfile
 from dataclasses import asdict, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,6 +21,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from model.atomic import atomic_path, atomic_write_json
 from model.base import BidirectionalModel
 from model.contract import DataContract
 from model.registry import create_model
@@ -53,11 +52,6 @@ def _package_version() -> str:
         return "unknown"
 
 
-def _replace_atomically(src: Path, dst: Path) -> None:
-    """Move a finished file into place (same filesystem), replacing dst in one step."""
-    os.replace(src, dst)
-
-
 def save_artifact(
     folder: str | Path, model: BidirectionalModel, contract: DataContract, *,
     provenance: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None,
@@ -67,11 +61,9 @@ def save_artifact(
     folder.mkdir(parents=True, exist_ok=True)
     if not contract.is_fitted:
         raise ValueError("the data contract has no normalisation statistics: fit it on training data first")
-    with tempfile.TemporaryDirectory(dir=folder, prefix=".tmp-") as tmp:
-        tmp_weights = Path(tmp) / WEIGHTS
-        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        save_file(state, str(tmp_weights), metadata={"format": "pt", "model": model.model_name})
-        _replace_atomically(tmp_weights, folder / WEIGHTS)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    with atomic_path(folder / WEIGHTS) as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt", "model": model.model_name})
     previous = read_config(folder) if (folder / CONFIG).is_file() else {}
     files = {name: digest for name, digest in previous.get("files", {}).items()
              if name != WEIGHTS and (folder / name).is_file()}
@@ -98,11 +90,7 @@ def _config_dict(cfg: Any) -> dict[str, Any]:
 
 
 def write_config(folder: Path, config: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".config.", dir=folder)
-    with os.fdopen(fd, "w") as f:
-        json.dump(config, f, indent=2)
-        f.write("\n")
-    _replace_atomically(Path(tmp), folder / CONFIG)
+    atomic_write_json(Path(folder) / CONFIG, config)
 
 
 def add_file(folder: str | Path, name: str, src: Path) -> None:

@@ -12,9 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import random
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from model.atomic import atomic_path
 from model.base import BidirectionalModel
 from model.losses import pretrain_loss
 from training.windows import DayWindows, Normaliser
@@ -314,15 +313,8 @@ class Trainer:
             "config": asdict(self.cfg),
             "history": self.history,
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".ckpt.", dir=path.parent)
-        os.close(fd)
-        try:
+        with atomic_path(path) as tmp:
             torch.save(state, tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
 
     def load_checkpoint(self, path: Path) -> None:
         try:
