@@ -32,10 +32,7 @@ class Engine:
         self.threads = int(threads)
         if self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
-        missing = [f for f in self.files if not (self.folder / f).is_file()]
-        if missing and (self.folder / "config.json").is_file():
-            raise ArtifactError(f"{self.folder}: no {', '.join(missing)}; run `alignnet export {self.folder}` first")
-        self.config = verify_files(self.folder, list(self.files) if self.files else ["model.safetensors"])
+        self.config = check_artifact(self.folder, self.kind)
         self.contract = DataContract.from_dict(self.config["contract"])
         if not self.contract.is_fitted:
             raise ArtifactError(f"{self.folder}: the artifact's contract has no normalisation statistics")
@@ -144,6 +141,19 @@ class EagerEngine(Engine):
         fn = self.model.decode if path == "decode" else self.model.simulate
         with self.torch.inference_mode():
             return fn(self.torch.from_numpy(x)).numpy()
+
+
+def check_artifact(folder: str | Path, kind: str) -> dict:
+    """Check that an artifact holds intact files for an engine (without loading it); returns its config."""
+    classes = {"onnx": OnnxEngine, "torchscript": TorchScriptEngine, "eager": EagerEngine}
+    if kind not in classes:
+        raise ValueError(f"unknown engine {kind!r}; choose from {', '.join(ENGINES)}")
+    folder = Path(folder)
+    files = list(classes[kind].files) or ["model.safetensors"]
+    missing = [f for f in files if not (folder / f).is_file()]
+    if missing and (folder / "config.json").is_file():
+        raise ArtifactError(f"{folder}: no {', '.join(missing)}; run `alignnet export {folder}` first")
+    return verify_files(folder, files)
 
 
 def load_engine(folder: str | Path, kind: str = "onnx", threads: int = 1) -> Engine:

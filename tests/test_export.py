@@ -91,3 +91,12 @@ def test_cli_export_and_latency_bench(exported, tmp_path, capsys):
     assert all(r["decode_p99_ms"] >= r["decode_p50_ms"] > 0 for r in figures["engines"])
     assert cli(["export", str(tmp_path / "nothing")]) == 2
     assert "artifact folder not found" in capsys.readouterr().err
+    # an artifact that was never exported: a clear error before any worker process starts
+    import shutil
+
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(folder / name, bare / name)
+    assert cli(["bench", "latency", str(bare), "--engines", "onnx"]) == 2
+    assert "run `alignnet export" in capsys.readouterr().err

@@ -150,10 +150,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def _worker(folder: Path, engine: str, threads: int, repeats: int) -> dict:
+    import os
     import subprocess
     import sys
 
-    env = {**__import__("os").environ, "OMP_NUM_THREADS": str(threads)}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     proc = subprocess.run([sys.executable, "-m", "service.bench_worker", str(folder), engine, "--threads",
                            str(threads), "--repeats", str(repeats)], capture_output=True, text=True, env=env)
     if proc.returncode != 0:
@@ -164,14 +165,19 @@ def _worker(folder: Path, engine: str, threads: int, repeats: int) -> dict:
 def cmd_bench_latency(args: argparse.Namespace) -> int:
     import platform
 
+    from service.engines import check_artifact
+
     folder = _artifact_dir(args.artifact)
+    engines = [e.strip() for e in args.engines.split(",")]
+    for engine in engines:  # clear errors here, not a traceback from a worker process
+        check_artifact(folder, engine)
     rows = []
     print(f"{folder}: {args.threads} thread(s), {args.repeats} batch-1 calls per path, each engine in its own "
           f"process ({platform.processor() or platform.machine()})")
     print(f"{'engine':<12} {'decode p50/p99 ms':>19} {'simulate p50/p99 ms':>21} "
           f"{'decode windows/s at batch 1 / 8 / 64':>38}")
-    for engine in args.engines.split(","):
-        r = _worker(folder, engine.strip(), args.threads, args.repeats)
+    for engine in engines:
+        r = _worker(folder, engine, args.threads, args.repeats)
         rows.append(r)
         print(f"{engine:<12} {r['decode_p50_ms']:>9.2f}/{r['decode_p99_ms']:<9.2f} "
               f"{r['simulate_p50_ms']:>10.2f}/{r['simulate_p99_ms']:<10.2f} "

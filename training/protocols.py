@@ -261,6 +261,6 @@ def run(ds: Dataset, cfg: EvalConfig, protocols: list[str], models: list[str]) -
         if p == "single-day":
             rows = proto.single_day(models)
         else:
-            rows = proto.cross_day([m for m in models], pretrain=(p == "pretrain"))
+            rows = proto.cross_day(models, pretrain=(p == "pretrain"))
         results["protocols"][p] = [asdict(r) for r in rows]
     return results, proto
