@@ -3,6 +3,7 @@ to HTTP responses in one place. Run with ``uvicorn --factory service.app:create_
 
 from __future__ import annotations
 
+import io
 import logging
 import threading
 import time
@@ -10,13 +11,14 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, Depends, FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from model.artifacts import ArtifactError
 from service.engines import Engine, load_engine
+from service.lsl import Bridge, BridgeConfig, BridgeMetrics, Bridges
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -37,7 +39,7 @@ class SimulateRequest(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
     behavior: list[list[Number]] | list[list[list[Number]]] = Field(..., description="behavior, dims x bins")
     sample: bool = Field(False, description="also draw Poisson spike counts from the simulated rates")
-    seed: int | None = Field(None, description="seed of the sampling")
+    seed: int | None = Field(None, ge=0, le=2**63 - 1, description="seed of the sampling")
 
 
 class ReloadRequest(BaseModel):
@@ -49,6 +51,22 @@ class BadInput(ValueError):
     """Input that does not fit the served contract."""
 
 
+class RequestInvalid(ValueError):
+    """A JSON body that does not match the request schema (pydantic's errors, answered as FastAPI does: 422)."""
+
+    def __init__(self, errors: list) -> None:
+        super().__init__("request body does not match the schema")
+        self.errors = errors
+
+
+class TooLarge(ValueError):
+    """A body over the size limit."""
+
+
+class UnsupportedMedia(ValueError):
+    """A body in a format the service does not read."""
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -58,6 +76,7 @@ class Metrics:
                                  buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0))
         self.windows = Counter("alignnet_windows_total", "windows processed", ["path"], registry=self.registry)
         self.reloads = Counter("alignnet_reloads_total", "model reloads", ["result"], registry=self.registry)
+        self.lsl = BridgeMetrics(self.registry)
 
 
 class State:
@@ -69,6 +88,7 @@ class State:
         self.error: str | None = None
         self.lock = threading.Lock()
         self.metrics = Metrics()
+        self.bridges = Bridges()
 
     def load(self, artifact=None) -> Engine:
         path = artifact or self.settings.artifact
@@ -119,28 +139,79 @@ def _run(fn, x: np.ndarray) -> np.ndarray:
         raise BadInput(str(e)) from None
 
 
+NPY = "application/x-npy"
+
+
+def _body_schema(model: type[BaseModel], npy: str) -> dict[str, Any]:
+    return {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": model.model_json_schema()},
+        NPY: {"schema": {"type": "string", "format": "binary"}, "description": npy}}}}
+
+
+async def _parse(request: Request, model: type[BaseModel]) -> tuple[BaseModel | None, np.ndarray | None]:
+    """JSON (validated by the pydantic model) or a NumPy .npy body (float array, no pickles)."""
+    body = await request.body()
+    limit = request.app.state.alignnet.settings.max_body_bytes
+    if len(body) > limit:  # a chunked body has no content-length for the middleware to check
+        raise TooLarge(f"request body of {len(body)} bytes exceeds {limit}")
+    ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    if ctype == NPY:
+        try:
+            arr = np.load(io.BytesIO(body), allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise BadInput(f"body is not a readable .npy array ({e})") from None
+        if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "fiu":
+            raise BadInput(f"the .npy array must hold numbers, got dtype {getattr(arr, 'dtype', type(arr))}")
+        return None, arr
+    if ctype != "application/json":
+        raise UnsupportedMedia(f"content-type {ctype!r} is not supported; send application/json or {NPY}")
+    try:
+        return model.model_validate_json(body), None
+    except ValidationError as e:
+        raise RequestInvalid(e.errors(include_url=False, include_context=False, include_input=False)) from None
+
+
+def _respond(request: Request, arrays: dict[str, np.ndarray], extra: dict[str, Any]) -> Response | dict[str, Any]:
+    """JSON by default; the first array as .npy when the client accepts application/x-npy."""
+    if NPY in request.headers.get("accept", ""):
+        buf = io.BytesIO()
+        np.save(buf, next(iter(arrays.values())), allow_pickle=False)
+        return Response(buf.getvalue(), media_type=NPY)
+    return {**{k: v.tolist() for k, v in arrays.items()}, **extra}
+
+
 inference = APIRouter(tags=["inference"])
 
 
-@inference.post("/decode")
-def decode(req: DecodeRequest, engine: EngineDep, state: StateDep) -> dict[str, Any]:
+@inference.post("/decode", openapi_extra=_body_schema(DecodeRequest, "float array (C, T) or (B, C, T) of counts"),
+                responses={200: {"description": "behavior (B, D, T); JSON, or .npy with Accept: application/x-npy"}})
+async def decode(request: Request, engine: EngineDep, state: StateDep):
+    """Spike counts per bin -> behavior. JSON ``{"spikes": ...}`` or a ``.npy`` body."""
+    req, arr = await _parse(request, DecodeRequest)
     c = engine.contract
-    x = _batch(req.spikes, c.spike_shape, "spikes", state.settings.max_batch)
+    x = _batch(req.spikes if req is not None else arr, c.spike_shape, "spikes", state.settings.max_batch)
     y = _run(engine.decode, x)
     state.metrics.windows.labels("decode").inc(len(x))
-    return {"behavior": y.tolist(), "names": list(c.behavior_names), "bin_s": c.bin_s}
+    return _respond(request, {"behavior": y}, {"names": list(c.behavior_names), "bin_s": c.bin_s})
 
 
-@inference.post("/simulate")
-def simulate(req: SimulateRequest, engine: EngineDep, state: StateDep) -> dict[str, Any]:
+@inference.post("/simulate", openapi_extra=_body_schema(SimulateRequest, "float array (D, T) or (B, D, T)"),
+                responses={200: {"description": "rates (B, C, T); JSON, or .npy with Accept: application/x-npy"}})
+async def simulate(request: Request, engine: EngineDep, state: StateDep, sample: bool = False,
+                   seed: Annotated[int | None, Query(ge=0, le=2**63 - 1)] = None):
+    """Behavior -> expected spike counts per bin (and sampled counts with ``sample``). JSON or a ``.npy`` body
+    (then ``sample`` and ``seed`` are query parameters; the .npy answer holds the sampled counts when sampling)."""
+    req, arr = await _parse(request, SimulateRequest)
+    if req is not None:
+        sample, seed = req.sample, req.seed
     c = engine.contract
-    y = _batch(req.behavior, c.behavior_shape, "behavior", state.settings.max_batch)
+    y = _batch(req.behavior if req is not None else arr, c.behavior_shape, "behavior", state.settings.max_batch)
     rates = _run(engine.simulate, y)
     state.metrics.windows.labels("simulate").inc(len(y))
-    out: dict[str, Any] = {"rates": rates.tolist(), "bin_s": c.bin_s}
-    if req.sample:
-        out["spikes"] = np.random.default_rng(req.seed).poisson(rates).tolist()
-    return out
+    arrays = {"rates": rates}
+    if sample:
+        arrays = {"spikes": np.random.default_rng(seed).poisson(rates).astype(np.float32), **arrays}
+    return _respond(request, arrays, {"bin_s": c.bin_s})
 
 
 meta = APIRouter(tags=["metadata"])
@@ -149,7 +220,7 @@ meta = APIRouter(tags=["metadata"])
 @meta.get("/health")
 def health(state: StateDep) -> dict[str, Any]:
     return {"status": "ok" if state.engine is not None else "no model", "model_loaded": state.engine is not None,
-            "error": state.error, "lsl": {"state": "disabled"}}
+            "error": state.error, "lsl": state.bridges.status()}
 
 
 @meta.get("/model")
@@ -180,6 +251,20 @@ def reload(req: ReloadRequest, state: StateDep) -> dict[str, Any]:
     return {"reloaded": True, "artifact": str(engine.folder), "model": engine.config["model"]}
 
 
+def start_bridges(state: State) -> Bridges:
+    """The LSL bridges the settings ask for, running against whatever engine is loaded (hot reload included)."""
+    s = state.settings
+    items = []
+    if s.lsl_decode:
+        items.append(BridgeConfig("decode", s.lsl_source_name, s.lsl_source_type, s.lsl_output_name,
+                                  s.lsl_resolve_timeout_s, s.lsl_hop_bins, max(s.lsl_max_lag_bins, s.lsl_hop_bins)))
+    if s.lsl_simulate:
+        items.append(BridgeConfig("simulate", s.lsl_behavior_name, s.lsl_behavior_type, None,
+                                  s.lsl_resolve_timeout_s, s.lsl_hop_bins, max(s.lsl_max_lag_bins, s.lsl_hop_bins),
+                                  sample=s.lsl_sample))
+    return Bridges([Bridge(cfg, lambda: state.engine, state.metrics.lsl).start() for cfg in items])
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     state = State(settings)
@@ -191,7 +276,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except (ArtifactError, OSError, ValueError) as e:
             state.error = str(e)
             log.error("could not load %s: %s", settings.artifact, e)
-        yield
+        state.bridges = start_bridges(state)
+        try:
+            yield
+        finally:
+            state.bridges.stop()
 
     app = FastAPI(title="AlignNet-BCI", version="0.1.0", lifespan=lifespan,
                   description="Decode spikes into behavior and simulate spikes from behavior.")
@@ -199,9 +288,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.middleware("http")
     async def limits_and_metrics(request: Request, call_next):
-        length = request.headers.get("content-length")
-        route = request.url.path
-        if length is not None and int(length) > settings.max_body_bytes:
+        length = request.headers.get("content-length", "0")
+        route = request.url.path if request.url.path in known_routes else "other"  # bounded label values
+        if not length.isdigit() or int(length) > settings.max_body_bytes:
             state.metrics.requests.labels(route, "413").inc()
             return JSONResponse(status_code=413, content={
                 "detail": f"request body of {length} bytes exceeds {settings.max_body_bytes}"})
@@ -215,10 +304,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def bad_input(_: Request, exc: BadInput):
         return JSONResponse(status_code=422, content={"detail": str(exc)})
 
+    @app.exception_handler(RequestInvalid)
+    async def invalid(_: Request, exc: RequestInvalid):
+        return JSONResponse(status_code=422, content={"detail": exc.errors})
+
+    @app.exception_handler(TooLarge)
+    async def too_large(_: Request, exc: TooLarge):
+        return JSONResponse(status_code=413, content={"detail": str(exc)})
+
+    @app.exception_handler(UnsupportedMedia)
+    async def media(_: Request, exc: UnsupportedMedia):
+        return JSONResponse(status_code=415, content={"detail": str(exc)})
+
     @app.exception_handler(ArtifactError)
     async def no_model(_: Request, exc: ArtifactError):
         return JSONResponse(status_code=503, content={"detail": str(exc)})
 
     for router in (inference, meta, admin):
         app.include_router(router)
+    known_routes = {"/decode", "/simulate", "/health", "/model", "/metrics", "/reload", "/docs", "/openapi.json"}
     return app

@@ -75,3 +75,26 @@ def tiny_dataset(tmp_path_factory):
     assert main(["data", "simulate", "--days", "3", "--trials", "24", "--out", str(root / "D"),
                  "--config", str(root / "sim.yaml"), "--window-bins", "20"]) == 0
     return root
+
+
+def make_service_artifact(folder: Path, seed: int) -> Path:
+    """A tiny exported test-alignnet artifact (16 channels x 20 bins of 20 ms)."""
+    import torch
+
+    from model import DataContract, create_model
+    from model.artifacts import save_artifact
+    from training.export import export_artifact
+
+    torch.manual_seed(seed)
+    model = create_model("test-alignnet").eval()
+    contract = DataContract(n_channels=16, bin_s=0.02, window_bins=20, spike_scale=[0.7] * 16,
+                            behavior_mean=[0.0, 0.0], behavior_std=[1.0, 1.0])
+    save_artifact(folder, model, contract)
+    export_artifact(folder, ("onnx",))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def service_artifacts(tmp_path_factory):
+    root = tmp_path_factory.mktemp("svc")
+    return make_service_artifact(root / "a", 0), make_service_artifact(root / "b", 1)

@@ -1,30 +1,17 @@
+import io
+
 import numpy as np
 import pytest
-import torch
 from fastapi.testclient import TestClient
 
-from model import DataContract, create_model
-from model.artifacts import save_artifact
-from service.app import create_app
+from service.app import NPY, create_app
 from service.engines import load_engine
 from service.settings import Settings
-from training.export import export_artifact
-
-
-def _artifact(folder, seed):
-    torch.manual_seed(seed)
-    model = create_model("test-alignnet").eval()
-    contract = DataContract(n_channels=16, bin_s=0.02, window_bins=20, spike_scale=[0.7] * 16,
-                            behavior_mean=[0.0, 0.0], behavior_std=[1.0, 1.0])
-    save_artifact(folder, model, contract)
-    export_artifact(folder, ("onnx",))
-    return folder
 
 
 @pytest.fixture(scope="module")
-def artifacts(tmp_path_factory):
-    root = tmp_path_factory.mktemp("svc")
-    return _artifact(root / "a", 0), _artifact(root / "b", 1)
+def artifacts(service_artifacts):
+    return service_artifacts
 
 
 @pytest.fixture
@@ -98,3 +85,36 @@ def test_no_model_answers_503_with_the_reason(tmp_path):
         assert c.get("/health").json()["model_loaded"] is False
         r = c.post("/decode", json={"spikes": [[0]]})
         assert r.status_code == 503 and "not found" in r.json()["detail"]
+
+
+def _npy(a) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, a, allow_pickle=True)
+    return buf.getvalue()
+
+
+def test_binary_numpy_body_equals_json(client):
+    counts = np.random.default_rng(2).poisson(1.0, (2, 16, 20)).astype(np.float32)
+    js = client.post("/decode", json={"spikes": counts.tolist()}).json()["behavior"]
+    r = client.post("/decode", content=_npy(counts), headers={"content-type": NPY, "accept": NPY})
+    assert r.status_code == 200 and r.headers["content-type"] == NPY
+    np.testing.assert_array_equal(np.load(io.BytesIO(r.content)), np.asarray(js, np.float32))
+    r = client.post("/decode", content=_npy(counts[0]), headers={"content-type": NPY})  # JSON answer by default
+    np.testing.assert_allclose(r.json()["behavior"][0], js[0], atol=1e-6)
+    beh = np.zeros((2, 20), np.float32)
+    r = client.post("/simulate?sample=true&seed=1", content=_npy(beh), headers={"content-type": NPY, "accept": NPY})
+    assert r.status_code == 200 and np.load(io.BytesIO(r.content)).shape == (1, 16, 20)
+
+
+@pytest.mark.parametrize("body,ctype,status,expect", [
+    (b"not an npy file", NPY, 422, "not a readable .npy"),
+    (_npy(np.array([{"a": 1}], dtype=object)), NPY, 422, "npy"),  # pickles are refused
+    (_npy(np.array(["a"] * 16)), NPY, 422, "numbers"),
+    (_npy(np.full((16, 20), np.nan, np.float32)), NPY, 422, "finite"),
+    (_npy(np.zeros((16, 21), np.float32)), NPY, 422, "16 x 20"),
+    (b"spikes=1", "application/x-www-form-urlencoded", 415, "not supported"),
+])
+def test_bad_binary_bodies(client, body, ctype, status, expect):
+    r = client.post("/decode", content=body, headers={"content-type": ctype})
+    assert r.status_code == status, r.text
+    assert expect in r.json()["detail"]

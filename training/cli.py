@@ -12,6 +12,7 @@ from training.export import ExportError
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from service import cli as service_cli
     from training import data_cli, model_cli, train_cli
 
     parser = argparse.ArgumentParser(
@@ -23,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     data_cli.add_parser(sub)
     model_cli.add_parser(sub)
     train_cli.add_parser(sub)
+    service_cli.add_parser(sub)
     return parser
 
 

@@ -1,0 +1,242 @@
+"""The LSL bridge: binning units, and in-process outlet -> bridge -> decoded outlet loopbacks (real liblsl)."""
+
+import time
+import uuid
+
+import numpy as np
+import pytest
+
+from service.engines import load_engine
+from service.lsl import Bridge, BridgeConfig, EventBinner, RegularBinner, Ring, sanitize
+
+pylsl = pytest.importorskip("pylsl")
+
+
+# ---- pure units ------------------------------------------------------------------------------------------------
+def test_regular_binner_sums_counts_and_averages_behavior():
+    x = np.arange(12, dtype=np.float32).reshape(6, 2)
+    b = RegularBinner(4, 2, "sum")
+    bins, st = b.feed(x, np.arange(6.0))
+    np.testing.assert_array_equal(bins, [[12, 16]])
+    np.testing.assert_array_equal(st, [3.0])  # stamped with the bin's last sample
+    bins, st = b.feed(x[:2], np.arange(6.0, 8.0))  # carries the partial bin over
+    np.testing.assert_array_equal(bins, [[8 + 10 + 0 + 2, 9 + 11 + 1 + 3]])
+    m = RegularBinner(2, 2, "mean").feed(x, np.arange(6.0))[0]
+    np.testing.assert_allclose(m[0], [1, 2])
+
+
+def test_event_binner_counts_per_bin_and_waits_for_lateness():
+    b = EventBinner(0.02, 4, lateness_s=0.01)
+    bins, st, bad = b.feed(np.array([0, 1, 1, 3, 7, np.nan]), np.array([10.0, 10.005, 10.019, 10.025, 10.03, 10.03]),
+                           now=10.035)
+    assert bad == 2  # channel 7 does not exist, NaN is not a channel
+    np.testing.assert_array_equal(bins, [[1, 2, 0, 0]])
+    np.testing.assert_allclose(st, [10.02])
+    bins, st, _ = b.feed(np.zeros(0), np.zeros(0), now=10.07)
+    np.testing.assert_array_equal(bins, [[0, 0, 0, 1], [0, 0, 0, 0]])
+    assert b.feed(np.array([2]), np.array([10.01]), now=10.07)[2] == 1  # too late for a closed bin: dropped
+
+
+def test_ring_and_sanitize():
+    r = Ring(2, 3)
+    r.push(np.array([[1, 1]], np.float32))
+    r.push(np.array([[2, 2], [3, 3], [4, 4]], np.float32))
+    np.testing.assert_array_equal(r.buf, [[2, 3, 4], [2, 3, 4]])
+    x, bad = sanitize(np.array([[1, np.nan], [-1, 2], [1, 1]]), counts=True)
+    assert bad == 2 and np.isfinite(x).all() and (x >= 0).all()
+    x, bad = sanitize(np.array([[1, np.nan]]), counts=False, last=np.array([5.0, 6.0]))
+    np.testing.assert_array_equal(x, [[1, 6]])
+
+
+# ---- loopbacks -----------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def engine(service_artifacts):
+    return load_engine(service_artifacts[0], "onnx")
+
+
+def _wait(cond, timeout=10.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def _source(name, channels=16, rate=50.0, fmt="float32", stype="Spikes"):
+    return pylsl.StreamOutlet(pylsl.StreamInfo(name, stype, channels, rate, fmt, f"src-{name}"))
+
+
+def _consumer(name):
+    found = pylsl.resolve_byprop("name", name, 1, 5.0)
+    assert found, f"output stream {name} not found"
+    inlet = pylsl.StreamInlet(found[0], processing_flags=pylsl.proc_none)
+    inlet.open_stream(timeout=5.0)
+    return inlet
+
+
+def _drain(inlet, n, timeout=5.0):
+    xs, ts = [], []
+    end = time.monotonic() + timeout
+    while len(ts) < n and time.monotonic() < end:
+        x, t = inlet.pull_chunk(timeout=0.1, max_samples=1024)
+        xs += x
+        ts += t
+    return np.asarray(xs, np.float32), np.asarray(ts)
+
+
+def _windows(counts, window):
+    """Offline twin of the bridge's ring buffer: zero history, then every bin's trailing window."""
+    padded = np.concatenate([np.zeros((window - 1, counts.shape[1]), np.float32), counts])
+    return np.stack([padded[i:i + window].T for i in range(len(counts))])
+
+
+def test_loopback_5s_at_50hz_every_hop_decoded_with_input_stamps(engine):
+    name = f"test-spikes-{uuid.uuid4().hex[:8]}"
+    src = _source(name)
+    bridge = Bridge(BridgeConfig(source_name=name, resolve_timeout_s=2.0), lambda: engine).start()
+    try:
+        assert _wait(lambda: bridge.state == "streaming"), bridge.status()
+        out = _consumer(f"{name}-decoded")
+        counts = np.random.default_rng(0).poisson(0.8, (250, 16)).astype(np.float32)
+        stamps = []
+        t_next = time.monotonic()
+        for row in counts:  # 5 s in real time
+            t = pylsl.local_clock()
+            src.push_sample(row, t)
+            stamps.append(t)
+            t_next += 0.02
+            time.sleep(max(0.0, t_next - time.monotonic()))
+        y, ts = _drain(out, 250)
+    finally:
+        bridge.stop()
+    assert len(ts) == 250, bridge.status()  # every hop decoded, none dropped
+    np.testing.assert_array_equal(ts, np.asarray(stamps))  # stamped with the input's LSL time
+    assert bridge.counts["dropped"] == 0 and bridge.counts["hops"] == 250
+    expect = engine.decode(_windows(counts, 20))[:, :, -1]
+    np.testing.assert_allclose(y, expect, atol=1e-5)
+
+
+def test_finer_rate_is_rebinned_and_events_are_binned(engine):
+    name = f"test-1k-{uuid.uuid4().hex[:8]}"
+    src = _source(name, rate=1000.0)
+    bridge = Bridge(BridgeConfig(source_name=name, resolve_timeout_s=2.0, max_lag_bins=100), lambda: engine).start()
+    try:
+        assert _wait(lambda: bridge.state == "streaming"), bridge.status()
+        out = _consumer(f"{name}-decoded")
+        ms = (np.random.default_rng(1).random((400, 16)) < 0.05).astype(np.float32)
+        t0 = pylsl.local_clock()
+        stamps = t0 + np.arange(400) / 1000.0
+        for i in range(0, 400, 20):
+            src.push_chunk(ms[i:i + 20], stamps[i:i + 20].tolist())
+            time.sleep(0.02)
+        y, ts = _drain(out, 20)
+    finally:
+        bridge.stop()
+    np.testing.assert_allclose(ts, stamps[19::20])
+    binned = ms.reshape(20, 20, 16).sum(axis=1)
+    np.testing.assert_allclose(y, engine.decode(_windows(binned, 20))[:, :, -1], atol=1e-5)
+
+    name = f"test-events-{uuid.uuid4().hex[:8]}"
+    src = _source(name, channels=1, rate=pylsl.IRREGULAR_RATE)
+    bridge = Bridge(BridgeConfig(source_name=name, resolve_timeout_s=2.0, max_lag_bins=100,
+                                 event_lateness_s=0.01), lambda: engine).start()
+    try:
+        assert _wait(lambda: bridge.state == "streaming"), bridge.status()
+        out = _consumer(f"{name}-decoded")
+        t0 = pylsl.local_clock()
+        src.push_chunk([[0.0], [3.0], [3.0], [99.0]], [t0, t0 + 0.005, t0 + 0.03, t0 + 0.031])
+        y, ts = _drain(out, 2, timeout=3.0)
+    finally:
+        bridge.stop()
+    assert len(ts) >= 2 and bridge.counts["dropped"] == 1  # channel 99 does not exist
+    np.testing.assert_allclose(ts[:2], [t0 + 0.02, t0 + 0.04], atol=1e-9)
+    first = np.zeros((1, 16), np.float32)
+    first[0, [0, 3]] = 1
+    np.testing.assert_allclose(y[0], engine.decode(_windows(first, 20))[0, :, -1], atol=1e-5)
+
+
+def test_source_loss_reconnects_and_nan_samples_are_survived(engine):
+    name = f"test-lost-{uuid.uuid4().hex[:8]}"
+    src = _source(name)
+    bridge = Bridge(BridgeConfig(source_name=name, resolve_timeout_s=1.0), lambda: engine).start()
+    try:
+        assert _wait(lambda: bridge.state == "streaming"), bridge.status()
+        out = _consumer(f"{name}-decoded")
+        bad = np.ones(16, np.float32)
+        bad[3] = np.nan
+        for row in (np.ones(16, np.float32), bad, np.ones(16, np.float32)):
+            src.push_sample(row, pylsl.local_clock())
+        _, ts = _drain(out, 3)
+        assert len(ts) == 3 and bridge.counts["dropped"] == 1
+        del src  # the source vanishes
+        assert _wait(lambda: bridge.counts["reconnects"] == 1), bridge.status()
+        assert bridge.state in ("reconnecting", "resolving")
+        src = _source(name)  # and comes back
+        assert _wait(lambda: bridge.state == "streaming"), bridge.status()
+        time.sleep(0.3)
+        src.push_sample(np.ones(16, np.float32), pylsl.local_clock())
+        _, ts = _drain(out, 1)
+        assert len(ts) == 1  # the same output stream carries on
+    finally:
+        bridge.stop()
+
+
+@pytest.mark.parametrize("channels,rate,expect", [(15, 50.0, "15 channels"), (16, 33.0, "33 Hz"),
+                                                  (16, 25.0, "25 Hz")])
+def test_mismatched_source_is_refused(engine, channels, rate, expect):
+    name = f"test-bad-{uuid.uuid4().hex[:8]}"
+    src = _source(name, channels=channels, rate=rate)  # noqa: F841 (kept alive while the bridge looks at it)
+    bridge = Bridge(BridgeConfig(source_name=name, resolve_timeout_s=1.0), lambda: engine).start()
+    try:
+        assert _wait(lambda: bridge.state == "refused"), bridge.status()
+        assert expect in bridge.error
+    finally:
+        bridge.stop()
+
+
+def test_reverse_direction_simulates_spikes(engine):
+    name = f"test-beh-{uuid.uuid4().hex[:8]}"
+    src = _source(name, channels=2, stype="Behavior")
+    bridge = Bridge(BridgeConfig("simulate", source_name=name, resolve_timeout_s=2.0), lambda: engine).start()
+    try:
+        assert _wait(lambda: bridge.state == "streaming"), bridge.status()
+        out = _consumer(f"{name}-simulated")
+        beh = np.random.default_rng(3).standard_normal((10, 2)).astype(np.float32)
+        stamps = [pylsl.local_clock() + i * 0.02 for i in range(10)]
+        for row, t in zip(beh, stamps):
+            src.push_sample(row, t)
+        rates, ts = _drain(out, 10)
+    finally:
+        bridge.stop()
+    np.testing.assert_array_equal(ts, stamps)
+    padded = np.concatenate([np.zeros((19, 2), np.float32), beh])  # behavior_mean is 0 for the test contract
+    windows = np.stack([padded[i:i + 20].T for i in range(10)])
+    np.testing.assert_allclose(rates, engine.simulate(windows)[:, :, -1], atol=1e-5)
+    assert rates.shape == (10, 16) and (rates >= 0).all()
+
+
+def test_app_runs_the_bridge_and_reports_it(service_artifacts):
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    name = f"test-app-{uuid.uuid4().hex[:8]}"
+    src = _source(name)
+    settings = Settings(artifact=service_artifacts[0], lsl_decode=True, lsl_source_name=name,
+                        lsl_resolve_timeout_s=1.0)
+    with TestClient(create_app(settings)) as client:
+        assert _wait(lambda: client.get("/health").json()["lsl"]["state"] == "streaming")
+        out = _consumer(f"{name}-decoded")
+        for _ in range(5):
+            src.push_sample(np.ones(16, np.float32), pylsl.local_clock())
+        assert len(_drain(out, 5)[1]) == 5
+        lsl = client.get("/health").json()["lsl"]
+        assert lsl["bridges"][0]["hops"] == 5 and lsl["bridges"][0]["source"]["name"] == name
+        text = client.get("/metrics").text
+        assert 'alignnet_lsl_hops_total{direction="decode"} 5.0' in text
+        assert "alignnet_lsl_lag_seconds_bucket" in text
+        del src
+        assert _wait(lambda: client.get("/health").json()["lsl"]["state"] in ("reconnecting", "resolving"))
+        assert 'alignnet_lsl_reconnects_total{direction="decode"} 1.0' in client.get("/metrics").text
