@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the CLI's own output
     try:
         return int(args.func(args) or 0)
     except (DataError, FileNotFoundError, ValueError, ArtifactError, ExportError) as e:

@@ -32,6 +32,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
     p.set_defaults(func=cmd_bench_models)
     add_export_parsers(sub, bsub)
+    from service.loadtest import add_parsers
+
+    add_parsers(bsub)
 
 
 def n_params(model: torch.nn.Module) -> int:
