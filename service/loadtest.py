@@ -53,14 +53,16 @@ def free_port() -> int:
 
 
 @contextmanager
-def serving(artifact: Path, extra: list[str] = (), url: str | None = None, timeout: float = 60.0):
-    """Yield the URL of a service: the given one, or `alignnet serve` started here and stopped afterwards."""
+def serving(artifact: Path, extra: list[str] = (), url: str | None = None, timeout: float = 60.0,
+            port: int | None = None):
+    """Yield the URL of a service: the given one, or `alignnet serve` started here (on ``port``, default a free
+    one) and stopped afterwards."""
     import httpx
 
     if url:
         yield url.rstrip("/")
         return
-    port = free_port()
+    port = port or free_port()
     cmd = [sys.executable, "-m", "training.cli", "serve", "--artifact", str(artifact), "--port", str(port), *extra]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"

@@ -12,6 +12,7 @@ from training.export import ExportError
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from clients import demo
     from service import cli as service_cli
     from training import data_cli, model_cli, train_cli
 
@@ -25,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     model_cli.add_parser(sub)
     train_cli.add_parser(sub)
     service_cli.add_parser(sub)
+    demo.add_parser(sub)
     return parser
 
 
