@@ -12,7 +12,7 @@ from training.export import ExportError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from clients import demo
+    from clients import demo, replay
     from service import cli as service_cli
     from training import data_cli, model_cli, train_cli
 
@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     train_cli.add_parser(sub)
     service_cli.add_parser(sub)
     demo.add_parser(sub)
+    replay.add_parser(sub)
     return parser
 
 

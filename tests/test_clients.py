@@ -1,0 +1,114 @@
+"""Clients: the replayer and the online scorer (through a real LSL bridge), the Python client, the demo's parts."""
+
+import threading
+import uuid
+
+import numpy as np
+import pytest
+
+from service.engines import load_engine
+from service.lsl import Bridge, BridgeConfig
+from training.data import Dataset
+from training.metrics import r2
+
+pylsl = pytest.importorskip("pylsl")
+
+
+def _wait(cond, timeout=10.0):
+    import time
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_replay_online_r2_equals_offline_evaluate_r2(tiny_dataset, service_artifacts):
+    from clients.replay import OnlineScorer, Replayer, offline_twin
+
+    engine = load_engine(service_artifacts[0], "onnx")
+    day = Dataset(tiny_dataset / "D").day(0)
+    n = 200  # ten non-overlapping 20-bin windows
+    counts, beh = day.counts[:n], day.behavior("pos")[:n]
+    name = f"test-replay-{uuid.uuid4().hex[:8]}"
+    replayer = Replayer(counts, beh, day.bin_s, name, speed=4.0)
+    bridge = Bridge(BridgeConfig(source_name=name, hop_bins=20, max_lag_bins=1000, resolve_timeout_s=2.0),
+                    lambda: engine).start()
+    try:
+        assert replayer.wait_for_consumers(10.0)
+        scorer = OnlineScorer(name, timeout=10.0)
+        stop = threading.Event()
+        thread = threading.Thread(target=replayer.run, kwargs={"stop": stop}, daemon=True)
+        thread.start()
+        while thread.is_alive():
+            scorer.poll()
+        scorer.collect(n)
+    finally:
+        bridge.stop()
+    online = scorer.score()
+    assert online["matched"] == n and bridge.counts["dropped"] == 0
+    # offline: the evaluate computation (windows of the day, engine decode, r2 over windows) on the same windows
+    cw, bw, _ = day.windows(20, 20, "pos", starts=np.arange(0, n, 20))
+    offline = r2(bw, engine.decode(cw), feature_axis=1)
+    assert abs(online["r2"] - offline) <= 1e-6, (online["r2"], offline)
+    _, _, decoded = scorer.matched()
+    np.testing.assert_allclose(decoded, offline_twin(engine, counts, 20), atol=1e-5)
+
+
+# ---- the Python client ---------------------------------------------------------------------------------------
+def test_client_sync_and_async_equal_the_engine(service_artifacts):
+    import asyncio
+
+    import httpx
+    from fastapi.testclient import TestClient
+
+    from clients import AsyncClient, Client, ServiceError
+    from service.app import create_app
+    from service.settings import Settings
+
+    engine = load_engine(service_artifacts[0], "onnx")
+    counts = np.random.default_rng(0).poisson(1.0, (3, 16, 20)).astype(np.float32)
+    app = create_app(Settings(artifact=service_artifacts[0]))
+    with TestClient(app) as http:  # runs the app's lifespan; the client speaks to it in-process
+        c = Client("http://testserver", http=http)
+        np.testing.assert_allclose(c.decode(counts), engine.decode(counts), atol=1e-6)
+        assert c.decode(counts[0]).shape == (1, 2, 20)
+        spikes = c.simulate(np.zeros((2, 20)), sample=True, seed=1)
+        assert spikes.shape == (1, 16, 20) and (spikes == np.round(spikes)).all()
+        with pytest.raises(ServiceError, match="16 x 20") as e:
+            c.decode(np.zeros((15, 20)))
+        assert e.value.status == 422
+        with pytest.raises(TypeError):
+            c.decode(np.array(["a"]))
+
+        async def run():
+            async with AsyncClient("http://testserver", http=httpx.AsyncClient(
+                    transport=httpx.ASGITransport(app=app), base_url="http://testserver")) as ac:
+                return await ac.decode(counts), (await ac.model())["model"]
+
+        y, name = asyncio.run(run())
+        np.testing.assert_allclose(y, engine.decode(counts), atol=1e-6)
+        assert name == "test-alignnet"
+
+
+def test_client_retries_5xx_and_reports_unreachable_services():
+    import httpx
+
+    from clients import Client, ServiceError
+    from clients.client import NPY, _body
+
+    calls = []
+
+    def handler(request):
+        calls.append(1)
+        if len(calls) < 3:
+            return httpx.Response(503, json={"detail": "no model loaded"})
+        return httpx.Response(200, content=_body(np.ones((1, 2, 20))), headers={"content-type": NPY})
+
+    c = Client("http://x", retries=3, backoff_s=0.001, http=httpx.Client(transport=httpx.MockTransport(handler)))
+    assert c.decode(np.zeros((16, 20))).shape == (1, 2, 20) and len(calls) == 3
+    dead = Client("http://127.0.0.1:9", retries=1, backoff_s=0.001, timeout=1.0)
+    with pytest.raises(ServiceError, match="no answer .* after 2 tries"):
+        dead.decode(np.zeros((16, 20)))
