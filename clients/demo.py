@@ -17,6 +17,7 @@ runs N trials without a page and reports success rate, time to target and latenc
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import threading
@@ -26,6 +27,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from fastapi import FastAPI, WebSocket, WebSocketDisconnect
+from fastapi.responses import HTMLResponse
 
 from training.simulator import BEHAVIOR_FS, SimConfig, drift_population, initial_population, unit_rates
 
@@ -266,11 +269,6 @@ class ClosedLoop:
 # ---- the web page ------------------------------------------------------------------------------------------------
 def demo_app(loop: ClosedLoop, service_url: str):
     """A small FastAPI app: the page, and a WebSocket that streams the loop's state at 25 Hz."""
-    import asyncio
-
-    from fastapi import FastAPI, WebSocket, WebSocketDisconnect
-    from fastapi.responses import HTMLResponse
-
     app = FastAPI(title="AlignNet-BCI closed-loop demo")
 
     @app.get("/", response_class=HTMLResponse)

@@ -1,0 +1,75 @@
+"""The demo page in a real browser: headless Chromium (Debian's package) driven by chromedriver through Selenium
+loads the page, sees the cursor move and hits counted, and saves a screenshot."""
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None or CHROMEDRIVER is None,
+    reason="needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver; .ci/run does)")
+
+
+def _free_port() -> int:
+    from service.loadtest import free_port
+
+    return free_port()
+
+
+def test_demo_page_shows_the_cursor_moving_and_hits(tmp_path):
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    page_port, service_port = _free_port(), _free_port()
+    demo = subprocess.Popen([str(Path(sys.executable).parent / "alignnet"), "demo", "--port", str(page_port),
+                             "--service-port", str(service_port)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{page_port}"
+    driver = None
+    try:
+        for _ in range(600):
+            try:
+                if httpx.get(url + "/state", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert demo.poll() is None, demo.communicate()[0]
+            time.sleep(0.1)
+        opts = webdriver.ChromeOptions()
+        opts.binary_location = CHROMIUM
+        for flag in ("--headless=new", "--no-sandbox", "--disable-background-networking", "--disable-dev-shm-usage",
+                     "--window-size=1000,800"):
+            opts.add_argument(flag)
+        driver = webdriver.Chrome(options=opts, service=Service(executable_path=CHROMEDRIVER))
+        driver.get(url)
+        body = driver.find_element("tag name", "body")
+        end = time.monotonic() + 60
+        while time.monotonic() < end:
+            moved, hits = int(body.get_attribute("data-moved") or 0), int(body.get_attribute("data-hits") or 0)
+            if moved > 20 and hits >= 2:
+                break
+            time.sleep(0.25)
+        assert moved > 20, f"the cursor did not move (moved={moved})"
+        assert hits >= 2, f"no hits counted in 60 s (hits={hits})"
+        assert driver.find_element("id", "hits").text == str(hits) or int(driver.find_element("id", "hits").text) >= 2
+        assert "ms" in driver.find_element("id", "p50").text  # latency shown
+        shot = Path(os.environ.get("ALIGNNET_SCREENSHOT", tmp_path / "demo.png"))
+        shot.parent.mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(shot))
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 5000
+    finally:
+        if driver is not None:
+            driver.quit()
+        demo.terminate()
+        try:
+            demo.wait(15)
+        except subprocess.TimeoutExpired:
+            demo.kill()
