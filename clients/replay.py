@@ -98,7 +98,7 @@ class OnlineScorer:
     def poll(self, timeout: float = 0.05) -> int:
         got = 0
         for key, inlet in self.inlets.items():
-            x, ts = inlet.pull_chunk(timeout=timeout if key == "decoded" else 0.0, max_samples=4096)
+            x, ts = inlet.pull_chunk(timeout=timeout if key == "decoded" else 0.0, max_samples=4096, min_samples=1)
             now = self.pylsl.local_clock()
             for row, t in zip(x, ts):
                 self.data[key][t] = np.asarray(row, np.float64)

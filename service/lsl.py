@@ -209,6 +209,7 @@ class Bridge:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._outlet = None
+        self._outlet_shape: tuple | None = None
         self._rng = np.random.default_rng(cfg.seed)
 
     # ---- lifecycle ----
@@ -382,11 +383,15 @@ class Bridge:
         self._inc("dropped", n, reason)
 
     def _ensure_outlet(self, source_name: str, c: DataContract) -> None:
-        if self._outlet is not None:
+        """Create the output stream once (consumers stay connected across source losses); recreate it only when a
+        reloaded model changes the output's shape or rate."""
+        decode = self.cfg.direction == "decode"
+        shape = (c.behavior_dims if decode else c.n_channels, c.bin_s)
+        if self._outlet is not None and self._outlet_shape == shape:
             return
+        self._outlet_shape = shape
         import pylsl
 
-        decode = self.cfg.direction == "decode"
         name = self.cfg.output_name or f"{source_name}-{'decoded' if decode else 'simulated'}"
         self.cfg.output_name = name
         n = c.behavior_dims if decode else c.n_channels

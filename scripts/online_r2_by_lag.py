@@ -1,0 +1,34 @@
+"""R² of the output bin k bins before the window's end, on sliding windows of one day: the offline twin of the LSL
+bridge (hop 1), for the default AlignNet and Wiener models.
+
+Usage (from the repository root): .venv/bin/python scripts/online_r2_by_lag.py DATA DAY [SECONDS]
+"""
+
+import sys
+
+import numpy as np
+
+from service.engines import load_engine
+from service.settings import DEFAULT_MODELS
+from training.data import Dataset
+from training.metrics import r2
+
+
+def main(data: str, day_index: int, seconds: float = 60.0) -> None:
+    day = Dataset(data).day(day_index)
+    for name in ("alignnet-quick", "wiener-quick"):
+        engine = load_engine(DEFAULT_MODELS / name, "onnx")
+        w = engine.contract.window_bins
+        n = min(day.n_bins, int(round(seconds / day.bin_s)))
+        counts, beh = day.counts[:n].astype(np.float32), day.behavior(engine.contract.behavior_kind)[:n]
+        ends = np.arange(w - 1, n)
+        x = np.stack([counts[e - w + 1:e + 1].T for e in ends])
+        y = np.concatenate([engine.decode(x[i:i + 256]) for i in range(0, len(x), 256)])
+        by_lag = {lag: round(r2(beh[ends - lag], y[:, :, w - 1 - lag]), 3) for lag in (0, 1, 2, 5, 10, 25, 50)}
+        cw, bw, _ = day.windows(w, w, engine.contract.behavior_kind, starts=np.arange(0, n - w + 1, w))
+        whole = round(r2(bw, engine.decode(cw), feature_axis=1), 3)
+        print(f"{name}: R² by lag (bins) {by_lag}; whole non-overlapping windows {whole}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]), float(sys.argv[3]) if len(sys.argv) > 3 else 60.0)
