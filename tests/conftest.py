@@ -98,3 +98,15 @@ def make_service_artifact(folder: Path, seed: int) -> Path:
 def service_artifacts(tmp_path_factory):
     root = tmp_path_factory.mktemp("svc")
     return make_service_artifact(root / "a", 0), make_service_artifact(root / "b", 1)
+
+
+def wait_until(cond, timeout: float = 10.0, every: float = 0.02) -> bool:
+    """Poll ``cond()`` until it is true (True) or ``timeout`` seconds pass (False)."""
+    import time
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(every)
+    return False

@@ -18,17 +18,13 @@ pytestmark = pytest.mark.skipif(
     reason="needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver; .ci/run does)")
 
 
-def _free_port() -> int:
-    from service.loadtest import free_port
-
-    return free_port()
-
-
 def test_demo_page_shows_the_cursor_moving_and_hits(tmp_path):
     webdriver = pytest.importorskip("selenium.webdriver")
     from selenium.webdriver.chrome.service import Service
 
-    page_port, service_port = _free_port(), _free_port()
+    from service.loadtest import free_port
+
+    page_port, service_port = free_port(), free_port()
     demo = subprocess.Popen([str(Path(sys.executable).parent / "alignnet"), "demo", "--port", str(page_port),
                              "--service-port", str(service_port)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)

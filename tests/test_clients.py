@@ -14,15 +14,6 @@ from training.metrics import r2
 pylsl = pytest.importorskip("pylsl")
 
 
-def _wait(cond, timeout=10.0):
-    import time
-
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def test_replay_online_r2_equals_offline_evaluate_r2(tiny_dataset, service_artifacts):

@@ -1,42 +1,22 @@
 """`alignnet serve` as users start it, fuzzed through its OpenAPI schema by schemathesis: no input gives a 5xx."""
 
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from service.loadtest import serving
+
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def server(service_artifacts):
-    port = free_port()
-    proc = subprocess.Popen([str(BIN / "alignnet"), "serve", "--artifact", str(service_artifacts[0]),
-                             "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            if httpx.get(url + "/health", timeout=1).json()["model_loaded"]:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    else:
-        proc.kill()
-        pytest.fail("alignnet serve did not come up: " + proc.communicate()[0])
-    yield url
-    proc.terminate()
-    proc.wait(10)
+    with serving(service_artifacts[0]) as url:  # `alignnet serve` in a subprocess, stopped afterwards
+        yield url
 
 
 def test_serve_cli_answers(server):

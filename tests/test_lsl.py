@@ -5,6 +5,7 @@ import uuid
 
 import numpy as np
 import pytest
+from conftest import wait_until
 
 from service.engines import load_engine
 from service.lsl import Bridge, BridgeConfig, EventBinner, RegularBinner, Ring, sanitize
@@ -54,13 +55,6 @@ def engine(service_artifacts):
     return load_engine(service_artifacts[0], "onnx")
 
 
-def _wait(cond, timeout=10.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def _source(name, channels=16, rate=50.0, fmt="float32", stype="Spikes"):
@@ -96,7 +90,7 @@ def test_loopback_5s_at_50hz_every_hop_decoded_with_input_stamps(engine):
     src = _source(name)
     bridge = Bridge(BridgeConfig(source_name=name, resolve_timeout_s=2.0), lambda: engine).start()
     try:
-        assert _wait(lambda: bridge.state == "streaming"), bridge.status()
+        assert wait_until(lambda: bridge.state == "streaming"), bridge.status()
         out = _consumer(f"{name}-decoded")
         counts = np.random.default_rng(0).poisson(0.8, (250, 16)).astype(np.float32)
         stamps = []
@@ -122,7 +116,7 @@ def test_finer_rate_is_rebinned_and_events_are_binned(engine):
     src = _source(name, rate=1000.0)
     bridge = Bridge(BridgeConfig(source_name=name, resolve_timeout_s=2.0, max_lag_bins=100), lambda: engine).start()
     try:
-        assert _wait(lambda: bridge.state == "streaming"), bridge.status()
+        assert wait_until(lambda: bridge.state == "streaming"), bridge.status()
         out = _consumer(f"{name}-decoded")
         ms = (np.random.default_rng(1).random((400, 16)) < 0.05).astype(np.float32)
         t0 = pylsl.local_clock()
@@ -142,7 +136,7 @@ def test_finer_rate_is_rebinned_and_events_are_binned(engine):
     bridge = Bridge(BridgeConfig(source_name=name, resolve_timeout_s=2.0, max_lag_bins=100,
                                  event_lateness_s=0.01), lambda: engine).start()
     try:
-        assert _wait(lambda: bridge.state == "streaming"), bridge.status()
+        assert wait_until(lambda: bridge.state == "streaming"), bridge.status()
         out = _consumer(f"{name}-decoded")
         t0 = pylsl.local_clock()
         src.push_chunk([[0.0], [3.0], [3.0], [99.0]], [t0, t0 + 0.005, t0 + 0.03, t0 + 0.031])
@@ -161,7 +155,7 @@ def test_source_loss_reconnects_and_nan_samples_are_survived(engine):
     src = _source(name)
     bridge = Bridge(BridgeConfig(source_name=name, resolve_timeout_s=1.0), lambda: engine).start()
     try:
-        assert _wait(lambda: bridge.state == "streaming"), bridge.status()
+        assert wait_until(lambda: bridge.state == "streaming"), bridge.status()
         out = _consumer(f"{name}-decoded")
         bad = np.ones(16, np.float32)
         bad[3] = np.nan
@@ -170,10 +164,10 @@ def test_source_loss_reconnects_and_nan_samples_are_survived(engine):
         _, ts = _drain(out, 3)
         assert len(ts) == 3 and bridge.counts["dropped"] == 1
         del src  # the source vanishes
-        assert _wait(lambda: bridge.counts["reconnects"] == 1), bridge.status()
+        assert wait_until(lambda: bridge.counts["reconnects"] == 1), bridge.status()
         assert bridge.state in ("reconnecting", "resolving")
         src = _source(name)  # and comes back
-        assert _wait(lambda: bridge.state == "streaming"), bridge.status()
+        assert wait_until(lambda: bridge.state == "streaming"), bridge.status()
         time.sleep(0.3)
         src.push_sample(np.ones(16, np.float32), pylsl.local_clock())
         _, ts = _drain(out, 1)
@@ -189,7 +183,7 @@ def test_mismatched_source_is_refused(engine, channels, rate, expect):
     src = _source(name, channels=channels, rate=rate)  # noqa: F841 (kept alive while the bridge looks at it)
     bridge = Bridge(BridgeConfig(source_name=name, resolve_timeout_s=1.0), lambda: engine).start()
     try:
-        assert _wait(lambda: bridge.state == "refused"), bridge.status()
+        assert wait_until(lambda: bridge.state == "refused"), bridge.status()
         assert expect in bridge.error
     finally:
         bridge.stop()
@@ -200,7 +194,7 @@ def test_reverse_direction_simulates_spikes(engine):
     src = _source(name, channels=2, stype="Behavior")
     bridge = Bridge(BridgeConfig("simulate", source_name=name, resolve_timeout_s=2.0), lambda: engine).start()
     try:
-        assert _wait(lambda: bridge.state == "streaming"), bridge.status()
+        assert wait_until(lambda: bridge.state == "streaming"), bridge.status()
         out = _consumer(f"{name}-simulated")
         beh = np.random.default_rng(3).standard_normal((10, 2)).astype(np.float32)
         stamps = [pylsl.local_clock() + i * 0.02 for i in range(10)]
@@ -227,7 +221,7 @@ def test_app_runs_the_bridge_and_reports_it(service_artifacts):
     settings = Settings(artifact=service_artifacts[0], lsl_decode=True, lsl_source_name=name,
                         lsl_resolve_timeout_s=1.0)
     with TestClient(create_app(settings)) as client:
-        assert _wait(lambda: client.get("/health").json()["lsl"]["state"] == "streaming")
+        assert wait_until(lambda: client.get("/health").json()["lsl"]["state"] == "streaming")
         out = _consumer(f"{name}-decoded")
         for _ in range(5):
             src.push_sample(np.ones(16, np.float32), pylsl.local_clock())
@@ -238,5 +232,5 @@ def test_app_runs_the_bridge_and_reports_it(service_artifacts):
         assert 'alignnet_lsl_hops_total{direction="decode"} 5.0' in text
         assert "alignnet_lsl_lag_seconds_bucket" in text
         del src
-        assert _wait(lambda: client.get("/health").json()["lsl"]["state"] in ("reconnecting", "resolving"))
+        assert wait_until(lambda: client.get("/health").json()["lsl"]["state"] in ("reconnecting", "resolving"))
         assert 'alignnet_lsl_reconnects_total{direction="decode"} 1.0' in client.get("/metrics").text
