@@ -30,12 +30,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pylsl
 
 from model.contract import DataContract
 
 log = logging.getLogger(__name__)
 
 DIRECTIONS = ("decode", "simulate")
+
+
+# LSL channel formats the bridge reads, and the numpy type liblsl writes for each
+LSL_DTYPES = {pylsl.cf_float32: np.float32, pylsl.cf_double64: np.float64, pylsl.cf_int8: np.int8,
+              pylsl.cf_int16: np.int16, pylsl.cf_int32: np.int32, pylsl.cf_int64: np.int64}
 
 
 class StreamMismatch(ValueError):
@@ -261,8 +267,6 @@ class Bridge:
         self.state = "stopped"
 
     def _resolve(self):
-        import pylsl
-
         self.state = "resolving"
         cfg = self.cfg
         parts = [f"name='{cfg.source_name}'" if cfg.source_name else "", f"type='{cfg.source_type}'"
@@ -275,8 +279,6 @@ class Bridge:
         return found[0]
 
     def _stream(self, info, engine) -> None:
-        import pylsl
-
         cfg, c = self.cfg, engine.contract
         decode = cfg.direction == "decode"
         want = c.n_channels if decode else c.behavior_dims
@@ -294,6 +296,10 @@ class Bridge:
             if rate <= 0 or factor < 1 - 1e-6 or abs(factor - round(factor)) > 1e-6:
                 raise StreamMismatch(f"stream '{info.name()}' runs at {rate:g} Hz; the model needs {1 / c.bin_s:g} Hz "
                                      "or an integer multiple of it (re-binned)")
+        dtype = LSL_DTYPES.get(info.channel_format())
+        if dtype is None:
+            raise StreamMismatch(f"stream '{info.name()}' carries {info.channel_format()!r}-typed values; the bridge "
+                                 "reads numbers (float32, double64, int8/16/32/64)")
         inlet = pylsl.StreamInlet(info, max_buflen=cfg.buffer_s, recover=False, processing_flags=pylsl.proc_none)
         inlet.open_stream(timeout=cfg.resolve_timeout_s)
         # the same host shares one clock; elsewhere liblsl estimates the offset (refreshed below)
@@ -308,7 +314,7 @@ class Bridge:
         fill = None if decode else np.asarray(c.behavior_mean, np.float32)  # behavior rests at its mean
         ring = Ring(want, c.window_bins, fill)
         chunk = max(64, int((rate or 1000) * cfg.buffer_s))
-        buf = np.zeros((chunk, n_in), np.float32)
+        buf = np.zeros((chunk, n_in), dtype)  # liblsl writes the stream's own type into it
         last_good = None
         pending: list[float] = []
         self.state, self.error = "streaming", None
@@ -348,7 +354,7 @@ class Bridge:
                 else:
                     if not n:
                         continue
-                    clean, bad = sanitize(np.array(x[:n]), counts=decode, last=last_good)
+                    clean, bad = sanitize(x[:n].astype(np.float32), counts=decode, last=last_good)
                     if bad:
                         self._drop(bad, "bad value")
                     last_good = clean[-1]
@@ -390,8 +396,6 @@ class Bridge:
         if self._outlet is not None and self._outlet_shape == shape:
             return
         self._outlet_shape = shape
-        import pylsl
-
         name = self.cfg.output_name or f"{source_name}-{'decoded' if decode else 'simulated'}"
         self.cfg.output_name = name
         n = c.behavior_dims if decode else c.n_channels
@@ -408,8 +412,6 @@ class Bridge:
 
     def _hop(self, engine, ring: Ring, stamps: list[float]) -> None:
         """Run the engine on the ring buffer and push the last len(stamps) bins with their input stamps."""
-        import pylsl
-
         x = ring.buf[None]
         try:
             y = (engine.decode(x) if self.cfg.direction == "decode" else engine.simulate(x))[0]

@@ -234,3 +234,20 @@ def test_app_runs_the_bridge_and_reports_it(service_artifacts):
         del src
         assert wait_until(lambda: client.get("/health").json()["lsl"]["state"] in ("reconnecting", "resolving"))
         assert 'alignnet_lsl_reconnects_total{direction="decode"} 1.0' in client.get("/metrics").text
+
+
+def test_integer_count_streams_are_read_in_their_own_type(engine):
+    name = f"test-int16-{uuid.uuid4().hex[:8]}"
+    src = _source(name, fmt="int16")
+    bridge = Bridge(BridgeConfig(source_name=name, resolve_timeout_s=2.0), lambda: engine).start()
+    try:
+        assert wait_until(lambda: bridge.state == "streaming"), bridge.status()
+        out = _consumer(f"{name}-decoded")
+        counts = np.random.default_rng(4).poisson(1.0, (5, 16)).astype(np.int16)
+        for row in counts:
+            src.push_sample(row.tolist(), pylsl.local_clock())
+        y, ts = _drain(out, 5)
+    finally:
+        bridge.stop()
+    assert len(ts) == 5
+    np.testing.assert_allclose(y, engine.decode(_windows(counts.astype(np.float32), 20))[:, :, -1], atol=1e-5)
