@@ -64,7 +64,8 @@ def serving(artifact: Path, extra: list[str] = (), url: str | None = None, timeo
         return
     port = port or free_port()
     cmd = [sys.executable, "-m", "training.cli", "serve", "--artifact", str(artifact), "--port", str(port), *extra]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_die_with_parent if sys.platform == "linux" else None)
     url = f"http://127.0.0.1:{port}"
     try:
         end = time.monotonic() + timeout
@@ -86,6 +87,14 @@ def serving(artifact: Path, extra: list[str] = (), url: str | None = None, timeo
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def _die_with_parent() -> None:
+    """Linux: the child gets SIGTERM when this process dies, however it dies (no orphaned servers)."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
 def percentiles(x: list[float]) -> dict[str, float]:

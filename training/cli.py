@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 
 from model.artifacts import ArtifactError
@@ -31,6 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminate(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -38,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
+    # SIGTERM (docker stop, kill, timeout) unwinds like Ctrl-C, so the commands' clean-up runs: subprocesses
+    # stopped, LSL streams closed; uvicorn installs its own handler while it serves
+    signal.signal(signal.SIGTERM, _terminate)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the CLI's own output
     try:
         return int(args.func(args) or 0)
