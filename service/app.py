@@ -132,11 +132,14 @@ def _batch(x: list, shape: tuple[int, int], what: str, max_batch: int) -> np.nda
         return arr.astype(np.float32)
 
 
-def _run(fn, x: np.ndarray) -> np.ndarray:
+def _run(fn, x: np.ndarray) -> tuple[np.ndarray, str]:
+    """The engine call, and its duration as a Server-Timing header value (lets clients split network from compute)."""
+    t = time.perf_counter()
     try:
-        return fn(x)
+        y = fn(x)
     except ValueError as e:  # the contract's checks: the input, not the server, is at fault
         raise BadInput(str(e)) from None
+    return y, f"engine;dur={(time.perf_counter() - t) * 1e3:.3f}"
 
 
 NPY = "application/x-npy"
@@ -171,13 +174,14 @@ async def _parse(request: Request, model: type[BaseModel]) -> tuple[BaseModel | 
         raise RequestInvalid(e.errors(include_url=False, include_context=False, include_input=False)) from None
 
 
-def _respond(request: Request, arrays: dict[str, np.ndarray], extra: dict[str, Any]) -> Response | dict[str, Any]:
+def _respond(request: Request, arrays: dict[str, np.ndarray], extra: dict[str, Any], timing: str) -> Response:
     """JSON by default; the first array as .npy when the client accepts application/x-npy."""
+    headers = {"Server-Timing": timing}
     if NPY in request.headers.get("accept", ""):
         buf = io.BytesIO()
         np.save(buf, next(iter(arrays.values())), allow_pickle=False)
-        return Response(buf.getvalue(), media_type=NPY)
-    return {**{k: v.tolist() for k, v in arrays.items()}, **extra}
+        return Response(buf.getvalue(), media_type=NPY, headers=headers)
+    return JSONResponse({**{k: v.tolist() for k, v in arrays.items()}, **extra}, headers=headers)
 
 
 inference = APIRouter(tags=["inference"])
@@ -190,9 +194,9 @@ async def decode(request: Request, engine: EngineDep, state: StateDep):
     req, arr = await _parse(request, DecodeRequest)
     c = engine.contract
     x = _batch(req.spikes if req is not None else arr, c.spike_shape, "spikes", state.settings.max_batch)
-    y = _run(engine.decode, x)
+    y, timing = _run(engine.decode, x)
     state.metrics.windows.labels("decode").inc(len(x))
-    return _respond(request, {"behavior": y}, {"names": list(c.behavior_names), "bin_s": c.bin_s})
+    return _respond(request, {"behavior": y}, {"names": list(c.behavior_names), "bin_s": c.bin_s}, timing)
 
 
 @inference.post("/simulate", openapi_extra=_body_schema(SimulateRequest, "float array (D, T) or (B, D, T)"),
@@ -206,12 +210,12 @@ async def simulate(request: Request, engine: EngineDep, state: StateDep, sample:
         sample, seed = req.sample, req.seed
     c = engine.contract
     y = _batch(req.behavior if req is not None else arr, c.behavior_shape, "behavior", state.settings.max_batch)
-    rates = _run(engine.simulate, y)
+    rates, timing = _run(engine.simulate, y)
     state.metrics.windows.labels("simulate").inc(len(y))
     arrays = {"rates": rates}
     if sample:
         arrays = {"spikes": np.random.default_rng(seed).poisson(rates).astype(np.float32), **arrays}
-    return _respond(request, arrays, {"bin_s": c.bin_s})
+    return _respond(request, arrays, {"bin_s": c.bin_s}, timing)
 
 
 meta = APIRouter(tags=["metadata"])
@@ -251,6 +255,43 @@ def reload(req: ReloadRequest, state: StateDep) -> dict[str, Any]:
     return {"reloaded": True, "artifact": str(engine.folder), "model": engine.config["model"]}
 
 
+class LimitsAndMetrics:
+    """Body-size limit and per-route request metrics, as plain ASGI middleware (Starlette's BaseHTTPMiddleware
+    costs about a millisecond per request)."""
+
+    ROUTES = {"/decode", "/simulate", "/health", "/model", "/metrics", "/reload", "/docs", "/openapi.json"}
+
+    def __init__(self, app, state: State) -> None:
+        self.app, self.state = app, state
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        metrics, limit = self.state.metrics, self.state.settings.max_body_bytes
+        route = scope["path"] if scope["path"] in self.ROUTES else "other"  # bounded label values
+        length = dict(scope["headers"]).get(b"content-length", b"0").decode("latin-1")
+        if not length.isdigit() or int(length) > limit:
+            metrics.requests.labels(route, "413").inc()
+            response = JSONResponse(status_code=413, content={"detail": f"request body of {length} bytes exceeds "
+                                                                        f"{limit}"})
+            await response(scope, receive, send)
+            return
+        status = {"code": 500}
+
+        async def send_and_note(message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        t = time.perf_counter()
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            metrics.latency.labels(route).observe(time.perf_counter() - t)
+            metrics.requests.labels(route, str(status["code"])).inc()
+
+
 def start_bridges(state: State) -> Bridges:
     """The LSL bridges the settings ask for, running against whatever engine is loaded (hot reload included)."""
     s = state.settings
@@ -286,19 +327,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   description="Decode spikes into behavior and simulate spikes from behavior.")
     app.state.alignnet = state
 
-    @app.middleware("http")
-    async def limits_and_metrics(request: Request, call_next):
-        length = request.headers.get("content-length", "0")
-        route = request.url.path if request.url.path in known_routes else "other"  # bounded label values
-        if not length.isdigit() or int(length) > settings.max_body_bytes:
-            state.metrics.requests.labels(route, "413").inc()
-            return JSONResponse(status_code=413, content={
-                "detail": f"request body of {length} bytes exceeds {settings.max_body_bytes}"})
-        t = time.perf_counter()
-        response = await call_next(request)
-        state.metrics.latency.labels(route).observe(time.perf_counter() - t)
-        state.metrics.requests.labels(route, str(response.status_code)).inc()
-        return response
+    app.add_middleware(LimitsAndMetrics, state=state)
 
     @app.exception_handler(BadInput)
     async def bad_input(_: Request, exc: BadInput):
@@ -322,5 +351,4 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     for router in (inference, meta, admin):
         app.include_router(router)
-    known_routes = {"/decode", "/simulate", "/health", "/model", "/metrics", "/reload", "/docs", "/openapi.json"}
     return app
