@@ -2,6 +2,8 @@
 
 import time
 import uuid
+from contextlib import contextmanager
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -79,6 +81,22 @@ def _drain(inlet, n, timeout=5.0):
     return np.asarray(xs, np.float32), np.asarray(ts)
 
 
+@contextmanager
+def bridged(engine, prefix, channels=16, rate=50.0, fmt="float32", stype="Spikes", **cfg):
+    """Source outlet -> Bridge -> consumer inlet on the output, the bridge streaming; yields a namespace with
+    ``name``, ``src`` (set it to None to make the source vanish), ``bridge`` and ``out``."""
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    cfg.setdefault("resolve_timeout_s", 2.0)
+    h = SimpleNamespace(name=name, src=_source(name, channels, rate, fmt, stype))
+    h.bridge = Bridge(BridgeConfig(source_name=name, **cfg), lambda: engine).start()
+    try:
+        assert wait_until(lambda: h.bridge.state == "streaming"), h.bridge.status()
+        h.out = _consumer(f"{name}-{'simulated' if cfg.get('direction') == 'simulate' else 'decoded'}")
+        yield h
+    finally:
+        h.bridge.stop()
+
+
 def _windows(counts, window):
     """Offline twin of the bridge's ring buffer: zero history, then every bin's trailing window."""
     padded = np.concatenate([np.zeros((window - 1, counts.shape[1]), np.float32), counts])
@@ -86,64 +104,43 @@ def _windows(counts, window):
 
 
 def test_loopback_5s_at_50hz_every_hop_decoded_with_input_stamps(engine):
-    name = f"test-spikes-{uuid.uuid4().hex[:8]}"
-    src = _source(name)
-    bridge = Bridge(BridgeConfig(source_name=name, resolve_timeout_s=2.0), lambda: engine).start()
-    try:
-        assert wait_until(lambda: bridge.state == "streaming"), bridge.status()
-        out = _consumer(f"{name}-decoded")
+    with bridged(engine, "test-spikes") as h:
         counts = np.random.default_rng(0).poisson(0.8, (250, 16)).astype(np.float32)
         stamps = []
         t_next = time.monotonic()
         for row in counts:  # 5 s in real time
             t = pylsl.local_clock()
-            src.push_sample(row, t)
+            h.src.push_sample(row, t)
             stamps.append(t)
             t_next += 0.02
             time.sleep(max(0.0, t_next - time.monotonic()))
-        y, ts = _drain(out, 250)
-    finally:
-        bridge.stop()
-    assert len(ts) == 250, bridge.status()  # every hop decoded, none dropped
+        y, ts = _drain(h.out, 250)
+    assert len(ts) == 250, h.bridge.status()  # every hop decoded, none dropped
     np.testing.assert_array_equal(ts, np.asarray(stamps))  # stamped with the input's LSL time
-    assert bridge.counts["dropped"] == 0 and bridge.counts["hops"] == 250
+    assert h.bridge.counts["dropped"] == 0 and h.bridge.counts["hops"] == 250
     expect = engine.decode(_windows(counts, 20))[:, :, -1]
     np.testing.assert_allclose(y, expect, atol=1e-5)
 
 
 def test_finer_rate_is_rebinned_and_events_are_binned(engine):
-    name = f"test-1k-{uuid.uuid4().hex[:8]}"
-    src = _source(name, rate=1000.0)
-    bridge = Bridge(BridgeConfig(source_name=name, resolve_timeout_s=2.0, max_lag_bins=100), lambda: engine).start()
-    try:
-        assert wait_until(lambda: bridge.state == "streaming"), bridge.status()
-        out = _consumer(f"{name}-decoded")
+    with bridged(engine, "test-1k", rate=1000.0, max_lag_bins=100) as h:
         ms = (np.random.default_rng(1).random((400, 16)) < 0.05).astype(np.float32)
         t0 = pylsl.local_clock()
         stamps = t0 + np.arange(400) / 1000.0
         for i in range(0, 400, 20):
-            src.push_chunk(ms[i:i + 20], stamps[i:i + 20].tolist())
+            h.src.push_chunk(ms[i:i + 20], stamps[i:i + 20].tolist())
             time.sleep(0.02)
-        y, ts = _drain(out, 20)
-    finally:
-        bridge.stop()
+        y, ts = _drain(h.out, 20)
     np.testing.assert_allclose(ts, stamps[19::20])
     binned = ms.reshape(20, 20, 16).sum(axis=1)
     np.testing.assert_allclose(y, engine.decode(_windows(binned, 20))[:, :, -1], atol=1e-5)
 
-    name = f"test-events-{uuid.uuid4().hex[:8]}"
-    src = _source(name, channels=1, rate=pylsl.IRREGULAR_RATE)
-    bridge = Bridge(BridgeConfig(source_name=name, resolve_timeout_s=2.0, max_lag_bins=100,
-                                 event_lateness_s=0.01), lambda: engine).start()
-    try:
-        assert wait_until(lambda: bridge.state == "streaming"), bridge.status()
-        out = _consumer(f"{name}-decoded")
+    with bridged(engine, "test-events", channels=1, rate=pylsl.IRREGULAR_RATE, max_lag_bins=100,
+                 event_lateness_s=0.01) as h:
         t0 = pylsl.local_clock()
-        src.push_chunk([[0.0], [3.0], [3.0], [99.0]], [t0, t0 + 0.005, t0 + 0.03, t0 + 0.031])
-        y, ts = _drain(out, 2, timeout=3.0)
-    finally:
-        bridge.stop()
-    assert len(ts) >= 2 and bridge.counts["dropped"] == 1  # channel 99 does not exist
+        h.src.push_chunk([[0.0], [3.0], [3.0], [99.0]], [t0, t0 + 0.005, t0 + 0.03, t0 + 0.031])
+        y, ts = _drain(h.out, 2, timeout=3.0)
+    assert len(ts) >= 2 and h.bridge.counts["dropped"] == 1  # channel 99 does not exist
     np.testing.assert_allclose(ts[:2], [t0 + 0.02, t0 + 0.04], atol=1e-9)
     first = np.zeros((1, 16), np.float32)
     first[0, [0, 3]] = 1
@@ -151,29 +148,23 @@ def test_finer_rate_is_rebinned_and_events_are_binned(engine):
 
 
 def test_source_loss_reconnects_and_nan_samples_are_survived(engine):
-    name = f"test-lost-{uuid.uuid4().hex[:8]}"
-    src = _source(name)
-    bridge = Bridge(BridgeConfig(source_name=name, resolve_timeout_s=1.0), lambda: engine).start()
-    try:
-        assert wait_until(lambda: bridge.state == "streaming"), bridge.status()
-        out = _consumer(f"{name}-decoded")
+    with bridged(engine, "test-lost", resolve_timeout_s=1.0) as h:
+        bridge, out = h.bridge, h.out
         bad = np.ones(16, np.float32)
         bad[3] = np.nan
         for row in (np.ones(16, np.float32), bad, np.ones(16, np.float32)):
-            src.push_sample(row, pylsl.local_clock())
+            h.src.push_sample(row, pylsl.local_clock())
         _, ts = _drain(out, 3)
         assert len(ts) == 3 and bridge.counts["dropped"] == 1
-        del src  # the source vanishes
+        h.src = None  # the source vanishes
         assert wait_until(lambda: bridge.counts["reconnects"] == 1), bridge.status()
         assert bridge.state in ("reconnecting", "resolving")
-        src = _source(name)  # and comes back
+        h.src = _source(h.name)  # and comes back
         assert wait_until(lambda: bridge.state == "streaming"), bridge.status()
         time.sleep(0.3)
-        src.push_sample(np.ones(16, np.float32), pylsl.local_clock())
+        h.src.push_sample(np.ones(16, np.float32), pylsl.local_clock())
         _, ts = _drain(out, 1)
         assert len(ts) == 1  # the same output stream carries on
-    finally:
-        bridge.stop()
 
 
 @pytest.mark.parametrize("channels,rate,expect", [(15, 50.0, "15 channels"), (16, 33.0, "33 Hz"),
@@ -190,19 +181,12 @@ def test_mismatched_source_is_refused(engine, channels, rate, expect):
 
 
 def test_reverse_direction_simulates_spikes(engine):
-    name = f"test-beh-{uuid.uuid4().hex[:8]}"
-    src = _source(name, channels=2, stype="Behavior")
-    bridge = Bridge(BridgeConfig("simulate", source_name=name, resolve_timeout_s=2.0), lambda: engine).start()
-    try:
-        assert wait_until(lambda: bridge.state == "streaming"), bridge.status()
-        out = _consumer(f"{name}-simulated")
+    with bridged(engine, "test-beh", channels=2, stype="Behavior", direction="simulate") as h:
         beh = np.random.default_rng(3).standard_normal((10, 2)).astype(np.float32)
         stamps = [pylsl.local_clock() + i * 0.02 for i in range(10)]
         for row, t in zip(beh, stamps):
-            src.push_sample(row, t)
-        rates, ts = _drain(out, 10)
-    finally:
-        bridge.stop()
+            h.src.push_sample(row, t)
+        rates, ts = _drain(h.out, 10)
     np.testing.assert_array_equal(ts, stamps)
     padded = np.concatenate([np.zeros((19, 2), np.float32), beh])  # behavior_mean is 0 for the test contract
     windows = np.stack([padded[i:i + 20].T for i in range(10)])
@@ -237,17 +221,10 @@ def test_app_runs_the_bridge_and_reports_it(service_artifacts):
 
 
 def test_integer_count_streams_are_read_in_their_own_type(engine):
-    name = f"test-int16-{uuid.uuid4().hex[:8]}"
-    src = _source(name, fmt="int16")
-    bridge = Bridge(BridgeConfig(source_name=name, resolve_timeout_s=2.0), lambda: engine).start()
-    try:
-        assert wait_until(lambda: bridge.state == "streaming"), bridge.status()
-        out = _consumer(f"{name}-decoded")
+    with bridged(engine, "test-int16", fmt="int16") as h:
         counts = np.random.default_rng(4).poisson(1.0, (5, 16)).astype(np.int16)
         for row in counts:
-            src.push_sample(row.tolist(), pylsl.local_clock())
-        y, ts = _drain(out, 5)
-    finally:
-        bridge.stop()
+            h.src.push_sample(row.tolist(), pylsl.local_clock())
+        y, ts = _drain(h.out, 5)
     assert len(ts) == 5
     np.testing.assert_allclose(y, engine.decode(_windows(counts.astype(np.float32), 20))[:, :, -1], atol=1e-5)
