@@ -163,7 +163,6 @@ class ClosedLoop:
         self.inlet = None
         self.cursor = np.zeros(2)
         self.latencies: list[float] = []
-        self.started = time.monotonic()
         self.trail: list[list[float]] = []
         self.stop_event = threading.Event()
         self.error: str | None = None

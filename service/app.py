@@ -47,24 +47,34 @@ class ReloadRequest(BaseModel):
     artifact: str | None = Field(None, description="artifact folder to load (default: the current one)")
 
 
-class BadInput(ValueError):
-    """Input that does not fit the served contract."""
+class ClientError(ValueError):
+    """A request the service refuses: answered with ``status`` and ``{"detail": detail}`` by one handler."""
+
+    status = 422
+
+    def __init__(self, detail: Any) -> None:
+        super().__init__(detail if isinstance(detail, str) else "request does not match the schema")
+        self.detail = detail
 
 
-class RequestInvalid(ValueError):
-    """A JSON body that does not match the request schema (pydantic's errors, answered as FastAPI does: 422)."""
-
-    def __init__(self, errors: list) -> None:
-        super().__init__("request body does not match the schema")
-        self.errors = errors
+class BadInput(ClientError):
+    """Input that does not fit the served contract (422)."""
 
 
-class TooLarge(ValueError):
+class RequestInvalid(ClientError):
+    """A JSON body that does not match the request schema: pydantic's error list, as FastAPI answers it (422)."""
+
+
+class TooLarge(ClientError):
     """A body over the size limit."""
 
+    status = 413
 
-class UnsupportedMedia(ValueError):
+
+class UnsupportedMedia(ClientError):
     """A body in a format the service does not read."""
+
+    status = 415
 
 
 class Metrics:
@@ -329,21 +339,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.add_middleware(LimitsAndMetrics, state=state)
 
-    @app.exception_handler(BadInput)
-    async def bad_input(_: Request, exc: BadInput):
-        return JSONResponse(status_code=422, content={"detail": str(exc)})
-
-    @app.exception_handler(RequestInvalid)
-    async def invalid(_: Request, exc: RequestInvalid):
-        return JSONResponse(status_code=422, content={"detail": exc.errors})
-
-    @app.exception_handler(TooLarge)
-    async def too_large(_: Request, exc: TooLarge):
-        return JSONResponse(status_code=413, content={"detail": str(exc)})
-
-    @app.exception_handler(UnsupportedMedia)
-    async def media(_: Request, exc: UnsupportedMedia):
-        return JSONResponse(status_code=415, content={"detail": str(exc)})
+    @app.exception_handler(ClientError)
+    async def client_error(_: Request, exc: ClientError):
+        return JSONResponse(status_code=exc.status, content={"detail": exc.detail})
 
     @app.exception_handler(ArtifactError)
     async def no_model(_: Request, exc: ArtifactError):
