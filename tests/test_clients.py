@@ -103,3 +103,58 @@ def test_client_retries_5xx_and_reports_unreachable_services():
     dead = Client("http://127.0.0.1:9", retries=1, backoff_s=0.001, timeout=1.0)
     with pytest.raises(ServiceError, match="no answer .* after 2 tries"):
         dead.decode(np.zeros((16, 20)))
+
+
+# ---- the demo's parts ----------------------------------------------------------------------------------------
+def test_population_on_day_is_the_simulated_days_population(tiny_sim_cfg, tiny_sim_days):
+    from clients.demo import population_on_day
+
+    for d, day in enumerate(tiny_sim_days):
+        pop = population_on_day(tiny_sim_cfg, d)
+        np.testing.assert_array_equal(pop.pd, day.population.pd)
+        np.testing.assert_array_equal(pop.active, day.population.active)
+
+
+def test_center_out_scores_hits_misses_and_time_to_target():
+    from clients.demo import CenterOut, TaskParams
+
+    task = CenterOut(TaskParams(hold_s=0.2, timeout_s=1.0, center_hold_s=0.1), seed=0)
+    task.update(np.zeros(2), 0.0)
+    task.update(np.zeros(2), 0.15)  # held at the center: a target appears
+    assert task.phase == "reach"
+    target = task.goal.copy()
+    task.update(np.zeros(2), 0.3)
+    task.update(target, 0.5)  # enters 0.35 s after onset
+    task.update(target, 0.75)  # held 0.25 s: hit
+    assert task.hits == 1 and task.times == [pytest.approx(0.35)] and task.phase == "center"
+    task.update(np.zeros(2), 0.8)
+    task.update(np.zeros(2), 0.95)
+    assert task.phase == "reach"
+    task.update(np.zeros(2), 2.0)  # never reached within 1 s: miss
+    assert task.misses == 1 and task.trials == 2
+
+
+def test_subject_fires_for_its_intention(tiny_sim_cfg):
+    from clients.demo import Subject, SubjectParams, population_on_day
+
+    subject = Subject(population_on_day(tiny_sim_cfg, 0), tiny_sim_cfg, SubjectParams(), seed=0)
+    spikes = np.concatenate([subject.step(np.zeros(2), np.array([0.8, 0.0]), 20) for _ in range(50)])
+    assert spikes.shape == (1000, tiny_sim_cfg.neural.n_channels) and set(np.unique(spikes)) <= {0.0, 1.0}
+    assert subject.pos[0] > 0.5  # it moved toward the goal it was steering to
+    assert 1.0 < spikes.mean() * 1000 < 200  # plausible rates (Hz per channel)
+
+
+def test_headless_demo_reports(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "demo.json"
+    r = subprocess.run([str(Path(sys.executable).parent / "alignnet"), "demo", "--headless", "--trials", "2",
+                        "--json", str(out)], capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["trials"] == 2 and report["hits"] + report["misses"] == 2
+    assert 0 <= report["success_rate"] <= 1 and report["decode_latency_ms"]["n"] > 50
+    assert report["decode_latency_ms"]["p99"] < 200
