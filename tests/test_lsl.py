@@ -228,3 +228,15 @@ def test_integer_count_streams_are_read_in_their_own_type(engine):
         y, ts = _drain(h.out, 5)
     assert len(ts) == 5
     np.testing.assert_allclose(y, engine.decode(_windows(counts.astype(np.float32), 20))[:, :, -1], atol=1e-5)
+
+
+def test_a_backlog_is_skipped_so_lag_cannot_grow(engine):
+    with bridged(engine, "test-lag", max_lag_bins=4) as h:
+        t0 = pylsl.local_clock()
+        stamps = (t0 - 0.02 * np.arange(40)[::-1]).tolist()  # 40 bins arrive at once: the bridge is 0.8 s behind
+        h.src.push_chunk(np.ones((40, 16), np.float32), stamps)
+        y, ts = _drain(h.out, 40, timeout=1.5)
+    c = h.bridge.counts
+    assert c["bins"] == 40 and c["pushed"] + c["dropped"] == 40
+    assert c["dropped"] >= 40 - 4 - 4  # at most a few hops decoded before the backlog was seen
+    assert ts[-1] == stamps[-1]  # the newest bin is always decoded
