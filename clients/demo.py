@@ -30,6 +30,7 @@ import numpy as np
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 from fastapi.responses import HTMLResponse
 
+from service.loadtest import ServiceUnavailable
 from training.simulator import BEHAVIOR_FS, SimConfig, drift_population, initial_population, unit_rates
 
 log = logging.getLogger(__name__)
@@ -180,7 +181,7 @@ class ClosedLoop:
                 self.inlet.open_stream(timeout=5.0)
                 return
             t_next = self._push(np.zeros(2), t_next)  # keep streaming (rest) while the bridge connects
-        raise RuntimeError(f"the service's decoded stream '{self.source}-decoded' did not appear within "
+        raise ServiceUnavailable(f"the service's decoded stream '{self.source}-decoded' did not appear within "
                            f"{timeout:g} s: is `alignnet serve --lsl --lsl-source {self.source}` running?")
 
     def _push(self, goal: np.ndarray, t_next: float) -> float:

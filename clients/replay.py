@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from service.loadtest import ServiceUnavailable
 from training.metrics import r2
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ class OnlineScorer:
         for key, stream in (("decoded", f"{name}-decoded"), ("behavior", f"{name}-behavior")):
             found = pylsl.resolve_byprop("name", stream, 1, timeout)
             if not found:
-                raise RuntimeError(f"LSL stream {stream!r} not found within {timeout:g} s" + (
+                raise ServiceUnavailable(f"LSL stream {stream!r} not found within {timeout:g} s" + (
                     f": is the service bridging '{name}' (alignnet serve --lsl --lsl-source {name})?"
                     if key == "decoded" else ""))
             inlet = pylsl.StreamInlet(found[0], max_buflen=360, processing_flags=pylsl.proc_none)

@@ -25,6 +25,10 @@ import numpy as np
 from service.settings import DEFAULT_ARTIFACT
 
 
+class ServiceUnavailable(RuntimeError):
+    """A service or stream that should be there is not (did not start, did not answer, no stream)."""
+
+
 def add_parsers(bsub: argparse._SubParsersAction) -> None:
     p = bsub.add_parser("load", help="N concurrent clients against POST /decode for T seconds (loopback)",
                         description="Start `alignnet serve` (or use --url), run N concurrent HTTP clients posting "
@@ -71,14 +75,14 @@ def serving(artifact: Path, extra: list[str] = (), url: str | None = None, timeo
         end = time.monotonic() + timeout
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"alignnet serve exited with {proc.returncode}: {proc.stderr.read()[-2000:]}")
+                raise ServiceUnavailable(f"alignnet serve exited with {proc.returncode}: {proc.stderr.read()[-2000:]}")
             try:
                 if httpx.get(url + "/health", timeout=1.0).json().get("model_loaded"):
                     break
-            except httpx.HTTPError:
+            except (httpx.HTTPError, ValueError):  # not up yet, or something else answers on that port
                 pass
             if time.monotonic() > end:
-                raise RuntimeError(f"alignnet serve did not answer /health within {timeout:g} s")
+                raise ServiceUnavailable(f"alignnet serve did not answer /health within {timeout:g} s")
             time.sleep(0.2)
         yield url
     finally:
@@ -173,7 +177,7 @@ def lsl_latency(url: str, source: str, seconds: float, n_channels: int, bin_s: f
     outlet = pylsl.StreamOutlet(pylsl.StreamInfo(source, "Spikes", n_channels, 1.0 / bin_s, "float32", source))
     found = pylsl.resolve_byprop("name", f"{source}-decoded", 1, 30.0)
     if not found:
-        raise RuntimeError(f"the service's decoded stream {source}-decoded did not appear")
+        raise ServiceUnavailable(f"the service's decoded stream {source}-decoded did not appear")
     inlet = pylsl.StreamInlet(found[0], max_buflen=2, processing_flags=pylsl.proc_none)
     inlet.open_stream(timeout=10.0)
     rng = np.random.default_rng(0)

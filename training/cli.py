@@ -8,6 +8,7 @@ import signal
 import sys
 
 from model.artifacts import ArtifactError
+from service.loadtest import ServiceUnavailable
 from training.data import DataError
 from training.export import ExportError
 
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the CLI's own output
     try:
         return int(args.func(args) or 0)
-    except (DataError, FileNotFoundError, ValueError, ArtifactError, ExportError) as e:
+    except (DataError, FileNotFoundError, ValueError, ArtifactError, ExportError, ServiceUnavailable) as e:
         print(f"alignnet {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
