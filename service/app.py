@@ -3,8 +3,11 @@ to HTTP responses in one place. Run with ``uvicorn --factory service.app:create_
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
+import os
+import signal
 import threading
 import time
 from contextlib import asynccontextmanager
@@ -107,6 +110,24 @@ class State:
             self.engine, self.error = engine, None
             self.settings.artifact = engine.folder
         return engine
+
+    def reload(self, artifact=None) -> Engine:
+        """``load`` for a running service, counted in the metrics; on failure the old engine keeps serving."""
+        try:
+            engine = self.load(artifact)
+        except (ArtifactError, OSError, ValueError):
+            self.metrics.reloads.labels("failed").inc()
+            raise
+        self.metrics.reloads.labels("ok").inc()
+        return engine
+
+    def reload_on_signal(self) -> None:
+        """SIGHUP: reload the served artifact folder (e.g. after scripts/build_default_models.sh rewrote it)."""
+        try:
+            engine = self.reload()
+            log.warning("SIGHUP: reloaded %s", engine.folder)
+        except (ArtifactError, OSError, ValueError) as e:
+            log.error("SIGHUP: reload failed, still serving the previous model: %s", e)
 
 
 def get_state(request: Request) -> State:
@@ -234,7 +255,7 @@ meta = APIRouter(tags=["metadata"])
 @meta.get("/health")
 def health(state: StateDep) -> dict[str, Any]:
     return {"status": "ok" if state.engine is not None else "no model", "model_loaded": state.engine is not None,
-            "error": state.error, "lsl": state.bridges.status()}
+            "error": state.error, "lsl": state.bridges.status(), "pid": os.getpid()}
 
 
 @meta.get("/model")
@@ -256,12 +277,10 @@ admin = APIRouter(tags=["admin"])
 @admin.post("/reload")
 def reload(req: ReloadRequest, state: StateDep) -> dict[str, Any]:
     try:
-        engine = state.load(req.artifact)
+        engine = state.reload(req.artifact)
     except (ArtifactError, OSError, ValueError) as e:
-        state.metrics.reloads.labels("failed").inc()
         return JSONResponse(status_code=409, content={"detail": f"reload failed, still serving the previous model: "
                                                                 f"{e}"})
-    state.metrics.reloads.labels("ok").inc()
     return {"reloaded": True, "artifact": str(engine.folder), "model": engine.config["model"]}
 
 
@@ -328,6 +347,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             state.error = str(e)
             log.error("could not load %s: %s", settings.artifact, e)
         state.bridges = start_bridges(state)
+        loop = asyncio.get_running_loop()
+        try:  # only where the loop runs in the main thread (uvicorn; not TestClient's portal thread)
+            loop.add_signal_handler(signal.SIGHUP, lambda: loop.run_in_executor(None, state.reload_on_signal))
+        except (RuntimeError, ValueError, NotImplementedError, AttributeError):
+            pass
         try:
             yield
         finally:
