@@ -285,8 +285,8 @@ def reload(req: ReloadRequest, state: StateDep) -> dict[str, Any]:
 
 
 class LimitsAndMetrics:
-    """Body-size limit and per-route request metrics, as plain ASGI middleware (Starlette's BaseHTTPMiddleware
-    costs about a millisecond per request)."""
+    """Body-size limit and per-route request metrics, as plain ASGI middleware (with Starlette's BaseHTTPMiddleware a
+    /health round trip measured 2.4 ms, with this 1.75 ms, in one pair of runs of scripts/http_overhead.py)."""
 
     ROUTES = {"/decode", "/simulate", "/health", "/model", "/metrics", "/reload", "/docs", "/openapi.json"}
 
