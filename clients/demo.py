@@ -350,7 +350,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if args.json:
             from model.atomic import atomic_write_json
 
-            args.json.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_json(args.json, report)
         return 0
 

@@ -230,6 +230,5 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if args.json:
         from model.atomic import atomic_write_json
 
-        args.json.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(args.json, result)
     return 0

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from model.atomic import atomic_write_json
 from service.settings import DEFAULT_ARTIFACT
 
 
@@ -165,8 +166,7 @@ def cmd_load(args: argparse.Namespace) -> int:
     result["command"] = "alignnet " + " ".join(args.argv)
     print(json.dumps(result, indent=2))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        atomic_write_json(args.json, result)
     return 0 if result["error_count"] == 0 else 1
 
 
@@ -218,6 +218,5 @@ def cmd_lsl(args: argparse.Namespace) -> int:
     result["command"] = "alignnet " + " ".join(args.argv)
     print(json.dumps(result, indent=2))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        atomic_write_json(args.json, result)
     return 0
