@@ -192,20 +192,19 @@ class ClosedLoop:
         t_next += self.bin_ms / 1000.0
         if self.inlet is None:
             time.sleep(max(0.0, t_next - time.monotonic()))
-        else:  # wait for decoded samples until the next bin is due: each is timed as it arrives
-            while (wait := t_next - time.monotonic()) > 0:
-                sample, stamp = self.inlet.pull_sample(timeout=wait)
-                if sample is not None:
-                    self.latencies.append(self.pylsl.local_clock() - stamp)
-                    self.cursor = np.asarray(sample, np.float64)
+        else:  # wait for decoded samples until the next bin is due
+            self._receive(t_next)
         return t_next
 
-    def _read_cursor(self) -> None:
-        x, ts = self.inlet.pull_chunk(timeout=0.0, max_samples=256)
-        if ts:
-            now = self.pylsl.local_clock()
-            self.latencies.extend(now - t for t in ts)
-            self.cursor = np.asarray(x[-1], np.float64)
+    def _receive(self, until: float) -> None:
+        """Take the decoded samples that arrive before ``until`` (monotonic clock), each timed as it arrives; the
+        newest is the cursor. ``until`` in the past takes only what is already there."""
+        while True:
+            sample, stamp = self.inlet.pull_sample(timeout=max(0.0, until - time.monotonic()))
+            if sample is None:
+                return
+            self.latencies.append(self.pylsl.local_clock() - stamp)
+            self.cursor = np.asarray(sample, np.float64)
 
     def run(self, trials: int | None = None) -> None:
         """Run until ``trials`` are done (None: until stopped)."""
@@ -216,7 +215,7 @@ class ClosedLoop:
             t0 = time.monotonic()
             self.latencies.clear()
             while not self.stop_event.is_set():
-                self._read_cursor()
+                self._receive(0.0)
                 t = time.monotonic() - t0
                 if t >= self.warmup_s:  # the first window fills with the subject resting at the center
                     self.task.update(self.cursor, t)
@@ -323,14 +322,18 @@ def resolve_decoder(name: str) -> Path:
     return path
 
 
+def closed_loop(day: int, seed: int, engine: str) -> tuple[ClosedLoop, list[str]]:
+    """A closed loop on a fresh LSL stream name, and the `alignnet serve` arguments that bridge it."""
+    source = f"alignnet-demo-{uuid.uuid4().hex[:6]}"
+    return ClosedLoop(source, day=day, seed=seed), ["--lsl", "--lsl-source", source, "--engine", engine]
+
+
 def run_headless(artifact: Path, trials: int, day: int = 6, seed: int = 0, engine: str = "onnx",
                  port: int | None = None) -> dict:
     """Start the service on ``artifact``, run ``trials`` closed-loop trials, return the report."""
     from service.loadtest import free_port, serving
 
-    source = f"alignnet-demo-{uuid.uuid4().hex[:6]}"
-    loop = ClosedLoop(source, day=day, seed=seed)
-    extra = ["--lsl", "--lsl-source", source, "--engine", engine]
+    loop, extra = closed_loop(day, seed, engine)
     with serving(artifact, extra, port=port or free_port()):
         loop.connect()
         t0 = time.monotonic()
@@ -357,9 +360,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     from service.loadtest import serving
 
-    source = f"alignnet-demo-{uuid.uuid4().hex[:6]}"
-    loop = ClosedLoop(source, day=args.day, seed=args.seed)
-    extra = ["--lsl", "--lsl-source", source, "--engine", args.engine]
+    loop, extra = closed_loop(args.day, args.seed, args.engine)
     with serving(artifact, extra, port=args.service_port) as service_url:
         thread = threading.Thread(target=loop.run, name="closed-loop", daemon=True)
         thread.start()

@@ -199,16 +199,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
     replayer = Replayer(counts, beh, day.bin_s, args.name, speed=args.speed)
     extra = ["--lsl", "--lsl-source", args.name] + (["--hop", str(args.hop)] if args.hop else [])
     with serving(artifact, extra) if artifact else nullcontext():
-        scorer = None
-        if args.score or args.serve:
-            stop = threading.Event()
-            scorer = OnlineScorer(args.name)
+        scorer = OnlineScorer(args.name) if args.score or args.serve else None
         print(f"replaying {day.name}: {last - first} bins of {day.bin_s * 1e3:g} ms ({(last - first) * day.bin_s:.1f}"
               f" s at {args.speed:g}x) on LSL stream '{args.name}' (+ '{args.name}-behavior', {kind})", flush=True)
         if scorer is None:
             replayer.run(progress=True)
             return 0
-        thread = threading.Thread(target=replayer.run, kwargs={"stop": stop, "progress": True}, daemon=True)
+        thread = threading.Thread(target=replayer.run, kwargs={"progress": True}, daemon=True)
         thread.start()
         while thread.is_alive():
             scorer.poll()
