@@ -20,10 +20,7 @@ RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch==2.13.0"
     && pip install --no-deps "spikingjelly==2.0.0"
 
 COPY pyproject.toml README.md ./
-COPY model ./model
-COPY training ./training
-COPY service ./service
-COPY clients ./clients
+COPY alignnet ./alignnet
 COPY configs ./configs
 RUN pip install . \
     && useradd --create-home --uid 10001 alignnet

@@ -15,11 +15,11 @@ import time
 import torch
 import yaml
 
-from model import create_model
-from training.data import Dataset
-from training.metrics import r2
-from training.trainer import TrainConfig, Trainer
-from training.windows import Normaliser, split_trials, windows_in_trials
+from alignnet.model import create_model
+from alignnet.model.metrics import r2
+from alignnet.recordings.dataset import Dataset
+from alignnet.training.trainer import TrainConfig, Trainer
+from alignnet.training.windows import fit_contract, split_trials, windows_in_trials
 
 
 def parse_variant(text: str) -> tuple[str, dict]:
@@ -61,7 +61,7 @@ def main() -> None:
     tr = [windows_in_trials(day, sp["train"], w, max(1, w // 5), "pos")]
     va = [windows_in_trials(day, sp["val"], w, max(1, w // 5), "pos")]
     vt = windows_in_trials(day, sp["val"], w, w, "pos")
-    norm = Normaliser.fit(ds.contract(), tr)
+    contract = fit_contract(ds.contract(), tr)
     for text in a.variant:
         label, over = parse_variant(text)
         torch.manual_seed(0)
@@ -69,12 +69,12 @@ def main() -> None:
         t = time.time()
         cfg = dict(batch_size=32, lr=3e-3, max_steps_per_epoch=a.steps, progress=False)
         if a.pretrain_epochs:
-            Trainer(m, TrainConfig(stage="pretrain", epochs=a.pretrain_epochs, **cfg)).fit(tr, va, norm)
-        Trainer(m, TrainConfig(stage="both", epochs=a.epochs, **cfg)).fit(tr, va, norm)
+            Trainer(m, TrainConfig(stage="pretrain", epochs=a.pretrain_epochs, **cfg)).fit(tr, va, contract)
+        Trainer(m, TrainConfig(stage="both", epochs=a.epochs, **cfg)).fit(tr, va, contract)
         m.eval()
         with torch.no_grad():
-            pred = m.decode(torch.from_numpy(norm.spikes(vt.counts))).numpy()
-        print(f"{label:<16} validation S→B R² {r2(norm.behavior(vt.behavior), pred, 1):.3f}  "
+            pred = m.decode(torch.from_numpy(contract.preprocess_spikes(vt.counts))).numpy()
+        print(f"{label:<16} validation S→B R² {r2(contract.preprocess_behavior(vt.behavior), pred, 1):.3f}  "
               f"({time.time() - t:.0f} s)", flush=True)
 
 

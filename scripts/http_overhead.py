@@ -11,9 +11,9 @@ import time
 import httpx
 import numpy as np
 
-from service.engines import load_engine
-from service.loadtest import serving
-from service.settings import DEFAULT_ARTIFACT
+from alignnet.service.engines import load_engine
+from alignnet.service.launcher import serving
+from alignnet.service.settings import DEFAULT_ARTIFACT
 
 
 def timed(fn, repeats: int) -> float:

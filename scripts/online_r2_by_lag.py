@@ -8,10 +8,10 @@ import sys
 
 import numpy as np
 
-from service.engines import load_engine
-from service.settings import DEFAULT_MODELS
-from training.data import Dataset
-from training.metrics import r2
+from alignnet.model.metrics import r2
+from alignnet.recordings.dataset import Dataset
+from alignnet.service.engines import load_engine
+from alignnet.service.settings import DEFAULT_MODELS
 
 
 def main(data: str, day_index: int, seconds: float = 60.0) -> None:

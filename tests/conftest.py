@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.importers import simday_to_day
-from training.simulator import SimConfig, simulate_days
+from alignnet.recordings.importers import simday_to_day
+from alignnet.recordings.simulator import SimConfig, simulate_days
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -67,7 +67,7 @@ evaluate:
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory):
     """A 3-day, 16-channel simulated dataset with 20-bin windows, written through the CLI."""
-    from training.cli import main
+    from alignnet.cli.main import main
 
     root = tmp_path_factory.mktemp("tiny")
     (root / "sim.yaml").write_text(TINY_SIM_YAML)
@@ -81,9 +81,9 @@ def make_service_artifact(folder: Path, seed: int) -> Path:
     """A tiny exported test-alignnet artifact (16 channels x 20 bins of 20 ms)."""
     import torch
 
-    from model import DataContract, create_model
-    from model.artifacts import save_artifact
-    from training.export import export_artifact
+    from alignnet.model import DataContract, create_model
+    from alignnet.model.artifacts import save_artifact
+    from alignnet.training.export import export_artifact
 
     torch.manual_seed(seed)
     model = create_model("test-alignnet").eval()

@@ -6,10 +6,10 @@ import uuid
 import numpy as np
 import pytest
 
-from service.engines import load_engine
-from service.lsl import Bridge, BridgeConfig
-from training.data import Dataset
-from training.metrics import r2
+from alignnet.model.metrics import r2
+from alignnet.recordings.dataset import Dataset
+from alignnet.service.engines import load_engine
+from alignnet.service.lsl import Bridge, BridgeConfig
 
 pylsl = pytest.importorskip("pylsl")
 
@@ -17,7 +17,7 @@ pylsl = pytest.importorskip("pylsl")
 
 
 def test_replay_online_r2_equals_offline_evaluate_r2(tiny_dataset, service_artifacts):
-    from clients.replay import OnlineScorer, Replayer, offline_twin
+    from alignnet.clients.replay import OnlineScorer, Replayer, offline_twin
 
     engine = load_engine(service_artifacts[0], "onnx")
     day = Dataset(tiny_dataset / "D").day(0)
@@ -55,9 +55,9 @@ def test_client_sync_and_async_equal_the_engine(service_artifacts):
     import httpx
     from fastapi.testclient import TestClient
 
-    from clients import AsyncClient, Client, ServiceError
-    from service.app import create_app
-    from service.settings import Settings
+    from alignnet.clients import AsyncClient, Client, ServiceError
+    from alignnet.service.app import create_app
+    from alignnet.service.settings import Settings
 
     engine = load_engine(service_artifacts[0], "onnx")
     counts = np.random.default_rng(0).poisson(1.0, (3, 16, 20)).astype(np.float32)
@@ -87,8 +87,8 @@ def test_client_sync_and_async_equal_the_engine(service_artifacts):
 def test_client_retries_5xx_and_reports_unreachable_services():
     import httpx
 
-    from clients import Client, ServiceError
-    from clients.client import NPY, _body
+    from alignnet.clients import Client, ServiceError
+    from alignnet.service.codec import NPY, to_npy
 
     calls = []
 
@@ -96,7 +96,7 @@ def test_client_retries_5xx_and_reports_unreachable_services():
         calls.append(1)
         if len(calls) < 3:
             return httpx.Response(503, json={"detail": "no model loaded"})
-        return httpx.Response(200, content=_body(np.ones((1, 2, 20))), headers={"content-type": NPY})
+        return httpx.Response(200, content=to_npy(np.ones((1, 2, 20))), headers={"content-type": NPY})
 
     c = Client("http://x", retries=3, backoff_s=0.001, http=httpx.Client(transport=httpx.MockTransport(handler)))
     assert c.decode(np.zeros((16, 20))).shape == (1, 2, 20) and len(calls) == 3
@@ -107,7 +107,7 @@ def test_client_retries_5xx_and_reports_unreachable_services():
 
 # ---- the demo's parts ----------------------------------------------------------------------------------------
 def test_population_on_day_is_the_simulated_days_population(tiny_sim_cfg, tiny_sim_days):
-    from clients.demo import population_on_day
+    from alignnet.clients.demo import population_on_day
 
     for d, day in enumerate(tiny_sim_days):
         pop = population_on_day(tiny_sim_cfg, d)
@@ -116,7 +116,7 @@ def test_population_on_day_is_the_simulated_days_population(tiny_sim_cfg, tiny_s
 
 
 def test_center_out_scores_hits_misses_and_time_to_target():
-    from clients.demo import CenterOut, TaskParams
+    from alignnet.clients.demo import CenterOut, TaskParams
 
     task = CenterOut(TaskParams(hold_s=0.2, timeout_s=1.0, center_hold_s=0.1), seed=0)
     task.update(np.zeros(2), 0.0)
@@ -135,7 +135,7 @@ def test_center_out_scores_hits_misses_and_time_to_target():
 
 
 def test_subject_fires_for_its_intention(tiny_sim_cfg):
-    from clients.demo import Subject, SubjectParams, population_on_day
+    from alignnet.clients.demo import Subject, SubjectParams, population_on_day
 
     subject = Subject(population_on_day(tiny_sim_cfg, 0), tiny_sim_cfg, SubjectParams(), seed=0)
     spikes = np.concatenate([subject.step(np.zeros(2), np.array([0.8, 0.0]), 20) for _ in range(50)])

@@ -3,11 +3,11 @@ import json
 import numpy as np
 import pytest
 
-from model.contract import DataContract
-from tests.conftest import real_file
-from training.cli import main as cli
-from training.data import DataError, Dataset, Day, write_dataset
-from training.importers import (
+from alignnet.cli.main import main as cli
+from alignnet.model.contract import DataContract
+from alignnet.model.metrics import r2
+from alignnet.recordings.dataset import DataError, Dataset, Day, write_dataset
+from alignnet.recordings.importers import (
     bin_day,
     export_nwb,
     import_binned_npz,
@@ -15,10 +15,10 @@ from training.importers import (
     import_nwb,
     simday_to_day,
 )
-from training.linear import fit_ridge, lagged_features, predict_ridge, within_day_r2
-from training.metrics import r2
-from training.simulator import DriftConfig, SimConfig, simulate_days
-from training.summary import angle_diff_deg, fit_preferred_directions
+from alignnet.recordings.linear import fit_ridge, lagged_features, predict_ridge, within_day_r2
+from alignnet.recordings.simulator import DriftConfig, SimConfig, simulate_days
+from alignnet.recordings.summary import angle_diff_deg, fit_preferred_directions
+from tests.conftest import real_file
 
 
 def test_same_seed_same_data_and_other_seed_differs(tiny_sim_cfg, tiny_days):
@@ -86,7 +86,7 @@ def test_nwb_round_trip_gives_identical_counts(tiny_sim_days, tiny_days, tmp_pat
 
 
 def test_broadband_import_detects_the_simulated_spikes(tiny_sim_days, tmp_path):
-    from training.simulator import SPIKE_FS, simulate_broadband
+    from alignnet.recordings.simulator import SPIKE_FS, simulate_broadband
 
     sd = tiny_sim_days[0]
     n = 3 * SPIKE_FS

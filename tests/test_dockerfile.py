@@ -25,5 +25,5 @@ def test_dockerfile_promises():
     assert "\nUSER " in text and "USER root" not in text  # non-root
     for needle in ("HEALTHCHECK", "EXPOSE 8000", 'ENTRYPOINT ["alignnet", "serve"', "--network host"):
         assert needle in text
-    for copied in ("model", "training", "service", "clients", "configs"):  # everything `pip install .` needs
+    for copied in ("alignnet", "configs"):  # everything `pip install .` needs
         assert f"COPY {copied} ./{copied}" in text and (ROOT / copied).is_dir()

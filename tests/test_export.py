@@ -2,11 +2,11 @@ import numpy as np
 import pytest
 import torch
 
-from model import DataContract, create_model
-from model.artifacts import ArtifactError, save_artifact
-from service.engines import ENGINES, load_engine
-from training.cli import main as cli
-from training.export import ExportError, export_artifact
+from alignnet.cli.main import main as cli
+from alignnet.model import DataContract, create_model
+from alignnet.model.artifacts import ArtifactError, save_artifact
+from alignnet.service.engines import ENGINES, load_engine
+from alignnet.training.export import ExportError, export_artifact
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,7 @@ def test_failed_parity_writes_nothing(tmp_path, monkeypatch):
     contract = DataContract(n_channels=16, bin_s=0.02, window_bins=20, spike_scale=[1.0] * 16,
                             behavior_mean=[0.0, 0.0], behavior_std=[1.0, 1.0])
     folder = save_artifact(tmp_path / "a", model, contract)
-    import training.export as ex
+    import alignnet.training.export as ex
 
     monkeypatch.setattr(ex, "PARITY_ATOL", -1.0)  # no export can pass
     with pytest.raises(ExportError, match="nothing was written"):

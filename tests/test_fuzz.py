@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.loadtest import serving
+from alignnet.service.launcher import serving
 
 BIN = Path(sys.executable).parent
 

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from conftest import wait_until
 
-from service.engines import load_engine
-from service.lsl import Bridge, BridgeConfig, EventBinner, RegularBinner, Ring, sanitize
+from alignnet.service.binning import EventBinner, RegularBinner, Ring, sanitize
+from alignnet.service.engines import load_engine
+from alignnet.service.lsl import Bridge, BridgeConfig
 
 pylsl = pytest.importorskip("pylsl")
 
@@ -197,8 +198,8 @@ def test_reverse_direction_simulates_spikes(engine):
 def test_app_runs_the_bridge_and_reports_it(service_artifacts):
     from fastapi.testclient import TestClient
 
-    from service.app import create_app
-    from service.settings import Settings
+    from alignnet.service.app import create_app
+    from alignnet.service.settings import Settings
 
     name = f"test-app-{uuid.uuid4().hex[:8]}"
     src = _source(name)

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from model import DataContract, create_model, list_models
-from model.artifacts import ArtifactError, load_artifact, save_artifact
-from model.losses import info_nce, pretrain_loss
+from alignnet.model import DataContract, create_model, list_models
+from alignnet.model.artifacts import ArtifactError, load_artifact, save_artifact
+from alignnet.model.losses import info_nce, pretrain_loss
 
 ALL = list_models()
 TEST_MODELS = [n for n in ALL if n.startswith("test-")]

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from scipy.interpolate import interp1d
 
-from training.preprocess import (
+from alignnet.recordings.preprocess import (
     bin_spikes,
     detect_spikes,
     gather_windows,
@@ -10,7 +10,7 @@ from training.preprocess import (
     smooth_behavior,
     window_starts,
 )
-from training.simulator import SPIKE_FS, simulate_broadband
+from alignnet.recordings.simulator import SPIKE_FS, simulate_broadband
 
 SNR = 6.0  # spike trough / white-noise std of the raw broadband; detection is specified at this SNR
 

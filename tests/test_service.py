@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import NPY, create_app
-from service.engines import load_engine
-from service.settings import Settings
+from alignnet.service.app import NPY, create_app
+from alignnet.service.engines import load_engine
+from alignnet.service.settings import Settings
 
 
 @pytest.fixture(scope="module")

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from model import create_model
-from model.artifacts import load_artifact
-from training.cli import main as cli
-from training.data import Dataset
-from training.metrics import pearson, r2
-from training.trainer import TrainConfig, Trainer
-from training.windows import Normaliser, split_trials, windows_in_trials
+from alignnet.cli.main import main as cli
+from alignnet.model import create_model
+from alignnet.model.artifacts import load_artifact
+from alignnet.model.metrics import pearson, r2
+from alignnet.recordings.dataset import Dataset
+from alignnet.training.trainer import TrainConfig, Trainer
+from alignnet.training.windows import fit_contract, split_trials, windows_in_trials
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -50,12 +50,12 @@ def _tiny_windows(root):
 
 def test_resume_after_interruption_gives_the_same_weights(tiny_dataset, tmp_path, monkeypatch):
     ds, train, val, _ = _tiny_windows(tiny_dataset)
-    norm = Normaliser.fit(ds.contract(window_bins=20), train)
+    contract = fit_contract(ds.contract(window_bins=20), train)
     cfg = TrainConfig(stage="both", epochs=3, batch_size=8, max_steps_per_epoch=5, progress=False, device="cpu")
 
     torch.manual_seed(0)
     straight = create_model("test-gru")
-    Trainer(straight, cfg, run_dir=tmp_path / "a").fit(train, val, norm)
+    Trainer(straight, cfg, run_dir=tmp_path / "a").fit(train, val, contract)
 
     torch.manual_seed(0)
     interrupted = create_model("test-gru")
@@ -70,13 +70,13 @@ def test_resume_after_interruption_gives_the_same_weights(tiny_dataset, tmp_path
 
     monkeypatch.setattr(Trainer, "step", dying_step)
     with pytest.raises(KeyboardInterrupt):
-        trainer.fit(train, val, norm)
+        trainer.fit(train, val, contract)
     monkeypatch.setattr(Trainer, "step", real_step)
     assert (tmp_path / "b" / "checkpoint.pt").is_file()
 
     torch.manual_seed(123)  # a fresh process: nothing but the checkpoint carries state
     resumed = create_model("test-gru")
-    Trainer(resumed, cfg, run_dir=tmp_path / "b").fit(train, val, norm, resume=True)
+    Trainer(resumed, cfg, run_dir=tmp_path / "b").fit(train, val, contract, resume=True)
     for (k, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
         assert torch.equal(a, b), f"{k} differs after resume"
     rows = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
@@ -85,13 +85,14 @@ def test_resume_after_interruption_gives_the_same_weights(tiny_dataset, tmp_path
 
 def test_wiener_fits_through_the_same_trainer(tiny_dataset):
     ds, train, val, test = _tiny_windows(tiny_dataset)
-    norm = Normaliser.fit(ds.contract(window_bins=20), train)
+    contract = fit_contract(ds.contract(window_bins=20), train)
     model = create_model("wiener", n_channels=16, window_bins=20, n_lags=3)
-    summary = Trainer(model, TrainConfig(stage="both", progress=False)).fit(train, val, norm)
+    summary = Trainer(model, TrainConfig(stage="both", progress=False)).fit(train, val, contract)
     assert "s2b_alpha" in summary
     with torch.no_grad():
-        pred = model.decode(torch.from_numpy(norm.spikes(test.counts))).numpy()
-    assert r2(norm.behavior(test.behavior), pred, 1) > 0.05  # 16 channels, 14 training trials: better than the mean
+        pred = model.decode(torch.from_numpy(contract.preprocess_spikes(test.counts))).numpy()
+    # 16 channels, 14 training trials: better than the mean
+    assert r2(contract.preprocess_behavior(test.behavior), pred, 1) > 0.05
 
 
 def test_tiny_end_to_end_evaluate(tiny_dataset, tmp_path, capsys):
@@ -126,7 +127,7 @@ def test_torchrun_two_processes_pretrain(tiny_dataset, tmp_path):
     out = tmp_path / "ddp"
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     proc = subprocess.run(
-        [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "training.cli", "train",
+        [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "alignnet", "train",
          str(tiny_dataset / "train.yaml"), "--data", str(tiny_dataset / "D"), "--out", str(out),
          "--set", "finetune.epochs=1"],
         cwd=REPO, capture_output=True, text=True, timeout=300,

@@ -1,0 +1,129 @@
+"""``alignnet bench models | latency | load | lsl`` (the work is done by ``alignnet.service.bench`` and
+``alignnet.service.loadtest``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from alignnet.cli.main import command_line
+from alignnet.model.atomic import atomic_write_json
+from alignnet.service.settings import DEFAULT_ARTIFACT
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    bench = sub.add_parser("bench", help="benchmarks")
+    bsub = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCH")
+    p = bsub.add_parser("models", help="parameter count and eager forward time per window, decode and simulate",
+                        description="Eager PyTorch forward time per window of every registered model (random "
+                        "weights, eval mode), for the decode and the simulate path separately.")
+    p.add_argument("--models", default=None, help="comma-separated names (default: all but test-* variants)")
+    p.add_argument("--batch", type=int, default=1, help="windows per call (default: %(default)s)")
+    p.add_argument("--repeats", type=int, default=30, help="timed calls per path (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default: %(default)s)")
+    p.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    p.set_defaults(func=cmd_bench_models)
+
+    p = bsub.add_parser("latency", help="batch-1 latency p50/p99 and throughput of each runtime engine",
+                        description="Each engine runs in its own process. Batch-1 decode and simulate latency "
+                        "(p50/p99) and throughput at batch 1, 8 and 64. With --data, also accuracy against latency "
+                        "for fewer SNN steps at inference.")
+    p.add_argument("artifact", type=Path, help="exported artifact folder (or run folder)")
+    p.add_argument("--engines", default="onnx,torchscript,eager", help="comma-separated (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=1, help="threads per engine (default: %(default)s)")
+    p.add_argument("--repeats", type=int, default=300, help="timed batch-1 calls (default: %(default)s)")
+    p.add_argument("--data", type=Path, default=None, help="dataset for the SNN-steps trade-off (optional)")
+    p.add_argument("--steps", default="1,2,3,4", help="SNN steps to try with --data (default: %(default)s)")
+    p.add_argument("--json", type=Path, default=None, help="write the figures here")
+    p.set_defaults(func=cmd_bench_latency)
+
+    p = bsub.add_parser("load", help="N concurrent clients against POST /decode for T seconds (loopback)",
+                        description="Start `alignnet serve` (or use --url), run N concurrent HTTP clients posting "
+                        "batch-1 windows to /decode for T seconds, and report errors, throughput and p50/p99.")
+    p.add_argument("--artifact", type=Path, default=DEFAULT_ARTIFACT, help="artifact to serve (default: default model)")
+    p.add_argument("--url", default=None, help="use a running service instead of starting one")
+    p.add_argument("--clients", type=int, default=8, help="concurrent clients (default: %(default)s)")
+    p.add_argument("--seconds", type=float, default=20.0, help="duration (default: %(default)s)")
+    p.add_argument("--format", choices=("json", "npy"), default="json", help="request body (default: json)")
+    p.add_argument("--json", type=Path, default=None, help="write the figures here")
+    p.set_defaults(func=cmd_load)
+
+    p = bsub.add_parser("lsl", help="LSL end-to-end latency: input stamp -> decoded sample received",
+                        description="Start `alignnet serve --lsl`, stream 64-channel counts at the bin rate from an "
+                        "LSL outlet for T seconds and time every decoded sample against its input stamp.")
+    p.add_argument("--artifact", type=Path, default=DEFAULT_ARTIFACT, help="artifact to serve (default: default model)")
+    p.add_argument("--seconds", type=float, default=30.0, help="duration (default: %(default)s)")
+    p.add_argument("--json", type=Path, default=None, help="write the figures here")
+    p.set_defaults(func=cmd_lsl)
+
+
+def _write(path: Path | None, result: dict) -> None:
+    if path:
+        atomic_write_json(path, result)
+        print(f"wrote {path}")
+
+
+def cmd_bench_models(args: argparse.Namespace) -> int:
+    import torch
+
+    from alignnet.service.bench import bench_models
+
+    print(f"eager PyTorch {torch.__version__}, {args.threads} thread(s), batch {args.batch}, {args.repeats} calls; "
+          "ms per call (median / p90)")
+    print(f"{'model':<16} {'parameters':>11} {'decode ms':>14} {'simulate ms':>14} {'decode ms/window':>17}")
+    rows = bench_models(args.models.split(",") if args.models else None, args.batch, args.repeats, args.threads)
+    for row in rows:
+        print(f"{row['model']:<16} {row['parameters']:>11,} {row['decode_ms_median']:>7.2f}/"
+              f"{row['decode_ms_p90']:<6.2f} {row['simulate_ms_median']:>7.2f}/{row['simulate_ms_p90']:<6.2f} "
+              f"{row['decode_ms_median'] / args.batch:>17.3f}")
+    _write(args.json, {"threads": args.threads, "torch": torch.__version__, "rows": rows})
+    return 0
+
+
+def cmd_bench_latency(args: argparse.Namespace) -> int:
+    from alignnet.cli.models import artifact_dir
+    from alignnet.service.bench import bench_latency
+
+    folder = artifact_dir(args.artifact)
+    print(f"{folder}: {args.threads} thread(s), {args.repeats} batch-1 calls per path, each engine in its own "
+          "process")
+    print(f"{'engine':<12} {'decode p50/p99 ms':>19} {'simulate p50/p99 ms':>21} "
+          f"{'decode windows/s at batch 1 / 8 / 64':>38}")
+
+    def row(r: dict) -> None:
+        print(f"{r['engine']:<12} {r['decode_p50_ms']:>9.2f}/{r['decode_p99_ms']:<9.2f} "
+              f"{r['simulate_p50_ms']:>10.2f}/{r['simulate_p99_ms']:<10.2f} "
+              f"{r['decode_windows_per_s_b1']:>12.0f} / {r['decode_windows_per_s_b8']:.0f} / "
+              f"{r['decode_windows_per_s_b64']:.0f}", flush=True)
+
+    out = bench_latency(folder, [e.strip() for e in args.engines.split(",")], args.threads, args.repeats,
+                        args.data, [int(s) for s in args.steps.split(",")], progress=row)
+    if "onnx_over_eager_decode_p50" in out:
+        print(f"ONNX Runtime / eager PyTorch, batch-1 decode p50: {out['onnx_over_eager_decode_p50']:.2f}")
+    if "snn_steps" in out:
+        print(f"\n{'SNN steps':>9} {'decode R²':>10} {'ONNX decode p50/p99 ms':>24}")
+        for s in out["snn_steps"]:
+            print(f"{s['time_steps']:>9} {s['r2']:>10.3f} {s['p50_ms']:>11.2f}/{s['p99_ms']:<9.2f}")
+    _write(args.json, out)
+    return 0
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    from alignnet.service.loadtest import http_load
+
+    result = http_load(args.artifact, args.clients, args.seconds, args.format, url=args.url)
+    result["command"] = command_line(args)
+    print(json.dumps(result, indent=2))
+    _write(args.json, result)
+    return 0 if result["error_count"] == 0 else 1
+
+
+def cmd_lsl(args: argparse.Namespace) -> int:
+    from alignnet.service.loadtest import lsl_latency
+
+    result = lsl_latency(args.artifact, args.seconds)
+    result["command"] = command_line(args)
+    print(json.dumps(result, indent=2))
+    _write(args.json, result)
+    return 0

@@ -1,0 +1,71 @@
+"""``alignnet serve``: the HTTP service (and, with ``--lsl``, the LSL bridge) on the default or a given model."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    from alignnet.service.settings import DEFAULT_ARTIFACT
+
+    p = sub.add_parser(
+        "serve", help="serve a model over HTTP (POST /decode, /simulate) and optionally bridge LSL streams",
+        description="Start the decoding service. With no arguments it serves the default model kept in the "
+        f"repository ({DEFAULT_ARTIFACT.name}: AlignNet, configs/quick.yaml on the embedded simulated dataset; "
+        "rebuilt by scripts/build_default_models.sh). Every option can also be set with an ALIGNNET_* "
+        "environment variable (e.g. ALIGNNET_ARTIFACT). OpenAPI docs at http://HOST:PORT/docs.",
+    )
+    p.add_argument("--artifact", type=Path, default=None, help="exported artifact folder (default: the default model)")
+    p.add_argument("--engine", choices=("onnx", "torchscript", "eager"), default=None, help="runtime (default: onnx)")
+    p.add_argument("--threads", type=int, default=None, help="engine threads (default: 1)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 in a container)")
+    p.add_argument("--port", type=int, default=8000)
+    g = p.add_argument_group("LSL bridge")
+    g.add_argument("--lsl", action="store_true", help="decode a spike stream from LSL, push the trajectory")
+    g.add_argument("--lsl-source", default=None, metavar="NAME", help="spike stream name (default: any of the type)")
+    g.add_argument("--lsl-type", default=None, metavar="TYPE", help="spike stream type (default: Spikes)")
+    g.add_argument("--lsl-output", default=None, metavar="NAME", help="decoded stream name (default: SOURCE-decoded)")
+    g.add_argument("--lsl-reverse", action="store_true",
+                   help="also simulate: behavior stream in (type Behavior), simulated spikes out")
+    g.add_argument("--lsl-behavior-source", default=None, metavar="NAME", help="behavior stream name (reverse)")
+    g.add_argument("--lsl-sample", action="store_true", help="reverse: push sampled counts instead of rates")
+    g.add_argument("--hop", type=int, default=None, help="bins between two decodes (default: 1)")
+    g.add_argument("--max-lag", type=int, default=None, metavar="BINS",
+                   help="backlog beyond which only the newest hop is decoded (default: 10)")
+    p.set_defaults(func=cmd_serve)
+
+
+def settings_from_args(args: argparse.Namespace):
+    from alignnet.service.settings import Settings
+
+    overrides = {k: v for k, v in {
+        "artifact": args.artifact, "engine": args.engine, "threads": args.threads,
+        "lsl_source_name": args.lsl_source, "lsl_source_type": args.lsl_type, "lsl_output_name": args.lsl_output,
+        "lsl_behavior_name": args.lsl_behavior_source, "lsl_hop_bins": args.hop,
+        "lsl_max_lag_bins": args.max_lag,
+    }.items() if v is not None}
+    if args.lsl:
+        overrides["lsl_decode"] = True
+    if args.lsl_reverse:
+        overrides["lsl_simulate"] = True
+    if args.lsl_sample:
+        overrides["lsl_sample"] = True
+    return Settings(**overrides)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from alignnet.service.app import create_app
+    from alignnet.service.engines import check_artifact
+
+    settings = settings_from_args(args)
+    check_artifact(settings.artifact, settings.engine)  # a clear error now rather than a 503 later
+    print(f"serving {settings.artifact} ({settings.engine}) on http://{args.host}:{args.port} "
+          f"(docs: /docs, health: /health)" + ("; LSL bridge on" if settings.lsl_decode else ""), flush=True)
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning")
+    return 0

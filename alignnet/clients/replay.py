@@ -1,0 +1,213 @@
+"""Replay a recorded day over LSL at real speed, and score the service's decoded stream online.
+
+``alignnet replay DATA --day K`` streams the day's spike counts per bin on ``NAME`` (type Spikes) and its behavior
+on ``NAME-behavior`` (type Behavior), both stamped with the same LSL time per bin. With ``--score``, a scorer
+collects the service's ``NAME-decoded`` stream, matches each decoded sample to the behavior sample with the same
+stamp, and reports the online R²; with ``--serve`` the command starts the service itself. ``--offline-check`` also
+decodes the same windows offline with the same artifact and reports the difference (it should be ~1e-7: online and
+offline run the same engine on the same windows).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from alignnet.model.metrics import r2
+from alignnet.service.launcher import ServiceUnavailable
+
+log = logging.getLogger(__name__)
+
+
+class Replayer:
+    """Pushes bins (counts and behavior) in real time (or ``speed`` times faster), one LSL stamp per bin."""
+
+    def __init__(self, counts: np.ndarray, behavior: np.ndarray, bin_s: float, name: str = "alignnet-replay",
+                 names: list[str] | None = None, speed: float = 1.0, chunk_bins: int = 1) -> None:
+        import pylsl
+
+        if counts.ndim != 2 or behavior.ndim != 2 or len(counts) != len(behavior):
+            raise ValueError(f"counts (n, C) and behavior (n, D) must have the same n; got {counts.shape} and "
+                             f"{behavior.shape}")
+        if speed <= 0:
+            raise ValueError(f"speed must be > 0, got {speed}")
+        self.pylsl = pylsl
+        self.counts, self.behavior = counts.astype(np.float32), behavior.astype(np.float32)
+        self.bin_s, self.speed, self.chunk = bin_s, speed, max(1, int(chunk_bins))
+        self.name = name
+        rate = 1.0 / bin_s
+        spikes = pylsl.StreamInfo(name, "Spikes", counts.shape[1], rate, "float32", f"{name}-spikes")
+        spikes.desc().append_child_value("producer", "alignnet replay")
+        beh = pylsl.StreamInfo(f"{name}-behavior", "Behavior", behavior.shape[1], rate, "float32", f"{name}-beh")
+        if names:
+            beh.set_channel_labels(list(names))
+        self.spike_outlet = pylsl.StreamOutlet(spikes, chunk_size=self.chunk)
+        self.behavior_outlet = pylsl.StreamOutlet(beh, chunk_size=self.chunk)
+        self.stamps = np.zeros(0)
+        self.sent = 0
+
+    def wait_for_consumers(self, timeout: float = 30.0) -> bool:
+        return self.spike_outlet.wait_for_consumers(timeout)
+
+    def run(self, stop: threading.Event | None = None, progress: bool = False) -> np.ndarray:
+        """Stream every bin; returns the stamps used."""
+        from tqdm.auto import tqdm
+
+        n = len(self.counts)
+        step = self.bin_s / self.speed
+        t0 = self.pylsl.local_clock() + 0.05
+        self.stamps = t0 + np.arange(n) * step
+        start = time.monotonic() + 0.05
+        for i in tqdm(range(0, n, self.chunk), desc="replaying", unit="chunk", disable=not progress):
+            if stop is not None and stop.is_set():
+                break
+            j = min(n, i + self.chunk)
+            time.sleep(max(0.0, start + (j - 1) * step - time.monotonic()))  # a bin is sent once it has ended
+            stamps = self.stamps[i:j].tolist()
+            self.spike_outlet.push_chunk(self.counts[i:j], stamps)
+            self.behavior_outlet.push_chunk(self.behavior[i:j], stamps)
+            self.sent = j
+        return self.stamps[:self.sent]
+
+
+class OnlineScorer:
+    """Collects the decoded and the behavior streams and scores decoded against behavior, matched on stamps."""
+
+    def __init__(self, name: str, timeout: float = 30.0) -> None:
+        import pylsl
+
+        self.pylsl = pylsl
+        self.inlets = {}
+        for key, stream in (("decoded", f"{name}-decoded"), ("behavior", f"{name}-behavior")):
+            found = pylsl.resolve_byprop("name", stream, 1, timeout)
+            if not found:
+                raise ServiceUnavailable(f"LSL stream {stream!r} not found within {timeout:g} s" + (
+                    f": is the service bridging '{name}' (alignnet serve --lsl --lsl-source {name})?"
+                    if key == "decoded" else ""))
+            inlet = pylsl.StreamInlet(found[0], max_buflen=360, processing_flags=pylsl.proc_none)
+            inlet.open_stream(timeout=10.0)
+            self.inlets[key] = inlet
+        self.data: dict[str, dict[float, np.ndarray]] = {"decoded": {}, "behavior": {}}
+        self.latency: list[float] = []
+
+    def poll(self, timeout: float = 0.05) -> int:
+        got = 0
+        for key, inlet in self.inlets.items():
+            x, ts = inlet.pull_chunk(timeout=timeout if key == "decoded" else 0.0, max_samples=4096, min_samples=1)
+            now = self.pylsl.local_clock()
+            for row, t in zip(x, ts):
+                self.data[key][t] = np.asarray(row, np.float64)
+                if key == "decoded":
+                    self.latency.append(now - t)
+            got += len(ts)
+        return got
+
+    def collect(self, expected: int, timeout: float = 10.0) -> None:
+        end = time.monotonic() + timeout
+        while len(self.data["decoded"]) < expected and time.monotonic() < end:
+            self.poll()
+        self.poll(0.2)
+
+    def matched(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(stamps, behavior (n, D), decoded (n, D)) for the stamps seen on both streams, in time order."""
+        stamps = np.array(sorted(set(self.data["decoded"]) & set(self.data["behavior"])))
+        if stamps.size == 0:
+            return stamps, np.zeros((0, 0)), np.zeros((0, 0))
+        return (stamps, np.stack([self.data["behavior"][t] for t in stamps]),
+                np.stack([self.data["decoded"][t] for t in stamps]))
+
+    def score(self) -> dict:
+        stamps, y, yhat = self.matched()
+        lat = np.asarray(self.latency) * 1e3
+        out = {"decoded": len(self.data["decoded"]), "behavior": len(self.data["behavior"]), "matched": len(stamps),
+               "r2": r2(y, yhat) if len(stamps) > 1 else None}
+        if lat.size:
+            out["latency_ms"] = {"p50": round(float(np.percentile(lat, 50)), 2),
+                                 "p99": round(float(np.percentile(lat, 99)), 2)}
+        return out
+
+
+def offline_twin(engine, counts: np.ndarray, hop: int, batch: int = 256) -> np.ndarray:
+    """What the bridge computes, offline: (n, C) counts -> (n', D) outputs for the first n' = n - n % hop bins.
+    The bridge's ring buffer starts at zero; each hop decodes the window ending at its last bin and keeps the last
+    ``hop`` bins of the output."""
+    w = engine.contract.window_bins
+    padded = np.concatenate([np.zeros((w - 1, counts.shape[1]), np.float32), counts.astype(np.float32)])
+    ends = np.arange(hop - 1, len(counts) - len(counts) % hop, hop)  # last bin of each hop
+    outs = []
+    for i in range(0, len(ends), batch):
+        x = np.stack([padded[e:e + w].T for e in ends[i:i + batch]])
+        outs.append(engine.decode(x)[:, :, -hop:])
+    y = np.concatenate(outs)  # (hops, D, hop)
+    return y.transpose(0, 2, 1).reshape(-1, y.shape[1])
+
+
+# ---- a scored replay ----------------------------------------------------------------------------------------------
+def _check_against(config: dict, counts: np.ndarray, bin_s: float, what: str) -> None:
+    """The served model must read this recording: same channel count and bin width."""
+    c = config["contract"]
+    if c.get("units_matched", True) and counts.shape[1] != c["n_channels"]:
+        raise ValueError(f"{what} has {counts.shape[1]} channels; the served model reads {c['n_channels']}")
+    if abs(c["bin_s"] - bin_s) > 1e-9:
+        raise ValueError(f"{what} is binned at {bin_s * 1e3:g} ms; the served model at {c['bin_s'] * 1e3:g} ms")
+
+
+def replay_day(day, *, name: str = "alignnet-replay", kind: str | None = None, speed: float = 1.0,
+               start_s: float = 0.0, seconds: float | None = None, score: bool = False,
+               artifact: Path | None = None, hop: int | None = None, offline_check: bool = False,
+               announce=print) -> dict:
+    """Stream a day (a ``Day``) over LSL in real time; with ``score`` (or ``artifact``: the service started here on
+    it) score the decoded stream online; with ``offline_check`` also decode the same windows offline."""
+    from contextlib import nullcontext
+
+    from alignnet.service.engines import check_artifact
+    from alignnet.service.launcher import serving
+
+    config = check_artifact(artifact, "onnx") if artifact else None
+    kind = kind or (config["contract"]["behavior_kind"] if config else "pos")
+    first = int(round(start_s / day.bin_s))
+    last = day.n_bins if seconds is None else min(day.n_bins, first + int(round(seconds / day.bin_s)))
+    if last - first < 2:
+        raise ValueError(f"day {day.name} has {day.n_bins} bins; nothing to replay from {start_s:g} s")
+    counts, beh = day.counts[first:last], day.behavior(kind)[first:last]
+    if config:
+        _check_against(config, counts, day.bin_s, f"day {day.name}")
+    replayer = Replayer(counts, beh, day.bin_s, name, speed=speed)
+    extra = ["--lsl", "--lsl-source", name] + (["--hop", str(hop)] if hop else [])
+    result = {"day": day.name, "behavior": kind}
+    with serving(artifact, extra) if artifact else nullcontext():
+        scorer = OnlineScorer(name) if score or artifact else None
+        announce(f"replaying {day.name}: {last - first} bins of {day.bin_s * 1e3:g} ms "
+                 f"({(last - first) * day.bin_s:.1f} s at {speed:g}x) on LSL stream '{name}' (+ '{name}-behavior', "
+                 f"{kind})")
+        if scorer is None:
+            replayer.run(progress=True)
+            return {**result, "bins": replayer.sent}
+        thread = threading.Thread(target=replayer.run, kwargs={"progress": True}, daemon=True)
+        thread.start()
+        while thread.is_alive():
+            scorer.poll()
+        hop = hop or 1
+        scorer.collect(replayer.sent - replayer.sent % hop)
+        result.update({"bins": replayer.sent, **scorer.score()})
+        if offline_check and artifact is not None:
+            result.update(offline_comparison(artifact, scorer, replayer, counts, beh, hop))
+    return result
+
+
+def offline_comparison(artifact: Path, scorer: OnlineScorer, replayer: Replayer, counts: np.ndarray,
+                       beh: np.ndarray, hop: int) -> dict:
+    """The offline R² of the artifact on the bins scored online, and the largest online/offline difference."""
+    from alignnet.service.engines import load_engine
+
+    engine = load_engine(artifact, "onnx")
+    stamps, _, yhat = scorer.matched()
+    index = np.searchsorted(replayer.stamps, stamps)
+    twin = offline_twin(engine, counts[:replayer.sent], hop)
+    ok = index < len(twin)
+    return {"offline_r2_same_bins": r2(beh[index[ok]], twin[index[ok]]),
+            "max_abs_diff_online_offline": float(np.abs(twin[index[ok]] - yhat[ok]).max())}

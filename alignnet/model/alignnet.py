@@ -1,0 +1,288 @@
+"""AlignNet (paper §3.2): a spiking U-Net autoencoder for spikes, a ReLU U-Net autoencoder for behavior, and
+projection heads into one latent space of dimension D for a symmetric InfoNCE loss.
+
+Shapes: spikes (B, C, T) and behavior (B, D_beh, T) in the contract's normalised space. Inside the U-Nets a window is
+an image (B, 1, C, T) padded to a multiple of 2**depth; spiking layers carry a leading step axis (Ts, B, ...).
+Cross-modal paths: decode = behavior decoder on the spike encoder's latent and skip features (the spike encoder runs
+Ts steps, the ANN decoder one); simulate = spike decoder (Ts steps) on the behavior encoder's latent and skips.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from alignnet.model.base import BidirectionalModel
+from alignnet.model.lif import LIFConfig, make_lif, reset_states
+from alignnet.model.registry import register_model
+
+
+@dataclass
+class AlignNetConfig:
+    n_channels: int = 64  # channels of the model's spike space (a per-day read-in maps other counts to it)
+    window_bins: int = 100  # bins per window
+    behavior_dims: int = 2  # behavior variables per bin
+    widths: tuple[int, ...] = (8, 16, 32)  # conv channels per U-Net level; depth = len(widths)
+    latent_channels: int = 8  # channels of the 1x1-conv bottleneck (the latent map)
+    latent_dim: int = 64  # D: dimension of the shared latent vectors
+    proj_hidden: int = 128  # hidden width of the projection MLPs
+    behavior_hidden: int = 64  # hidden width of the per-bin behavior <-> channel MLPs
+    time_steps: int = 4  # Ts: SNN simulation steps per window
+    channel_mixing: bool = True  # per-bin linear maps into / out of the spike U-Net's channel axis (see below)
+    tau: float = 2.0  # LIF membrane time constant (paper)
+    v_threshold: float = 0.3  # LIF threshold (paper)
+    v_reset: float = 0.0  # LIF reset potential (paper)
+    surrogate_alpha: float = 2.0  # ATan surrogate sharpness
+    temperature: float = 0.1  # InfoNCE temperature
+    lif_impl: str = "spikingjelly"  # 'spikingjelly' (training) or 'plain' (export; same weights, same spikes)
+
+    def __post_init__(self) -> None:
+        self.widths = tuple(int(w) for w in self.widths)
+        for name in ("n_channels", "window_bins", "behavior_dims", "latent_channels", "latent_dim", "proj_hidden",
+                     "behavior_hidden", "time_steps"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.widths or min(self.widths) < 1:
+            raise ValueError(f"widths must be positive channel counts, got {self.widths}")
+        if self.tau <= 1.0:
+            raise ValueError(f"tau must be > 1 for a leaky neuron, got {self.tau}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.lif_impl not in ("spikingjelly", "plain"):
+            raise ValueError(f"lif_impl must be 'spikingjelly' or 'plain', got {self.lif_impl!r}")
+
+    @property
+    def depth(self) -> int:
+        return len(self.widths)
+
+    @property
+    def padded(self) -> tuple[int, int]:
+        f = 2**self.depth
+        return (-(-self.n_channels // f) * f, -(-self.window_bins // f) * f)
+
+    @property
+    def latent_hw(self) -> tuple[int, int]:
+        f = 2**self.depth
+        h, w = self.padded
+        return (h // f, w // f)
+
+    @property
+    def lif(self) -> LIFConfig:
+        return LIFConfig(self.tau, self.v_threshold, self.v_reset, self.surrogate_alpha)
+
+
+# ---- sequence helpers: (Ts, B, ...) through per-frame layers -----------------------------------------------------
+def seq_apply(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Apply a per-frame layer to (Ts, B, ...) by folding steps into the batch."""
+    ts, b = x.shape[:2]
+    y = module(x.reshape(ts * b, *x.shape[2:]))
+    return y.reshape(ts, b, *y.shape[1:])
+
+
+def match_steps(x: torch.Tensor, steps: int) -> torch.Tensor:
+    """Bring (Ts', B, ...) to Ts = steps: average spikes into rates for an ANN (steps=1), repeat a static map for
+    an SNN."""
+    if x.shape[0] == steps:
+        return x
+    if steps == 1:
+        return x.mean(0, keepdim=True)
+    if x.shape[0] == 1:
+        return x.expand(steps, *x.shape[1:])
+    raise ValueError(f"cannot match {x.shape[0]} steps to {steps}")
+
+
+class Activation(nn.Module):
+    """ReLU, or a multi-step LIF over (Ts, B, ...)."""
+
+    def __init__(self, spiking: bool, lif: LIFConfig, impl: str) -> None:
+        super().__init__()
+        self.spiking = spiking
+        self.lif = make_lif(lif, impl) if spiking else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lif(x) if self.spiking else F.relu(x)
+
+
+class UEncoder(nn.Module):
+    """Encoder blocks of 3x3 conv -> batch norm -> activation (LIF or ReLU) -> 2x2 max-pool."""
+
+    def __init__(self, widths: tuple[int, ...], spiking: bool, lif: LIFConfig, impl: str, in_ch: int = 1) -> None:
+        super().__init__()
+        chans = (in_ch, *widths)
+        self.convs = nn.ModuleList(nn.Conv2d(chans[i], chans[i + 1], 3, padding=1, bias=False)
+                                   for i in range(len(widths)))
+        self.norms = nn.ModuleList(nn.BatchNorm2d(w) for w in widths)
+        self.acts = nn.ModuleList(Activation(spiking, lif, impl) for _ in widths)
+
+    def forward(self, x: torch.Tensor, steps: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """x (B, in_ch, H, W), static. Returns the pooled output (Ts, B, w_last, H/2^k, W/2^k) and the skip
+        features of every level (Ts, B, w_i, H/2^i, W/2^i)."""
+        # direct encoding: the first conv sees the same static input every step, so compute it once
+        h = self.norms[0](self.convs[0](x)).unsqueeze(0).expand(steps, *x.shape[:1], -1, -1, -1)
+        skips = []
+        for i in range(len(self.convs)):
+            if i > 0:
+                h = seq_apply(lambda z, i=i: self.norms[i](self.convs[i](z)), h)
+            s = self.acts[i](h.contiguous())
+            skips.append(s)
+            h = seq_apply(lambda z: F.max_pool2d(z, 2), s)
+        return h, skips
+
+
+class UDecoder(nn.Module):
+    """Transposed-conv upsampling -> batch norm -> activation, concatenation with the skip, 3x3 conv -> batch norm
+    -> activation, per level; a 1x1 conv head on the (step-averaged) output."""
+
+    def __init__(self, widths: tuple[int, ...], latent_ch: int, spiking: bool, lif: LIFConfig, impl: str,
+                 out_ch: int = 1) -> None:
+        super().__init__()
+        ins = (*widths[1:], latent_ch)  # input channels of level i's upsampling
+        self.ups = nn.ModuleList(nn.ConvTranspose2d(ins[i], widths[i], 2, stride=2, bias=False)
+                                 for i in range(len(widths)))
+        self.up_norms = nn.ModuleList(nn.BatchNorm2d(w) for w in widths)
+        self.up_acts = nn.ModuleList(Activation(spiking, lif, impl) for _ in widths)
+        self.convs = nn.ModuleList(nn.Conv2d(2 * w, w, 3, padding=1, bias=False) for w in widths)
+        self.norms = nn.ModuleList(nn.BatchNorm2d(w) for w in widths)
+        self.acts = nn.ModuleList(Activation(spiking, lif, impl) for _ in widths)
+        self.head = nn.Conv2d(widths[0], out_ch, 1)
+
+    def forward(self, latent: torch.Tensor, skips: list[torch.Tensor], steps: int) -> torch.Tensor:
+        """latent (B, L, h, w) static; skips as UEncoder returns them (any step count). Returns (B, out, H, W)."""
+        h = match_steps(latent.unsqueeze(0), steps)
+        for i in reversed(range(len(self.ups))):
+            h = seq_apply(lambda z, i=i: self.up_norms[i](self.ups[i](z)), h)
+            h = self.up_acts[i](h.contiguous())
+            h = torch.cat([h, match_steps(skips[i], steps)], dim=2)
+            h = seq_apply(lambda z, i=i: self.norms[i](self.convs[i](z)), h)
+            h = self.acts[i](h.contiguous())
+        return self.head(h.mean(0))
+
+
+class Bottleneck(nn.Module):
+    """Average over steps (rates), 1x1 conv and ReLU: the latent map (B, L, h, w)."""
+
+    def __init__(self, in_ch: int, latent_ch: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_ch, latent_ch, 1)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.conv(h.mean(0)))
+
+
+class Projection(nn.Module):
+    """Projection MLP from the flattened latent map to the shared latent vector (B, D)."""
+
+    def __init__(self, in_features: int, hidden: int, out: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, out))
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        return self.net(latent)
+
+
+@register_model("alignnet")
+@register_model("alignnet-paper", widths=(16, 32, 64, 128), latent_channels=16, latent_dim=128, proj_hidden=256)
+@register_model("test-alignnet", n_channels=16, window_bins=20, widths=(4, 8), latent_channels=4, latent_dim=16,
+                proj_hidden=32, behavior_hidden=16, time_steps=2)
+class AlignNet(BidirectionalModel):
+    config_class = AlignNetConfig
+
+    def __init__(self, config: AlignNetConfig) -> None:
+        super().__init__()
+        self.config = c = config
+        lif, impl = c.lif, c.lif_impl
+        latent_features = c.latent_channels * c.latent_hw[0] * c.latent_hw[1]
+        # spike autoencoder (SNN). 3x3 kernels see three neighbouring channels, and electrode order carries no
+        # meaning, so (like the behavior side's MLPs) a per-bin linear map arranges channels for the convolutions
+        # and another maps the decoder's channel grid back; channel_mixing=False is the paper's plain U-Net
+        self.spike_in = nn.Conv1d(c.n_channels, c.n_channels, 1) if c.channel_mixing else nn.Identity()
+        self.spike_out = nn.Conv1d(c.n_channels, c.n_channels, 1) if c.channel_mixing else nn.Identity()
+        self.spike_encoder = UEncoder(c.widths, True, lif, impl)
+        self.spike_bottleneck = Bottleneck(c.widths[-1], c.latent_channels)
+        self.spike_decoder = UDecoder(c.widths, c.latent_channels, True, lif, impl)
+        # behavior autoencoder (ANN): per-bin MLPs to and from the spike shape around the same U-shape
+        self.behavior_in = nn.Sequential(nn.Conv1d(c.behavior_dims, c.behavior_hidden, 1), nn.ReLU(),
+                                         nn.Conv1d(c.behavior_hidden, c.n_channels, 1))
+        self.behavior_encoder = UEncoder(c.widths, False, lif, impl)
+        self.behavior_bottleneck = Bottleneck(c.widths[-1], c.latent_channels)
+        self.behavior_decoder = UDecoder(c.widths, c.latent_channels, False, lif, impl)
+        self.behavior_out = nn.Sequential(nn.Conv1d(c.n_channels, c.behavior_hidden, 1), nn.ReLU(),
+                                          nn.Conv1d(c.behavior_hidden, c.behavior_dims, 1))
+        # projection heads into the shared latent space
+        self.spike_projection = Projection(latent_features, c.proj_hidden, c.latent_dim)
+        self.behavior_projection = Projection(latent_features, c.proj_hidden, c.latent_dim)
+
+    # ---- shape plumbing ----------------------------------------------------------------------------------------
+    def _to_image(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, T) -> (B, 1, H, W) zero-padded to a multiple of 2**depth."""
+        h, w = self.config.padded
+        return F.pad(x, (0, w - x.shape[-1], 0, h - x.shape[-2])).unsqueeze(1)
+
+    def _from_image(self, img: torch.Tensor) -> torch.Tensor:
+        return img[:, 0, : self.config.n_channels, : self.config.window_bins]
+
+    def _check(self, x: torch.Tensor, channels: int, what: str) -> None:
+        if x.dim() != 3 or x.shape[1] != channels or x.shape[2] != self.config.window_bins:
+            raise ValueError(f"{what} must be (batch, {channels}, {self.config.window_bins}), got {tuple(x.shape)}")
+
+    # ---- encoders ----------------------------------------------------------------------------------------------
+    def encode_spikes(self, spikes: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(B, C, T) -> latent map (B, L, h, w) and skip spikes [(Ts, B, w_i, H_i, W_i)]."""
+        self._check(spikes, self.config.n_channels, "spikes")
+        reset_states(self.spike_encoder)
+        h, skips = self.spike_encoder(self._to_image(self.spike_in(spikes)), self.config.time_steps)
+        return self.spike_bottleneck(h), skips
+
+    def encode_behavior(self, behavior: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(B, D, T) -> latent map (B, L, h, w) and skip features [(1, B, w_i, H_i, W_i)]."""
+        self._check(behavior, self.config.behavior_dims, "behavior")
+        h, skips = self.behavior_encoder(self._to_image(self.behavior_in(behavior)), 1)
+        return self.behavior_bottleneck(h), skips
+
+    # ---- decoders ----------------------------------------------------------------------------------------------
+    def decode_behavior(self, latent: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
+        """ANN behavior decoder, one step; spiking skips are averaged into rates. -> (B, D, T)."""
+        return self.behavior_out(self._from_image(self.behavior_decoder(latent, skips, 1)))
+
+    def decode_spike_logits(self, latent: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
+        """SNN spike decoder, Ts steps. -> (B, C, T) pre-softplus."""
+        reset_states(self.spike_decoder)
+        return self.spike_out(self._from_image(self.spike_decoder(latent, skips, self.config.time_steps)))
+
+    # ---- the two directions and pretraining --------------------------------------------------------------------
+    def _decode(self, spikes: torch.Tensor) -> torch.Tensor:
+        return self.decode_behavior(*self.encode_spikes(spikes))
+
+    def _simulate_logits(self, behavior: torch.Tensor) -> torch.Tensor:
+        return self.decode_spike_logits(*self.encode_behavior(behavior))
+
+    def pretrain_outputs(self, spikes: torch.Tensor, behavior: torch.Tensor, day: str | None = None) -> dict:
+        """Both reconstructions and both latent vectors for pretraining (spikes in the day's channels)."""
+        adapter = self._adapter(day)
+        x = adapter.read_in(spikes) if adapter is not None else spikes
+        s_lat, s_skips = self.encode_spikes(x)
+        b_lat, b_skips = self.encode_behavior(behavior)
+        logits = self.decode_spike_logits(s_lat, s_skips)
+        if adapter is not None:
+            logits = adapter.read_out(F.softplus(logits))
+        return {
+            "spike_recon": F.softplus(logits),
+            "behavior_recon": self.decode_behavior(b_lat, b_skips),
+            "z_spike": self.spike_projection(s_lat),
+            "z_behavior": self.behavior_projection(b_lat),
+        }
+
+    def spike_embedding(self, spikes: torch.Tensor, day: str | None = None) -> torch.Tensor:
+        """(B, C_day, T) -> (B, D) latent vectors (for analysis and alignment checks)."""
+        adapter = self._adapter(day)
+        x = adapter.read_in(spikes) if adapter is not None else spikes
+        return self.spike_projection(self.encode_spikes(x)[0])
+
+    def firing_rates(self, spikes: torch.Tensor) -> list[float]:
+        """Mean firing probability per step of each spiking encoder level (a health check)."""
+        with torch.no_grad():
+            _, skips = self.encode_spikes(spikes)
+        return [s.mean().item() for s in skips]

@@ -1,0 +1,266 @@
+"""The canonical on-disk dataset: one ``.npz`` per day plus ``manifest.json`` (subject, days, contract).
+
+Layout::
+
+    DATASET/
+      manifest.json          format version, subject, source, units_matched, contract, one entry per day
+      days/<name>.npz        counts (bins, C) uint16, pos/vel (bins, D) float32, trial_id, segment_id,
+                             target (bins,), time_s (bins,) bin starts, plus truth_* arrays for simulated days
+
+Bins are in time order. ``segment_id`` changes wherever there is a gap in time (between trials of a recording that
+kept only movement periods, or between recordings); windows never span a change unless asked.
+Files are written atomically (temporary file, then rename), so an interrupted write never leaves half a dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import zipfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from alignnet.model.atomic import atomic_path, atomic_write_bytes, atomic_write_json  # noqa: F401  (re-exported)
+from alignnet.model.contract import DataContract
+from alignnet.recordings.preprocess import gather_windows, window_starts
+
+log = logging.getLogger(__name__)
+
+DATASET_FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+DEFAULT_DATASET = Path("data/sim-default")  # where `alignnet data simulate` writes by default
+
+
+class DataError(ValueError):
+    """Bad or missing input data; the message names the file and the problem."""
+
+
+def atomic_savez(path: Path, **arrays: np.ndarray) -> None:
+    with atomic_path(path, suffix=".npz") as tmp:
+        np.savez_compressed(tmp, **arrays)
+
+
+@dataclass
+class Day:
+    """One recording day on the bin grid."""
+
+    name: str
+    bin_s: float
+    counts: np.ndarray  # (n_bins, C) spike counts
+    pos: np.ndarray  # (n_bins, D) position (smoothed)
+    vel: np.ndarray  # (n_bins, D) velocity
+    trial_id: np.ndarray  # (n_bins,) int
+    segment_id: np.ndarray  # (n_bins,) int, changes at every gap
+    target: np.ndarray  # (n_bins,) int, -1 where unknown
+    time_s: np.ndarray  # (n_bins,) start time of each bin
+    extra: dict[str, np.ndarray] = field(default_factory=dict)  # e.g. truth_* arrays of simulated days
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def n_bins(self) -> int:
+        return int(self.counts.shape[0])
+
+    @property
+    def n_channels(self) -> int:
+        return int(self.counts.shape[1])
+
+    @property
+    def n_trials(self) -> int:
+        return int(np.unique(self.trial_id).size)
+
+    def behavior(self, kind: str = "pos") -> np.ndarray:
+        if kind not in ("pos", "vel"):
+            raise ValueError(f"behavior kind must be 'pos' or 'vel', got {kind!r}")
+        return self.pos if kind == "pos" else self.vel
+
+    def validate(self, source: str | Path | None = None) -> None:
+        where = f"{source}: " if source else f"day {self.name}: "
+        if self.counts.ndim != 2:
+            raise DataError(f"{where}spike counts must be (bins, channels), got shape {self.counts.shape}")
+        n = self.counts.shape[0]
+        for key in ("pos", "vel"):
+            arr = getattr(self, key)
+            if arr.ndim != 2 or arr.shape[0] != n:
+                raise DataError(
+                    f"{where}spikes have {n} bins but behavior '{key}' has shape {arr.shape}: "
+                    "spikes and behavior must cover the same bins"
+                )
+            if not np.all(np.isfinite(arr)):
+                bad = int((~np.isfinite(arr)).any(axis=1).sum())
+                raise DataError(f"{where}behavior '{key}' has NaN or infinite values in {bad} bins")
+        for key in ("trial_id", "segment_id", "target", "time_s"):
+            arr = getattr(self, key)
+            if arr.shape != (n,):
+                raise DataError(f"{where}'{key}' must have one value per bin ({n}), got shape {arr.shape}")
+        if not np.all(np.isfinite(self.counts)) or np.any(self.counts < 0):
+            raise DataError(f"{where}spike counts must be finite and non-negative")
+
+    # ---- I/O ---------------------------------------------------------------------------------------------------
+    def save(self, path: Path) -> None:
+        if self.counts.max(initial=0) > np.iinfo(np.uint16).max:
+            raise DataError(f"day {self.name}: a bin holds more than 65535 spikes; use a smaller bin width")
+        atomic_savez(
+            path, counts=self.counts.astype(np.uint16), pos=self.pos.astype(np.float32),
+            vel=self.vel.astype(np.float32), trial_id=self.trial_id.astype(np.int32),
+            segment_id=self.segment_id.astype(np.int32), target=self.target.astype(np.int16),
+            time_s=self.time_s.astype(np.float64), bin_s=np.float64(self.bin_s), name=np.str_(self.name),
+            **self.extra,
+        )
+
+    @classmethod
+    def load(cls, path: Path) -> Day:
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(f"{path}: day file not found")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+        except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
+            raise DataError(f"{path}: not a readable day file ({e})") from e
+        required = ("counts", "pos", "vel", "trial_id", "segment_id", "target", "time_s", "bin_s", "name")
+        missing = [k for k in required if k not in arrays]
+        if missing:
+            raise DataError(f"{path}: day file lacks {', '.join(missing)}")
+        extra = {k: v for k, v in arrays.items() if k not in required}
+        day = cls.__new__(cls)
+        day.name, day.bin_s = str(arrays["name"]), float(arrays["bin_s"])
+        day.counts, day.pos, day.vel = arrays["counts"], arrays["pos"], arrays["vel"]
+        day.trial_id, day.segment_id = arrays["trial_id"], arrays["segment_id"]
+        day.target, day.time_s, day.extra = arrays["target"], arrays["time_s"], extra
+        day.validate(path)
+        return day
+
+    # ---- windows -----------------------------------------------------------------------------------------------
+    def window_starts(self, window_bins: int, hop_bins: int, cross_segments: bool = False) -> np.ndarray:
+        return window_starts(self.segment_id, window_bins, hop_bins, cross_segments)
+
+    def windows(
+        self, window_bins: int, hop_bins: int, behavior: str = "pos", cross_segments: bool = False,
+        starts: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """counts (N, C, T) float32, behavior (N, D, T) float32, and the trial ids of each window (N, T)."""
+        if starts is None:
+            starts = self.window_starts(window_bins, hop_bins, cross_segments)
+        counts = gather_windows(self.counts.astype(np.float32), starts, window_bins)
+        beh = gather_windows(self.behavior(behavior).astype(np.float32), starts, window_bins)
+        trials = gather_windows(self.trial_id[:, None], starts, window_bins)[:, 0, :]
+        return counts, beh, trials
+
+
+class Dataset:
+    """A dataset folder: manifest plus days, loaded lazily."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        path = self.root / MANIFEST
+        if not path.is_file():
+            hint = " (make one with `alignnet data simulate` or `alignnet data import`)"
+            raise DataError(f"{path}: no dataset manifest here{hint}")
+        try:
+            self.manifest = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}: manifest is not valid JSON ({e})") from e
+        version = self.manifest.get("format_version")
+        if version != DATASET_FORMAT_VERSION:
+            raise DataError(
+                f"{path}: dataset format version {version!r} is not supported (this alignnet reads "
+                f"{DATASET_FORMAT_VERSION}); re-import or re-simulate the data"
+            )
+        self._cache: dict[int, Day] = {}
+
+    @property
+    def days(self) -> list[dict[str, Any]]:
+        return self.manifest["days"]
+
+    @property
+    def day_names(self) -> list[str]:
+        return [d["name"] for d in self.days]
+
+    @property
+    def subject(self) -> str:
+        return self.manifest.get("subject", "unknown")
+
+    @property
+    def units_matched(self) -> bool:
+        """True when channel k means the same electrode on every day (simulated arrays); False for sorted units."""
+        return bool(self.manifest.get("units_matched", False))
+
+    def contract(self, **overrides: Any) -> DataContract:
+        """The dataset's data contract (not yet fitted), with ``units_matched`` as the manifest records it."""
+        c = dict(self.manifest["contract"])
+        c["units_matched"] = self.units_matched
+        c.update(overrides)
+        return DataContract.from_dict(c)
+
+    def __len__(self) -> int:
+        return len(self.days)
+
+    def day_index(self, key: int | str) -> int:
+        if isinstance(key, str):
+            if key in self.day_names:
+                return self.day_names.index(key)
+            try:
+                key = int(key)
+            except ValueError:
+                raise DataError(f"{self.root}: no day named {key!r}; days are {', '.join(self.day_names)}") from None
+        if not -len(self) <= key < len(self):
+            raise DataError(f"{self.root}: day index {key} out of range (dataset has {len(self)} days)")
+        return key % len(self)
+
+    def day(self, key: int | str) -> Day:
+        i = self.day_index(key)
+        if i not in self._cache:
+            self._cache[i] = Day.load(self.root / self.days[i]["file"])
+        return self._cache[i]
+
+
+def write_dataset(
+    root: str | Path, days: Iterable[Day], *, subject: str, source: str, contract: DataContract, units_matched: bool,
+    extra: dict[str, Any] | None = None, overwrite: bool = False,
+) -> Dataset:
+    """Write days (any iterable: each is saved as it comes, so a long recording never sits in memory whole) and the
+    manifest. The manifest is written last, so a dataset is complete once it exists."""
+    root = Path(root)
+    if (root / MANIFEST).exists() and not overwrite:
+        raise DataError(f"{root}: a dataset already exists here; pass --overwrite to replace it")
+    contract = DataContract.from_dict({**contract.to_dict(), "units_matched": units_matched})
+    entries = []
+    for day in days:
+        if day.name in {e["name"] for e in entries}:
+            raise DataError(f"{root}: day names must be unique; {day.name!r} appears twice")
+        rel = f"days/{day.name}.npz"
+        day.save(root / rel)
+        entries.append(day_entry(day, rel))
+    if not entries:
+        raise DataError(f"{root}: no days to write")
+    manifest = {
+        "format_version": DATASET_FORMAT_VERSION,
+        "subject": subject,
+        "source": source,
+        "units_matched": units_matched,
+        "contract": contract.to_dict(),
+        "days": entries,
+        **(extra or {}),
+    }
+    atomic_write_json(root / MANIFEST, manifest)
+    return Dataset(root)
+
+
+def day_entry(day: Day, rel: str) -> dict[str, Any]:
+    rates = day.counts.mean(axis=0) / day.bin_s
+    return {
+        "name": day.name,
+        "file": rel,
+        "n_bins": day.n_bins,
+        "n_channels": day.n_channels,
+        "n_trials": day.n_trials,
+        "n_segments": int(np.unique(day.segment_id).size),
+        "duration_s": round(day.n_bins * day.bin_s, 3),
+        "mean_rate_hz": round(float(rates.mean()), 3),
+    }

@@ -1,0 +1,114 @@
+"""Bounded load on loopback against a service: ``http_load`` (N concurrent clients posting batch-1 windows to
+/decode for T seconds) and ``lsl_latency`` (a spike outlet at the bin rate into the service's LSL bridge, every
+decoded sample timed against its input stamp). ``alignnet bench load`` and ``alignnet bench lsl`` drive them; each
+starts ``alignnet serve`` in a subprocess (one engine thread) unless given a URL."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from alignnet.service.codec import NPY, to_npy
+from alignnet.service.consumer import DecodedStream
+from alignnet.service.launcher import serving
+
+
+def percentiles(x: list[float]) -> dict[str, float]:
+    """Seconds -> n, p50/p90/p99/max in ms."""
+    a = np.asarray(x, np.float64) * 1e3
+    if a.size == 0:
+        return {"n": 0}
+    return {"n": int(a.size), "p50_ms": round(float(np.percentile(a, 50)), 3),
+            "p90_ms": round(float(np.percentile(a, 90)), 3), "p99_ms": round(float(np.percentile(a, 99)), 3),
+            "max_ms": round(float(a.max()), 3)}
+
+
+def served_contract(url: str) -> dict:
+    """The data contract of the model a service serves (GET /model)."""
+    import httpx
+
+    return httpx.get(url + "/model", timeout=5).json()["contract"]
+
+
+async def _load(url: str, clients: int, seconds: float, fmt: str, shape: tuple[int, int]) -> dict:
+    import httpx
+
+    rng = np.random.default_rng(0)
+    windows = rng.poisson(0.4, (32, *shape)).astype(np.float32)
+    if fmt == "npy":
+        bodies = [{"content": to_npy(w), "headers": {"content-type": NPY, "accept": NPY}} for w in windows]
+    else:
+        bodies = [{"json": {"spikes": w.tolist()}} for w in windows]
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    end = time.perf_counter() + seconds
+
+    async def client(k: int, http: httpx.AsyncClient) -> None:
+        i = k
+        while time.perf_counter() < end:
+            t = time.perf_counter()
+            try:
+                r = await http.post(url + "/decode", **bodies[i % len(bodies)])
+                ok, key = r.status_code == 200, str(r.status_code)
+            except httpx.HTTPError as e:
+                ok, key = False, type(e).__name__
+            if ok:
+                latencies.append(time.perf_counter() - t)
+            else:
+                errors[key] = errors.get(key, 0) + 1
+            i += clients
+
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(timeout=10.0, limits=limits) as http:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client(k, http) for k in range(clients)))
+        wall = time.perf_counter() - t0
+    return {"clients": clients, "seconds": round(wall, 2), "format": fmt, "requests": len(latencies),
+            "errors": errors, "error_count": sum(errors.values()), "throughput_rps": round(len(latencies) / wall, 1),
+            "latency": percentiles(latencies)}
+
+
+def http_load(artifact: Path, clients: int = 8, seconds: float = 20.0, fmt: str = "json",
+              url: str | None = None) -> dict:
+    """N concurrent clients against POST /decode of ``url`` (or of a service started on ``artifact``)."""
+    if clients < 1 or seconds <= 0:
+        raise ValueError("--clients must be >= 1 and --seconds > 0")
+    with serving(artifact, url=url) as url:
+        c = served_contract(url)
+        return asyncio.run(_load(url, clients, seconds, fmt, (c["n_channels"], c["window_bins"])))
+
+
+def _stream_and_time(url: str, source: str, seconds: float, n_channels: int, bin_s: float) -> dict:
+    """Stream counts at the bin rate from an outlet named ``source``; time each decoded sample."""
+    import httpx
+    import pylsl
+
+    outlet = pylsl.StreamOutlet(pylsl.StreamInfo(source, "Spikes", n_channels, 1.0 / bin_s, "float32", source))
+    decoded = DecodedStream(f"{source}-decoded")
+    rng = np.random.default_rng(0)
+    sent = 0
+    start = pylsl.local_clock()
+    t_next = time.monotonic()
+    while pylsl.local_clock() - start < seconds:
+        outlet.push_sample(rng.poisson(0.4, n_channels).astype(np.float32), pylsl.local_clock())
+        sent += 1
+        t_next += bin_s
+        decoded.receive(t_next)  # until the next bin is due
+    end = time.monotonic() + 1.0
+    while decoded.received < sent and time.monotonic() < end:
+        decoded.receive(time.monotonic() + 0.1)
+    bridge = httpx.get(url + "/health", timeout=5).json()["lsl"]  # while the source still runs
+    return {"seconds": seconds, "rate_hz": 1.0 / bin_s, "sent": sent, "received": decoded.received,
+            "latency": percentiles(decoded.latencies), "bridge": bridge}
+
+
+def lsl_latency(artifact: Path, seconds: float = 30.0) -> dict:
+    """Start ``alignnet serve --lsl`` on ``artifact``, stream spikes for ``seconds``; end-to-end latency."""
+    source = f"alignnet-bench-{uuid.uuid4().hex[:6]}"
+    with serving(artifact, ["--lsl", "--lsl-source", source]) as url:
+        c = served_contract(url)
+        return _stream_and_time(url, source, seconds, c["n_channels"], c["bin_s"])

@@ -1,0 +1,174 @@
+"""Export an artifact's model to ONNX and TorchScript, with a parity check that refuses to write a failing file.
+
+The exportable twin uses the plain-op LIF (same weights, same spikes as spikingjelly's). Parity is checked against
+eager PyTorch with spikingjelly's LIF on held-out windows (or seeded random windows when none are given), probing
+the spikes at every level of the SNN encoder through a separate temporary graph of the same kind:
+
+- spikes must be identical, except that ONNX Runtime's convolutions round differently from PyTorch's, so a
+  neuron whose membrane potential sits within float rounding of the threshold can flip. Such flips are counted and
+  reported; more than ``MAX_FLIP_RATE`` of the spikes compared (1 in 100,000) fails the export;
+- the outputs must agree to ``PARITY_ATOL`` (1e-4) on every window whose spikes are identical (a flipped spike
+  legitimately changes its own window's output, which is reported separately).
+TorchScript runs PyTorch's own kernels and has always matched exactly here.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from alignnet.model.artifacts import add_file, load_artifact, read_config, write_config
+from alignnet.model.base import DecodePath, SimulatePath
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("onnx", "torchscript")
+PARITY_ATOL = 1e-4
+MAX_FLIP_RATE = 1e-5
+OPSET = 17
+
+
+class ExportError(RuntimeError):
+    """Export failed or did not reproduce eager PyTorch; nothing was written."""
+
+
+class SpikeProbe(nn.Module):
+    """The spikes of every LIF layer that a path runs, flattened and concatenated: (B, n) (parity check only).
+
+    Collected with forward hooks on the spiking activations, so it works for the decode path (SNN encoder) and the
+    simulate path (SNN decoder) alike, and the collected tensors are part of the traced graph."""
+
+    def __init__(self, path: nn.Module, model: nn.Module) -> None:
+        super().__init__()
+        self.path = path
+        self.lifs = [m for m in model.modules() if getattr(m, "spiking", False)]
+        self.train(path.training)  # exporters restore the wrapper's mode recursively afterwards
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        seen: list[torch.Tensor] = []
+        hooks = [m.register_forward_hook(lambda _m, _i, out: seen.append(out)) for m in self.lifs]
+        try:
+            self.path(x)
+        finally:
+            for h in hooks:
+                h.remove()
+        return torch.cat([s.transpose(0, 1).reshape(s.shape[1], -1) for s in seen], dim=1)
+
+
+def _export_onnx(module: nn.Module, example: torch.Tensor, path: Path, in_name: str, out_name: str) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about shape checks that are constant by design
+        torch.onnx.export(
+            module, (example,), str(path), input_names=[in_name], output_names=[out_name],
+            dynamic_axes={in_name: {0: "batch"}, out_name: {0: "batch"}}, opset_version=OPSET, dynamo=False,
+        )
+
+
+def _export_torchscript(module: nn.Module, example: torch.Tensor, path: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(module, (example,), check_trace=False)
+    traced.save(str(path))
+
+
+def _run_onnx(path: Path, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+
+
+def _run_torchscript(path: Path, x: np.ndarray) -> np.ndarray:
+    mod = torch.jit.load(str(path), map_location="cpu")
+    with torch.no_grad():
+        return mod(torch.from_numpy(x)).numpy()
+
+
+def export_artifact(
+    folder: str | Path, formats: tuple[str, ...] = FORMATS, day: str | None = None,
+    spikes: np.ndarray | None = None, behavior: np.ndarray | None = None, n_random: int = 16,
+) -> dict[str, Any]:
+    """Write decode/simulate graphs into the artifact. ``spikes``/``behavior`` are held-out windows in the model's
+    normalised space; without them, seeded random windows are used. Returns the parity report."""
+    folder = Path(folder)
+    bad = [f for f in formats if f not in FORMATS]
+    if bad:
+        raise ValueError(f"unknown export format(s) {', '.join(bad)}; choose from {', '.join(FORMATS)}")
+    eager, contract, config = load_artifact(folder)
+    plain, _, _ = load_artifact(folder, lif_impl="plain")
+    c = eager.config
+    in_ch = eager.days[day].read_in.in_channels if day is not None else c.n_channels
+    rng = np.random.default_rng(0)
+    if spikes is None:
+        spikes = np.log1p(rng.poisson(0.6, (n_random, in_ch, c.window_bins))).astype(np.float32)
+    if behavior is None:
+        behavior = rng.standard_normal((n_random, c.behavior_dims, c.window_bins)).astype(np.float32)
+    spikes, behavior = np.ascontiguousarray(spikes, np.float32), np.ascontiguousarray(behavior, np.float32)
+    paths = {"decode": (DecodePath(plain, day), DecodePath(eager, day), spikes, "spikes", "behavior"),
+             "simulate": (SimulatePath(plain, day), SimulatePath(eager, day), behavior, "behavior", "rates")}
+    report: dict[str, Any] = {}
+    has_snn = hasattr(eager, "encode_spikes")
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".export-") as tmp:
+        tmp = Path(tmp)
+        staged = []
+        for fmt in formats:
+            ext = "onnx" if fmt == "onnx" else "pt"
+            run = _run_onnx if fmt == "onnx" else _run_torchscript
+            for name, (exportable, reference, x, in_name, out_name) in paths.items():
+                example = torch.from_numpy(x[:2])  # a batch of 2: a batch of 1 would freeze the batch dimension
+                path = tmp / f"{name}.{ext}"
+                try:
+                    if fmt == "onnx":
+                        _export_onnx(exportable, example, path, in_name, out_name)
+                    else:
+                        _export_torchscript(exportable, example, path)
+                    got = run(path, x)
+                except Exception as e:  # exporters raise many types
+                    raise ExportError(f"{fmt} export of {name} failed: {type(e).__name__}: {e}") from e
+                with torch.no_grad():
+                    want = reference(torch.from_numpy(x)).numpy()
+                clean = np.ones(len(x), bool)  # windows whose SNN spikes are identical
+                entry: dict[str, Any] = {"windows": int(len(x))}
+                if has_snn:
+                    probe_path = tmp / f"probe.{ext}"
+                    probe = SpikeProbe(exportable, plain)
+                    if fmt == "onnx":
+                        _export_onnx(probe, example, probe_path, in_name, "probe")
+                    else:
+                        _export_torchscript(probe, example, probe_path)
+                    with torch.no_grad():
+                        ref_spikes = SpikeProbe(reference, eager)(torch.from_numpy(x)).numpy()
+                    flips = run(probe_path, x) != ref_spikes
+                    clean = ~flips.any(axis=1)
+                    entry.update(spike_mismatches=int(flips.sum()), spikes_compared=int(ref_spikes.size),
+                                 windows_with_flips=int((~clean).sum()))
+                    if flips.sum() > MAX_FLIP_RATE * ref_spikes.size:
+                        raise ExportError(f"{fmt} {name}: {int(flips.sum())} of {ref_spikes.size} spikes inside the "
+                                          "SNN differ from eager PyTorch (more than float rounding at the threshold "
+                                          "explains); nothing was written")
+                if not clean.any():
+                    raise ExportError(f"{fmt} {name}: no window with identical spikes to compare outputs on; "
+                                      "nothing was written")
+                diff = float(np.abs(got - want)[clean].max())
+                entry["max_abs_diff"] = diff
+                if (~clean).any():
+                    entry["max_abs_diff_windows_with_flips"] = float(np.abs(got - want)[~clean].max())
+                if not diff <= PARITY_ATOL:
+                    raise ExportError(f"{fmt} {name}: max |export - eager| = {diff:.3g} > {PARITY_ATOL}; "
+                                      "nothing was written")
+                report[f"{name}.{ext}"] = entry
+                staged.append((f"{name}.{ext}", path))
+        for name, path in staged:  # every file passed: move them into the artifact and record their hashes
+            add_file(folder, name, path)
+    config = read_config(folder)
+    config.setdefault("export", {}).update({"parity": report, "day": day, "opset": OPSET,
+                                            "torch": torch.__version__, "atol": PARITY_ATOL})
+    write_config(folder, config)
+    return report

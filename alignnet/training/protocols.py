@@ -1,0 +1,267 @@
+"""The paper's protocols (§4), on any dataset.
+
+- single-day: one day, trials split in recording order 70 / 10 / 20 % (train / validation / test; the 80 % of the
+  paper is train + validation), no window straddles the split.
+- cross-day: train on two days, test on a held-out later day; where units differ across days (real recordings) a
+  small labelled slice of the new day (first ``calib_fraction`` of its trials) fits the new day's read-in alone, and
+  the test is the rest of that day.
+- pretrain: every day but the test day is labelled training data for every model; AlignNet first pretrains on them
+  (reconstruction of both modalities + contrastive alignment), then fine-tunes all parameters on them. Tested like
+  cross-day, and (where units match) on every day after the training days for the accuracy-against-days-apart
+  figure.
+
+Hyper-parameters are chosen on validation windows only; test windows are touched once, for the final numbers.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from alignnet.model import create_model
+from alignnet.model.base import BidirectionalModel
+from alignnet.model.contract import DataContract
+from alignnet.model.metrics import pearson, r2
+from alignnet.recordings.dataset import Dataset
+from alignnet.training.trainer import TrainConfig, Trainer, seed_everything
+from alignnet.training.windows import DayWindows, first_trials, fit_contract, split_trials, windows_in_trials
+
+log = logging.getLogger(__name__)
+
+PROTOCOLS = ("single-day", "cross-day", "pretrain")
+TABLE_ROWS = ("wiener", "gru", "mlp", "resnet", "resnet-unet", "alignnet")
+
+
+@dataclass
+class EvalConfig:
+    hop_bins: int | None = None  # window hop (default: the dataset's)
+    window_bins: int | None = None  # window length (default: the dataset's)
+    cross_segments: bool = False  # concatenate movement periods into windows (short real trials)
+    behavior: str | None = None  # pos | vel (default: the dataset's)
+    single_day: int = 0  # day of the single-day protocol
+    cross_train_days: list[int] = field(default_factory=lambda: [0, 1])  # labelled days of cross-day
+    cross_test_day: int = 2  # held-out day
+    calib_fraction: float = 0.0  # labelled slice of the new day (first trials); required where units differ
+    test_fraction: float = 0.2
+    val_fraction: float = 0.1
+    model_channels: int = 64  # model channel space when units differ across days (read-ins map to it)
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-model config overrides
+    train: dict[str, Any] = field(default_factory=dict)  # TrainConfig for baselines and AlignNet fine-tuning
+    pretrain: dict[str, Any] = field(default_factory=dict)  # TrainConfig overrides for AlignNet pretraining
+    readin: dict[str, Any] = field(default_factory=dict)  # TrainConfig overrides for fitting a new day's read-in
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> EvalConfig:
+        valid = set(cls.__dataclass_fields__)
+        unknown = sorted(set(d) - valid)
+        if unknown:
+            raise ValueError(f"unknown evaluation setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}")
+        return cls(**d)
+
+
+@dataclass
+class ModelResult:
+    model: str
+    s2b_r2: float
+    b2s_r: float
+    train_s: float
+    parameters: int
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class Protocol:
+    """Builds windows for one dataset and evaluation config, and trains/tests models on them."""
+
+    def __init__(self, ds: Dataset, cfg: EvalConfig, run_dir=None) -> None:
+        self.ds, self.cfg, self.run_dir = ds, cfg, run_dir
+        c = ds.contract()
+        self.window = cfg.window_bins or c.window_bins
+        self.hop = cfg.hop_bins or ds.manifest.get("default_hop_bins", max(1, self.window // 10))
+        self.behavior = cfg.behavior or c.behavior_kind
+        self.matched = ds.units_matched
+        self.model_channels = c.n_channels if self.matched else cfg.model_channels
+        self.predictions: dict[str, dict[str, np.ndarray]] = {}  # for figures
+
+    # ---- windows -----------------------------------------------------------------------------------------------
+    def windows(self, day: int, trials=None) -> DayWindows:
+        return windows_in_trials(self.ds.day(day), trials, self.window, self.hop, self.behavior,
+                                 self.cfg.cross_segments)
+
+    def test_windows(self, day: int, trials=None) -> DayWindows:
+        # test windows do not overlap, so every held-out bin counts once
+        return windows_in_trials(self.ds.day(day), trials, self.window, self.window, self.behavior,
+                                 self.cfg.cross_segments)
+
+    def contract(self):
+        return self.ds.contract(n_channels=self.model_channels, window_bins=self.window, behavior_kind=self.behavior)
+
+    # ---- models ------------------------------------------------------------------------------------------------
+    def build(self, name: str, days: list[str]) -> BidirectionalModel:
+        over = dict(self.cfg.models.get(name, {}))
+        over.setdefault("n_channels", self.model_channels)
+        over.setdefault("window_bins", self.window)
+        model = create_model(name, **over)
+        if not self.matched:
+            for d in days:
+                model.add_day(d, self.ds.day(d).n_channels)
+        return model
+
+    def train_cfg(self, stage: str, **extra) -> TrainConfig:
+        base = {**self.cfg.train, **(self.cfg.pretrain if stage == "pretrain" else {}),
+                **(self.cfg.readin if stage == "readin" else {}), "seed": self.cfg.seed, **extra}
+        return TrainConfig(**{**base, "stage": "both" if stage == "readin" else stage})
+
+    def fit_model(self, name: str, train: list[DayWindows], val: list[DayWindows], contract: DataContract,
+                  pretrain: list[DayWindows] | None = None) -> tuple[BidirectionalModel, dict[str, Any]]:
+        """Train one model; AlignNet pretrains on ``pretrain`` (default: the training windows) first."""
+        seed_everything(self.cfg.seed)
+        days = sorted({w.day for w in train + val + (pretrain or [])})
+        use_readin = not self.matched
+        if name == "wiener" and use_readin:
+            # a closed-form filter has no read-in: it is fitted on one day's own units
+            if len({w.day for w in train}) > 1:
+                raise ValueError("wiener on days with different units: fit it on one day")
+            over = {**self.cfg.models.get(name, {}), "n_channels": train[0].counts.shape[1],
+                    "window_bins": self.window}
+            model, use_readin = create_model(name, **over), False
+        else:
+            model = self.build(name, days)
+        t0 = time.perf_counter()
+        info: dict[str, Any] = {}
+        if hasattr(model, "pretrain_outputs") and self.cfg.pretrain.get("epochs", 1) > 0:
+            # AlignNet is always trained as the paper does: pretraining (reconstructions + InfoNCE), then
+            # fine-tuning of all parameters; the many-days protocol only gives it (and everyone) more days
+            info["pretrain"] = Trainer(model, self.train_cfg("pretrain"), day_names_use_readin=use_readin).fit(
+                pretrain or train, val, contract)
+        info["finetune"] = Trainer(model, self.train_cfg("both"), day_names_use_readin=use_readin).fit(
+            train, val, contract)
+        info["train_s"] = time.perf_counter() - t0
+        return model, info
+
+    def new_day_readin(self, model: BidirectionalModel, day: str, calib: DayWindows, contract: DataContract) -> None:
+        """Fit a new day's read-in (and read-out) alone on its labelled calibration slice."""
+        model.add_day(day, calib.counts.shape[1])
+        n = len(calib)
+        val_idx = np.arange(n)[int(n * 0.8):]
+        cfg = self.train_cfg("readin", train_only=[f"days.{day}."])
+        Trainer(model, cfg, day_names_use_readin=True).fit(
+            [calib.take(np.arange(int(n * 0.8)))], [calib.take(val_idx)], contract)
+
+    @torch.no_grad()
+    def test(self, model: BidirectionalModel, test: DayWindows, contract: DataContract, use_day: bool) -> tuple:
+        model.eval()
+        day = test.day if use_day else None
+        s = torch.from_numpy(contract.preprocess_spikes(test.counts))
+        b = torch.from_numpy(contract.preprocess_behavior(test.behavior))
+        dec = torch.cat([model.decode(s[i:i + 256], day) for i in range(0, len(s), 256)]).numpy()
+        sim = torch.cat([model.simulate(b[i:i + 256], day) for i in range(0, len(b), 256)]).numpy()
+        behavior_pred = contract.postprocess_behavior(dec)
+        counts_pred = contract.postprocess_rates(sim)
+        return (r2(test.behavior, behavior_pred, feature_axis=1), pearson(test.counts, counts_pred, feature_axis=1),
+                behavior_pred, counts_pred)
+
+    # ---- protocols ---------------------------------------------------------------------------------------------
+    def single_day(self, models: list[str]) -> list[ModelResult]:
+        c = self.cfg
+        day = self.ds.day(c.single_day)
+        split = split_trials(day, c.test_fraction, c.val_fraction)
+        train, val = [self.windows(c.single_day, split["train"])], [self.windows(c.single_day, split["val"])]
+        test = self.test_windows(c.single_day, split["test"])
+        contract = fit_contract(self.contract(), train)
+        out = []
+        for name in models:
+            model, info = self.fit_model(name, train, val, contract)
+            use_day = not self.matched and name != "wiener"
+            score_r2, score_r, beh, counts = self.test(model, test, contract, use_day)
+            self.predictions[f"single-day/{name}"] = {"behavior": beh, "counts": counts}
+            out.append(ModelResult(name, score_r2, score_r, info["train_s"], _n_params(model), info))
+            log.info("single-day %s: R2 %.3f r %.3f (%.0f s)", name, score_r2, score_r, info["train_s"])
+        self.predictions["single-day/truth"] = {"behavior": test.behavior, "counts": test.counts}
+        return out
+
+    def _cross_split(self, train_days: list[int]) -> tuple[list[DayWindows], list[DayWindows], DayWindows | None,
+                                                           DayWindows, np.ndarray]:
+        c = self.cfg
+        train, val = [], []
+        for d in train_days:
+            split = split_trials(self.ds.day(d), 0.0, c.val_fraction)
+            train.append(self.windows(d, split["train"]))
+            val.append(self.windows(d, split["val"]))
+        test_day = self.ds.day(c.cross_test_day)
+        calib = None
+        test_trials = np.unique(test_day.trial_id)
+        if c.calib_fraction > 0:
+            calib_trials = first_trials(test_day, c.calib_fraction)
+            calib = self.windows(c.cross_test_day, calib_trials)
+            test_trials = np.setdiff1d(test_trials, calib_trials)
+        elif not self.matched:
+            raise ValueError("units differ across days: cross-day needs calib_fraction > 0 to fit the new day's "
+                             "read-in (the real-data protocol uses at most 0.1)")
+        return train, val, calib, self.test_windows(c.cross_test_day, test_trials), test_trials
+
+    def cross_day(self, models: list[str], pretrain: bool = False) -> list[ModelResult]:
+        c = self.cfg
+        train_days = [d for d in range(len(self.ds)) if d != c.cross_test_day] if pretrain else c.cross_train_days
+        train, val, calib, test, test_trials = self._cross_split(train_days)
+        contract = fit_contract(self.contract(), train)
+        tag = "pretrain" if pretrain else "cross-day"
+        out = []
+        for name in models:
+            if name == "wiener" and not self.matched:
+                # no read-in for a closed-form filter: fitted on the labelled slice of the new day itself
+                n = len(calib)
+                model, info = self.fit_model(name, [calib.take(np.arange(int(n * 0.8)))],
+                                             [calib.take(np.arange(int(n * 0.8), n))], contract)
+                use_day = False
+            else:
+                model, info = self.fit_model(name, train, val, contract)
+                use_day = not self.matched
+                if use_day:
+                    t0 = time.perf_counter()
+                    self.new_day_readin(model, test.day, calib, contract)
+                    info["readin_s"] = time.perf_counter() - t0
+            score_r2, score_r, beh, counts = self.test(model, test, contract, use_day)
+            self.predictions[f"{tag}/{name}"] = {"behavior": beh, "counts": counts}
+            details = {**info}
+            if not pretrain and self.matched:  # accuracy against days apart
+                details["r2_by_day"] = self.by_day(model, contract)
+            out.append(ModelResult(name, score_r2, score_r, info["train_s"], _n_params(model), details))
+            log.info("%s %s: R2 %.3f r %.3f (%.0f s)", tag, name, score_r2, score_r, info["train_s"])
+        self.predictions[f"{tag}/truth"] = {"behavior": test.behavior, "counts": test.counts}
+        return out
+
+    def by_day(self, model: BidirectionalModel, contract: DataContract) -> dict[str, float]:
+        """R² on the whole of every day (training days included, marked by the figure)."""
+        return {str(d): self.test(model, self.test_windows(d), contract, False)[0] for d in range(len(self.ds))}
+
+
+def _n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def run(ds: Dataset, cfg: EvalConfig, protocols: list[str], models: list[str]) -> tuple[dict[str, Any], Protocol]:
+    """Run the protocols; returns the results (JSON-able) and the Protocol (predictions for figures)."""
+    for p in protocols:
+        if p not in PROTOCOLS:
+            raise ValueError(f"unknown protocol {p!r}; choose from {', '.join(PROTOCOLS)}")
+    needed = max([cfg.single_day, cfg.cross_test_day, *cfg.cross_train_days])
+    if needed >= len(ds):
+        raise ValueError(f"the protocol uses day index {needed}, but the dataset has {len(ds)} days")
+    proto = Protocol(ds, copy.deepcopy(cfg))
+    results: dict[str, Any] = {"dataset": str(ds.root), "subject": ds.subject, "config": asdict(cfg),
+                               "window_bins": proto.window, "hop_bins": proto.hop, "behavior": proto.behavior,
+                               "units_matched": ds.units_matched, "protocols": {}}
+    for p in protocols:
+        if p == "single-day":
+            rows = proto.single_day(models)
+        else:
+            rows = proto.cross_day(models, pretrain=(p == "pretrain"))
+        results["protocols"][p] = [asdict(r) for r in rows]
+    return results, proto

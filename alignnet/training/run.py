@@ -1,0 +1,173 @@
+"""Training runs and evaluations as functions: ``train(cfg, ...)`` and ``evaluate(cfg, ...)``.
+
+Config: dataclass defaults <- YAML file <- ``--set key=value`` overrides; the resolved config is written into the
+run folder. Multi-process: ``torchrun --standalone --nproc_per_node N -m alignnet train CONFIG`` (gloo on CPU, NCCL
+on GPU); logging and checkpoints on rank 0 only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+
+from alignnet.model import create_model
+from alignnet.model.artifacts import save_artifact
+from alignnet.model.metrics import pearson, r2
+from alignnet.recordings.dataset import (
+    DEFAULT_DATASET,
+    DataError,
+    Dataset,
+    atomic_write_bytes,
+    atomic_write_json,
+)
+from alignnet.training.trainer import TrainConfig, Trainer, is_rank0, seed_everything
+from alignnet.training.windows import fit_contract, split_trials, windows_in_trials
+
+log = logging.getLogger(__name__)
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+# ---- config ----------------------------------------------------------------------------------------------------
+def load_config(name_or_path: str) -> tuple[dict[str, Any], Path]:
+    """A YAML config file, or the name of one in configs/; returns (config, its path)."""
+    path = Path(name_or_path)
+    if not path.is_file():
+        named = CONFIGS / f"{name_or_path}.yaml"
+        if not named.is_file():
+            options = ", ".join(sorted(p.stem for p in CONFIGS.glob("*.yaml")))
+            raise DataError(f"{name_or_path}: config file not found (named configs: {options})")
+        path = named
+    try:
+        cfg = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise DataError(f"{path}: not valid YAML ({e})") from e
+    if not isinstance(cfg, dict):
+        raise DataError(f"{path}: a config must be a mapping of sections")
+    return cfg, path
+
+
+def apply_overrides(cfg: dict[str, Any], sets: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` overrides (values parsed as YAML) in place."""
+    for item in sets:
+        if "=" not in item:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE")
+        key, value = item.split("=", 1)
+        node = cfg
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"--set {key}: {part} is not a section")
+        node[parts[-1]] = yaml.safe_load(value)
+    return cfg
+
+
+def init_distributed(device: str) -> None:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        backend = "nccl" if device != "cpu" and torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+
+
+# ---- train -----------------------------------------------------------------------------------------------------
+def _train_windows(ds: Dataset, train_cfg: dict[str, Any]) -> tuple[list, list, list[int], int, str]:
+    c = ds.contract()
+    window = int(train_cfg.get("window_bins", c.window_bins))
+    hop = int(train_cfg.get("hop_bins", ds.manifest.get("default_hop_bins", max(1, window // 10))))
+    behavior = train_cfg.get("behavior", c.behavior_kind)
+    days = train_cfg.get("days", "all")
+    day_idx = list(range(len(ds))) if days == "all" else [ds.day_index(d) for d in days]
+    trainw, valw = [], []
+    for d in day_idx:
+        day = ds.day(d)
+        split = split_trials(day, 0.0, float(train_cfg.get("val_fraction", 0.1)))
+        trainw.append(windows_in_trials(day, split["train"], window, hop, behavior))
+        valw.append(windows_in_trials(day, split["val"], window, hop, behavior))
+    return trainw, valw, day_idx, window, behavior
+
+
+def train(cfg: dict[str, Any], config_path: Path, *, data: Path | None = None, out: Path | None = None,
+          device: str | None = None, resume: bool = False, command: str = "") -> dict[str, Any]:
+    """Pretrain (AlignNet) and fine-tune per ``cfg`` on every day of ``data``; writes OUT/config.yaml, OUT/<stage>/
+    metrics and checkpoints, and the artifact OUT/artifact. Returns the artifact folder, a summary per stage and
+    the validation metrics (None on ranks other than 0)."""
+    train_cfg = cfg.get("train", {})
+    device = device or train_cfg.get("device", "auto")
+    init_distributed(device)
+    out = out or Path("runs") / config_path.stem
+    data = data or Path(train_cfg.get("data", DEFAULT_DATASET))
+    ds = Dataset(data)
+    if is_rank0():
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(out / "config.yaml", yaml.safe_dump({**cfg, "resolved": {
+            "data": str(data), "device": device, "command": command}}).encode())
+    seed = int(train_cfg.get("seed", 0))
+    seed_everything(seed)
+    trainw, valw, day_idx, window, behavior = _train_windows(ds, train_cfg)
+    if not ds.units_matched:
+        raise DataError(f"{data}: units differ across days; train with a per-day read-in through "
+                        "`alignnet evaluate` (cross-day protocol) for now")
+    contract = fit_contract(ds.contract(window_bins=window, behavior_kind=behavior), trainw)
+    model = create_model(cfg.get("model", "alignnet"), **{"n_channels": contract.n_channels, "window_bins": window,
+                                                          **cfg.get("model_config", {})})
+    summaries = {}
+    t0 = time.perf_counter()
+    stages = (["pretrain"] if hasattr(model, "pretrain_outputs") and cfg.get("pretrain") else []) + ["finetune"]
+    for stage in stages:
+        stage_cfg = {**cfg.get(stage, {}), "device": device, "seed": seed,
+                     "stage": "pretrain" if stage == "pretrain" else cfg.get(stage, {}).get("stage", "both")}
+        trainer = Trainer(model, TrainConfig(**stage_cfg), run_dir=out / stage)
+        summaries[stage] = trainer.fit(trainw, valw, contract, resume=resume)
+        last = trainer.history[-1] if trainer.history else {}
+        summaries[stage]["windows_per_s"] = last.get("windows_per_s")
+    metrics = None
+    if is_rank0():
+        model = model.cpu().eval()
+        metrics = validation_metrics(model, valw, contract)
+        save_artifact(out / "artifact", model, contract, metrics=metrics, provenance={
+            "dataset": str(data), "days": [ds.day_names[d] for d in day_idx], "config": str(config_path),
+            "train_s": round(time.perf_counter() - t0, 1), "stages": summaries, "seed": seed})
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+    return {"artifact": out / "artifact", "stages": summaries, "metrics": metrics}
+
+
+@torch.no_grad()
+def validation_metrics(model, valw, contract) -> dict[str, float]:
+    """S→B R² and B→S r on the validation windows, in data units."""
+    s = torch.from_numpy(np.concatenate([contract.preprocess_spikes(w.counts) for w in valw]))
+    b = np.concatenate([w.behavior for w in valw])
+    dec = contract.postprocess_behavior(model.decode(s).numpy())
+    sim = contract.postprocess_rates(model.simulate(torch.from_numpy(contract.preprocess_behavior(b))).numpy())
+    counts = np.concatenate([w.counts for w in valw])
+    return {"val_s2b_r2": r2(b, dec, 1), "val_b2s_r": pearson(counts, sim, 1)}
+
+
+# ---- evaluate --------------------------------------------------------------------------------------------------
+def evaluate(cfg: dict[str, Any], data: Path, out: Path, protocols: list[str], models: list[str],
+             command: str = "") -> tuple[dict[str, Any], list[Path]]:
+    """The paper's protocols (Table 1) on ``data``: writes OUT/results.json, OUT/results.md and PNG figures;
+    returns the results and the figure paths."""
+    from alignnet.training import report
+    from alignnet.training.protocols import EvalConfig, run
+
+    ecfg = EvalConfig.from_dict(cfg)
+    ds = Dataset(data)
+    results, proto = run(ds, ecfg, protocols, models)
+    results["command"] = command
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "results.json", results)
+    figs = report.figures(results, proto.predictions, out, ds.contract().bin_s)
+    md = report.markdown(results, command) + "\n" + "\n".join(f"![{f.stem}]({f.name})" for f in figs) + "\n"
+    atomic_write_bytes(out / "results.md", md.encode())
+    return results, figs

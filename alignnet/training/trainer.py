@@ -1,0 +1,333 @@
+"""One training loop for AlignNet's stages and every baseline.
+
+``Trainer.step(batch) -> dict[str, float]``; pretraining, fine-tuning and every baseline are configurations of the
+same loop. A closed-form model (Wiener filter) fits through the same ``fit()``. AdamW, cosine schedule with warm-up,
+early stopping on validation loss, a checkpoint every epoch (resumable to the same result: the data order of each
+epoch is a function of the seed and the epoch, and RNG states are saved), JSONL metrics, optional DDP under
+``torchrun`` (logging and checkpoints on rank 0 only) and optional ``torch.compile``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from alignnet.model.atomic import atomic_path
+from alignnet.model.base import BidirectionalModel
+from alignnet.model.contract import DataContract
+from alignnet.model.losses import pretrain_loss
+from alignnet.training.windows import DayWindows
+
+log = logging.getLogger(__name__)
+
+STAGES = ("pretrain", "decode", "simulate", "both")
+
+
+@dataclass
+class TrainConfig:
+    stage: str = "both"  # pretrain (AlignNet: reconstructions + InfoNCE) | decode | simulate | both (two MSEs)
+    epochs: int = 20  # maximum epochs
+    batch_size: int = 64  # windows per step (per process under DDP)
+    lr: float = 2e-3  # peak AdamW learning rate
+    weight_decay: float = 1e-4  # AdamW weight decay
+    warmup_epochs: float = 1.0  # linear warm-up before the cosine decay
+    patience: int = 5  # early stopping: epochs without a better validation loss
+    max_steps_per_epoch: int | None = None  # cap on steps per epoch (quick runs)
+    contrastive_weight: float = 1.0  # weight of InfoNCE in pretraining
+    seed: int = 0  # everything random derives from it
+    device: str = "auto"  # auto | cpu | cuda
+    compile: bool = False  # torch.compile the model (GPU runs)
+    train_only: list[str] = field(default_factory=list)  # parameter-name prefixes to train (empty = all)
+    progress: bool = True  # tqdm bars
+
+    def __post_init__(self) -> None:
+        if self.stage not in STAGES:
+            raise ValueError(f"stage must be one of {', '.join(STAGES)}, got {self.stage!r}")
+        for name in ("epochs", "batch_size", "patience"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda, but no CUDA device is available (install a CUDA build of torch)")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def is_rank0() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+class Batches:
+    """Day-homogeneous batches (each day may have its own read-in), shuffled by (seed, epoch), sharded by rank."""
+
+    def __init__(self, data: list[DayWindows], contract: DataContract, batch_size: int, device: torch.device) -> None:
+        self.days = [d.day for d in data]
+        self.spikes = [torch.from_numpy(contract.preprocess_spikes(d.counts)) for d in data]
+        self.behavior = [torch.from_numpy(contract.preprocess_behavior(d.behavior)) for d in data]
+        self.batch_size, self.device = batch_size, device
+
+    def __len__(self) -> int:
+        return sum(len(s) for s in self.spikes)
+
+    def plan(self, epoch: int | None, seed: int) -> list[tuple[int, np.ndarray]]:
+        """(day index, window indices) per batch; epoch=None: in order, for evaluation."""
+        rng = np.random.default_rng([seed, epoch]) if epoch is not None else None
+        plan = []
+        for k, s in enumerate(self.spikes):
+            idx = rng.permutation(len(s)) if rng is not None else np.arange(len(s))
+            plan += [(k, idx[i:i + self.batch_size]) for i in range(0, len(idx), self.batch_size)]
+        if rng is not None:
+            plan = [plan[i] for i in rng.permutation(len(plan))]
+            # a lone window cannot be batch-normalised in training mode; drop such remnants
+            plan = [(k, i) for k, i in plan if len(i) > 1]
+        if dist.is_initialized():
+            world, rank = dist.get_world_size(), dist.get_rank()
+            if epoch is not None:  # training: the same number of steps on every rank (DDP syncs each step)
+                plan = plan[: len(plan) // world * world]
+            plan = plan[rank::world]
+        return plan
+
+    def get(self, k: int, idx: np.ndarray) -> dict[str, Any]:
+        ti = torch.from_numpy(idx)
+        return {"spikes": self.spikes[k][ti].to(self.device), "behavior": self.behavior[k][ti].to(self.device),
+                "day": self.days[k]}
+
+
+class Objective(nn.Module):
+    """The training loss of a stage as a module, so DDP sees the forward that produces it (gradient sync) and
+    torch.compile can compile it whole. forward -> (loss, parts)."""
+
+    def __init__(self, model: BidirectionalModel, stage: str, contrastive_weight: float) -> None:
+        super().__init__()
+        self.model, self.stage, self.contrastive_weight = model, stage, contrastive_weight
+
+    def forward(self, spikes: torch.Tensor, behavior: torch.Tensor, day: str | None):
+        if self.stage == "pretrain":
+            out = self.model.pretrain_outputs(spikes, behavior, day)
+            return pretrain_loss(out, spikes, behavior, self.model.config.temperature, self.contrastive_weight)
+        parts, loss = {}, torch.zeros((), device=spikes.device)
+        if self.stage in ("decode", "both"):
+            dec = F.mse_loss(self.model.decode(spikes, day), behavior)
+            loss = loss + dec
+            parts["decode_mse"] = dec.item()
+        if self.stage in ("simulate", "both"):
+            sim = F.mse_loss(self.model.simulate(behavior, day), spikes)
+            loss = loss + sim
+            parts["simulate_mse"] = sim.item()
+        parts["loss"] = loss.item()
+        return loss, parts
+
+
+class Trainer:
+    def __init__(self, model: BidirectionalModel, cfg: TrainConfig, run_dir: str | Path | None = None,
+                 day_names_use_readin: bool = False) -> None:
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        self.model = model.to(self.device)
+        self.run_dir = Path(run_dir) if run_dir else None
+        self.use_readin = day_names_use_readin
+        if cfg.stage == "pretrain" and not hasattr(model, "pretrain_outputs"):
+            raise ValueError(f"stage 'pretrain' needs AlignNet; {model.model_name} has no pretraining")
+        for n, p in model.named_parameters():
+            p.requires_grad_(not cfg.train_only or any(n.startswith(pref) for pref in cfg.train_only))
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.net: nn.Module = Objective(model, cfg.stage, cfg.contrastive_weight)
+        if dist.is_initialized():
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.net = DistributedDataParallel(self.net, find_unused_parameters=True)
+        if cfg.compile:
+            self.net = torch.compile(self.net)
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay) if self.params \
+            else None
+        self.epoch, self.best, self.bad_epochs, self.global_step = 0, math.inf, 0, 0
+        self.history: list[dict[str, float]] = []
+        self.best_state: dict[str, torch.Tensor] | None = None
+
+    # ---- one step ----------------------------------------------------------------------------------------------
+    def losses(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.net(batch["spikes"], batch["behavior"], batch["day"] if self.use_readin else None)
+
+    def step(self, batch: dict[str, Any]) -> dict[str, float]:
+        """One optimisation step; returns the loss parts."""
+        self.model.train()
+        loss, parts = self.losses(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if dist.is_initialized():  # DDP hooks cover parameters used in forward; sync the rest
+            for p in self.params:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+        torch.nn.utils.clip_grad_norm_(self.params, 5.0)
+        self.optimizer.step()
+        self.global_step += 1
+        return parts
+
+    @torch.no_grad()
+    def evaluate(self, data: Batches) -> dict[str, float]:
+        self.model.eval()
+        totals, n = {}, 0
+        for k, idx in data.plan(None, self.cfg.seed):
+            batch = data.get(k, idx)
+            if len(idx) < 2 and self.cfg.stage == "pretrain":
+                continue
+            _, parts = self.losses(batch)
+            for key, v in parts.items():
+                totals[key] = totals.get(key, 0.0) + v * len(idx)
+            n += len(idx)
+        if dist.is_initialized():  # every rank saw a shard: sum them so all ranks take the same decisions
+            keys = sorted(totals)
+            packed = torch.tensor([totals[k] for k in keys] + [float(n)], dtype=torch.float64)
+            dist.all_reduce(packed)
+            totals, n = dict(zip(keys, packed[:-1].tolist())), int(packed[-1])
+        return {f"val_{k}": v / max(n, 1) for k, v in totals.items()}
+
+    # ---- the loop ----------------------------------------------------------------------------------------------
+    def _lr(self, epoch_progress: float) -> float:
+        c = self.cfg
+        if epoch_progress < c.warmup_epochs:
+            return c.lr * max(epoch_progress / c.warmup_epochs, 0.05)
+        t = (epoch_progress - c.warmup_epochs) / max(c.epochs - c.warmup_epochs, 1e-9)
+        return c.lr * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+
+    def fit(self, train: list[DayWindows], val: list[DayWindows], contract: DataContract,
+            resume: bool = False) -> dict[str, Any]:
+        """Train until the epoch budget or early stopping; returns a summary. The best weights are kept."""
+        c = self.cfg
+        seed_everything(c.seed)
+        t0 = time.perf_counter()
+        if not self.model.needs_gradients:
+            return self._fit_closed_form(train, val, contract, t0)
+        if self.optimizer is None:
+            raise ValueError("no parameters to train (check train_only)")
+        train_b = Batches(train, contract, c.batch_size, self.device)
+        val_b = Batches(val, contract, max(c.batch_size, 128), self.device)
+        if len(train_b) == 0:
+            raise ValueError("no training windows: the days are shorter than one window, or the split is empty")
+        if resume and self.run_dir and (self.run_dir / "checkpoint.pt").is_file():
+            self.load_checkpoint(self.run_dir / "checkpoint.pt")
+            log.info("resumed from %s at epoch %d", self.run_dir / "checkpoint.pt", self.epoch)
+        windows_seen = 0
+        while self.epoch < c.epochs and self.bad_epochs < c.patience:
+            plan = train_b.plan(self.epoch, c.seed)
+            if c.max_steps_per_epoch:
+                plan = plan[: c.max_steps_per_epoch]
+            bar = tqdm(plan, desc=f"{self.model.model_name} {c.stage} epoch {self.epoch + 1}/{c.epochs}",
+                       disable=not (c.progress and is_rank0()), leave=False, unit="batch")
+            sums: dict[str, float] = {}
+            epoch_t = time.perf_counter()
+            for i, (k, idx) in enumerate(bar):
+                for g in self.optimizer.param_groups:
+                    g["lr"] = self._lr(self.epoch + i / max(len(plan), 1))
+                parts = self.step(train_b.get(k, idx))
+                windows_seen += len(idx)
+                for key, v in parts.items():
+                    sums[key] = sums.get(key, 0.0) + v
+                bar.set_postfix(loss=f"{parts['loss']:.4f}")
+            train_s = time.perf_counter() - epoch_t
+            row = {"epoch": self.epoch + 1, **{k: v / max(len(plan), 1) for k, v in sums.items()},
+                   **self.evaluate(val_b), "lr": self.optimizer.param_groups[0]["lr"], "epoch_train_s": train_s,
+                   "windows_per_s": sum(len(i) for _, i in plan) / max(train_s, 1e-9)}
+            self.epoch += 1
+            score = row.get("val_loss", row["loss"])
+            if score < self.best - 1e-6:
+                self.best, self.bad_epochs = score, 0
+                self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            else:
+                self.bad_epochs += 1
+            self.history.append(row)
+            if is_rank0():
+                self._log(row)
+                if self.run_dir:
+                    self.save_checkpoint(self.run_dir / "checkpoint.pt")
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+        if dist.is_initialized():
+            self._check_ranks_agree()
+        return {"epochs": self.epoch, "best_val_loss": self.best, "train_s": time.perf_counter() - t0,
+                "windows_seen": windows_seen, "stopped_early": self.bad_epochs >= c.patience}
+
+    def _check_ranks_agree(self) -> None:
+        """Every rank must end with the same weights (DDP keeps them in sync); refuse to go on otherwise."""
+        with torch.no_grad():
+            checksum = torch.stack([p.double().sum() for p in self.model.parameters()]).sum().reshape(1)
+            gathered = [torch.zeros_like(checksum) for _ in range(dist.get_world_size())]
+            dist.all_gather(gathered, checksum)
+        values = [float(g) for g in gathered]
+        if max(values) - min(values) > 1e-6 * max(1.0, abs(values[0])):
+            raise RuntimeError(f"DDP ranks hold different weights after training (checksums {values})")
+
+    def _fit_closed_form(self, train, val, contract, t0) -> dict[str, Any]:
+        if len({d.counts.shape[1] for d in train}) > 1:
+            raise ValueError(f"{self.model.model_name} is fitted on one channel space; days differ in channels")
+        xs = np.concatenate([contract.preprocess_spikes(d.counts) for d in train])
+        ys = np.concatenate([contract.preprocess_behavior(d.behavior) for d in train])
+        v = None
+        if val and sum(len(d) for d in val):
+            v = (np.concatenate([contract.preprocess_spikes(d.counts) for d in val]),
+                 np.concatenate([contract.preprocess_behavior(d.behavior) for d in val]))
+        chosen = self.model.fit(xs, ys, v)
+        self.model.to(self.device)
+        self._log({"epoch": 1, **chosen})
+        return {"epochs": 1, "train_s": time.perf_counter() - t0, "windows_seen": len(xs), **chosen}
+
+    # ---- logging and checkpoints -------------------------------------------------------------------------------
+    def _log(self, row: dict[str, Any]) -> None:
+        log.debug("%s", row)
+        if self.run_dir:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps({"stage": self.cfg.stage, **row}) + "\n")
+
+    def save_checkpoint(self, path: Path) -> None:
+        """Model, optimizer, loop counters and RNG states; atomic."""
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "epoch": self.epoch, "best": self.best, "bad_epochs": self.bad_epochs, "global_step": self.global_step,
+            "best_state": self.best_state,
+            "torch_rng": torch.get_rng_state(),
+            "config": asdict(self.cfg),
+            "history": self.history,
+        }
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+
+    def load_checkpoint(self, path: Path) -> None:
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=True)
+        except Exception as e:
+            raise ValueError(f"{path}: unreadable checkpoint ({e}); delete it to start over") from e
+        if state.get("config", {}).get("stage") != self.cfg.stage:
+            raise ValueError(f"{path}: checkpoint is of stage {state.get('config', {}).get('stage')!r}, "
+                             f"not {self.cfg.stage!r}")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch, self.best, self.bad_epochs = state["epoch"], state["best"], state["bad_epochs"]
+        self.global_step, self.best_state = state["global_step"], state["best_state"]
+        self.history = state.get("history", [])
+        torch.set_rng_state(state["torch_rng"].cpu())

@@ -1,0 +1,86 @@
+"""Windows for training and evaluation: trial splits that never leak, and normalisation through the data contract.
+
+Days keep their own channel counts (real recordings sort different units each day), so windows are grouped by day.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from alignnet.model.contract import DataContract
+from alignnet.recordings.dataset import Dataset, Day
+
+
+@dataclass
+class DayWindows:
+    """Windows of one day: counts (N, C_day, T) and behavior (N, D, T) in data units."""
+
+    day: str
+    counts: np.ndarray
+    behavior: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.counts.shape[0])
+
+    def take(self, idx: np.ndarray) -> DayWindows:
+        return DayWindows(self.day, self.counts[idx], self.behavior[idx])
+
+
+def split_trials(day: Day, test_fraction: float = 0.2, val_fraction: float = 0.1) -> dict[str, np.ndarray]:
+    """Trials in recording order: the last ``test_fraction`` are test, the last ``val_fraction`` of the rest are
+    validation (for early stopping and hyper-parameters), the remainder train."""
+    trials = np.unique(day.trial_id)
+    n_test = int(round(len(trials) * test_fraction))
+    rest = trials[: len(trials) - n_test]
+    n_val = int(round(len(rest) * val_fraction))
+    return {"train": rest[: len(rest) - n_val], "val": rest[len(rest) - n_val:], "test": trials[len(trials) - n_test:]}
+
+
+def first_trials(day: Day, fraction: float) -> np.ndarray:
+    """The first ``fraction`` of a day's trials (a small labelled calibration slice of a new day)."""
+    trials = np.unique(day.trial_id)
+    return trials[: max(1, int(round(len(trials) * fraction)))]
+
+
+def windows_in_trials(
+    day: Day, trials: np.ndarray | None, window_bins: int, hop_bins: int, behavior: str,
+    cross_segments: bool = False,
+) -> DayWindows:
+    """Windows whose every bin belongs to one of ``trials`` (all trials when None): no window straddles a split."""
+    starts = day.window_starts(window_bins, hop_bins, cross_segments)
+    counts, beh, win_trials = day.windows(window_bins, hop_bins, behavior, starts=starts)
+    if trials is not None:
+        keep = np.isin(win_trials, trials).all(axis=1)
+        counts, beh = counts[keep], beh[keep]
+    return DayWindows(day.name, counts, beh)
+
+
+def fit_contract(contract: DataContract, train: list[DayWindows]) -> DataContract:
+    """Fit the contract's normalisation on training windows of one or more days (the contract itself knows whether
+    units are matched across days; see ``DataContract.fit``)."""
+    return contract.fit([w.counts for w in train], [w.behavior for w in train])
+
+
+def dataset_contract(ds: Dataset, model_channels: int | None = None, window_bins: int | None = None) -> DataContract:
+    """The contract of a dataset, with the model's channel space (its own when units match across days)."""
+    over = {}
+    if model_channels is not None:
+        over["n_channels"] = model_channels
+    if window_bins is not None:
+        over["window_bins"] = window_bins
+    return ds.contract(**over)
+
+
+def held_out_windows(data, contract: DataContract, n: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Non-overlapping windows of the last 20 % of trials of a dataset's last day, as raw counts and behavior (at
+    most ``n``). They are held out only if training held them out (`alignnet train` uses every trial but its
+    validation slice)."""
+    ds = data if isinstance(data, Dataset) else Dataset(data)
+    day = ds.day(len(ds) - 1)
+    w = windows_in_trials(day, split_trials(day)["test"], contract.window_bins, contract.window_bins,
+                          contract.behavior_kind)
+    if len(w) == 0:
+        raise ValueError(f"{ds.root}: no held-out windows of {contract.window_bins} bins on the last day")
+    return w.counts[:n], w.behavior[:n]
