@@ -50,8 +50,9 @@ def engine_latency(folder: Path, engine: str, threads: int, repeats: int) -> dic
     """One engine's figures from ``python -m alignnet.service.bench_worker`` (torch and ONNX Runtime in one process
     were seen to slow each other)."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    proc = subprocess.run([sys.executable, "-m", "alignnet.service.bench_worker", str(folder), engine, "--threads",
-                           str(threads), "--repeats", str(repeats)], capture_output=True, text=True, env=env)
+    spec = json.dumps({"artifact": str(folder), "engine": engine, "threads": threads, "repeats": repeats})
+    proc = subprocess.run([sys.executable, "-m", "alignnet.service.bench_worker", spec], capture_output=True,
+                          text=True, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"{engine} benchmark failed:\n{proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])

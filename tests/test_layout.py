@@ -1,0 +1,93 @@
+"""The package layout holds: imports run one way, argparse only in the command line, small functions and modules.
+
+model <- recordings <- training <- service <- clients <- cli: a module may import its own package and the ones
+before it, never one after it (every ``import``, at the top or inside a function, counts).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "alignnet"
+ORDER = ("model", "recordings", "training", "service", "clients", "cli")
+OLD_TOP_LEVEL = {"model", "recordings", "training", "service", "clients", "cli"}
+MAX_MODULE_LINES = 400
+MAX_FUNCTION_LINES = 60  # in service/ (the live path)
+
+
+def imported_modules(tree: ast.AST) -> list[tuple[int, str]]:
+    """(line, dotted module) of every import in a module, relative imports resolved to nothing (none are used)."""
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.append((node.lineno, node.module))
+            # `from alignnet import service` names a package too
+            if node.module == "alignnet":
+                out += [(node.lineno, f"alignnet.{a.name}") for a in node.names]
+    return out
+
+
+def layout_violations(root: Path) -> list[str]:
+    """Every import in ``root`` (an ``alignnet`` package folder) that runs upward or uses an old top-level name."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root)
+        own = rel.parts[0] if len(rel.parts) > 1 else None  # alignnet/__init__.py, __main__.py: no package
+        rank = ORDER.index(own) if own in ORDER else len(ORDER)
+        for line, module in imported_modules(ast.parse(path.read_text(), str(path))):
+            parts = module.split(".")
+            if parts[0] in OLD_TOP_LEVEL:
+                found.append(f"{rel}:{line} imports {module!r}: use alignnet.{module}")
+            elif parts[0] == "alignnet" and len(parts) > 1 and parts[1] in ORDER and ORDER.index(parts[1]) > rank:
+                found.append(f"{rel}:{line} ({own}) imports {module} ({parts[1]} comes after {own})")
+    return found
+
+
+def test_imports_run_one_way():
+    assert layout_violations(PACKAGE) == []
+
+
+def test_the_check_catches_an_upward_import(tmp_path):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "service").mkdir()
+    (tmp_path / "model" / "bad.py").write_text("def f():\n    from alignnet.service.app import create_app\n")
+    (tmp_path / "service" / "old.py").write_text("import training.trainer\n")
+    (tmp_path / "service" / "ok.py").write_text("from alignnet.model import create_model\nimport numpy\n")
+    found = layout_violations(tmp_path)
+    assert len(found) == 2
+    assert "model/bad.py:2 (model) imports alignnet.service.app" in found[0]
+    assert "service/old.py:1 imports 'training.trainer'" in found[1]
+
+
+def test_every_package_is_in_the_order():
+    packages = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
+    assert packages == set(ORDER)
+
+
+def test_argparse_only_in_the_command_line():
+    users = [str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
+             if "argparse" in {m.split(".")[0] for _, m in imported_modules(ast.parse(p.read_text()))}]
+    assert users and all(u.startswith("cli/") for u in users), users
+
+
+@pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_module_size(path):
+    n = len(path.read_text().splitlines())
+    assert n <= MAX_MODULE_LINES, f"{path.relative_to(ROOT)} has {n} lines (limit {MAX_MODULE_LINES}): split it"
+
+
+def test_service_functions_are_short():
+    long = []
+    for path in sorted((PACKAGE / "service").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1
+                if n > MAX_FUNCTION_LINES:
+                    long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({n} lines)")
+    assert long == []
