@@ -178,7 +178,7 @@ def replay_day(day, *, name: str = "alignnet-replay", kind: str | None = None, s
         _check_against(config, counts, day.bin_s, f"day {day.name}")
     replayer = Replayer(counts, beh, day.bin_s, name, speed=speed)
     extra = ["--lsl", "--lsl-source", name] + (["--hop", str(hop)] if hop else [])
-    result = {"day": day.name, "behavior": kind}
+    result = {"day": day.name, "behavior_kind": kind}  # ("behavior" is the scorer's count of behavior samples)
     with serving(artifact, extra) if artifact else nullcontext():
         scorer = OnlineScorer(name) if score or artifact else None
         announce(f"replaying {day.name}: {last - first} bins of {day.bin_s * 1e3:g} ms "
