@@ -17,7 +17,7 @@ pylsl = pytest.importorskip("pylsl")
 
 
 def test_replay_online_r2_equals_offline_evaluate_r2(tiny_dataset, service_artifacts):
-    from alignnet.clients.replay import OnlineScorer, Replayer, offline_twin
+    from alignnet.clients.replay import OnlineScorer, Replayer, engine_twin
 
     engine = load_engine(service_artifacts[0], "onnx")
     day = Dataset(tiny_dataset / "D").day(0)
@@ -45,7 +45,7 @@ def test_replay_online_r2_equals_offline_evaluate_r2(tiny_dataset, service_artif
     offline = r2(bw, engine.decode(cw), feature_axis=1)
     assert abs(online["r2"] - offline) <= 1e-6, (online["r2"], offline)
     _, _, decoded = scorer.matched()
-    np.testing.assert_allclose(decoded, offline_twin(engine, counts, 20), atol=1e-5)
+    np.testing.assert_allclose(decoded, engine_twin(engine, counts, 20), atol=1e-5)
 
 
 # ---- the Python client ---------------------------------------------------------------------------------------
@@ -158,3 +158,36 @@ def test_headless_demo_reports(tmp_path):
     assert report["trials"] == 2 and report["hits"] + report["misses"] == 2
     assert 0 <= report["success_rate"] <= 1 and report["decode_latency_ms"]["n"] > 50
     assert report["decode_latency_ms"]["p99"] < 200
+
+
+def test_replay_online_r2_equals_evaluate_newest_bin_r2(tiny_dataset, service_artifacts):
+    """What `alignnet evaluate` reports as newest-bin R² is what a replay through the LSL bridge scores online."""
+    from alignnet.clients.replay import OnlineScorer, Replayer
+    from alignnet.model.artifacts import load_artifact
+    from alignnet.training.protocols import EvalConfig, Protocol
+
+    engine = load_engine(service_artifacts[0], "onnx")
+    ds = Dataset(tiny_dataset / "D")
+    day = ds.day(0)
+    n = 150
+    counts, beh = day.counts[:n], day.behavior("pos")[:n]
+    name = f"test-replay1-{uuid.uuid4().hex[:8]}"
+    replayer = Replayer(counts, beh, day.bin_s, name, speed=4.0)
+    bridge = Bridge(BridgeConfig(source_name=name, hop_bins=1, max_lag_bins=1000, resolve_timeout_s=2.0),
+                    lambda: engine).start()
+    try:
+        assert replayer.wait_for_consumers(10.0)
+        scorer = OnlineScorer(name, timeout=10.0)
+        thread = threading.Thread(target=replayer.run, daemon=True)
+        thread.start()
+        while thread.is_alive():
+            scorer.poll()
+        scorer.collect(n)
+    finally:
+        bridge.stop()
+    online = scorer.score()
+    assert online["matched"] == n and bridge.counts["dropped"] == 0
+    model, contract, _ = load_artifact(service_artifacts[0])
+    proto = Protocol(ds, EvalConfig(window_bins=20, online_seconds=n * day.bin_s))
+    evaluated = proto.online_r2(model, 0, np.unique(day.trial_id), contract, use_day=False)
+    assert abs(online["r2"] - evaluated) <= 1e-4, (online["r2"], evaluated)  # ONNX vs eager: export parity

@@ -105,10 +105,12 @@ def test_tiny_end_to_end_evaluate(tiny_dataset, tmp_path, capsys):
     for rows in results["protocols"].values():
         assert [r["model"] for r in rows] == ["test-wiener", "test-gru", "test-alignnet"]
         assert all(np.isfinite(r["s2b_r2"]) and np.isfinite(r["b2s_r"]) for r in rows)
+        assert all(np.isfinite(r["online_r2"]) for r in rows)  # newest-bin R² next to the window R²
+        assert [r["causal"] for r in rows] == [True, True, False]
     md = (out / "results.md").read_text()
-    assert "| Model | single-day S→B R² |" in md and "alignnet evaluate" in md
+    assert "| Model | causal | single-day S→B R² (window / newest bin) |" in md and "alignnet evaluate" in md
     for fig in ("fig5_trajectories_single-day.png", "fig6_rasters_cross-day.png", "fig7_rate_groups_pretrain.png",
-                "fig_r2_vs_days_apart.png"):
+                "fig_r2_vs_days_apart.png", "fig_window_vs_newest_bin.png"):
         assert (out / fig).stat().st_size > 10_000, fig
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from alignnet.model.metrics import r2
+from alignnet.model.streaming import offline_twin
 from alignnet.service.launcher import ServiceUnavailable
 
 log = logging.getLogger(__name__)
@@ -131,19 +132,9 @@ class OnlineScorer:
         return out
 
 
-def offline_twin(engine, counts: np.ndarray, hop: int, batch: int = 256) -> np.ndarray:
-    """What the bridge computes, offline: (n, C) counts -> (n', D) outputs for the first n' = n - n % hop bins.
-    The bridge's ring buffer starts at zero; each hop decodes the window ending at its last bin and keeps the last
-    ``hop`` bins of the output."""
-    w = engine.contract.window_bins
-    padded = np.concatenate([np.zeros((w - 1, counts.shape[1]), np.float32), counts.astype(np.float32)])
-    ends = np.arange(hop - 1, len(counts) - len(counts) % hop, hop)  # last bin of each hop
-    outs = []
-    for i in range(0, len(ends), batch):
-        x = np.stack([padded[e:e + w].T for e in ends[i:i + batch]])
-        outs.append(engine.decode(x)[:, :, -hop:])
-    y = np.concatenate(outs)  # (hops, D, hop)
-    return y.transpose(0, 2, 1).reshape(-1, y.shape[1])
+def engine_twin(engine, counts: np.ndarray, hop: int, batch: int = 256) -> np.ndarray:
+    """What the bridge computes from ``counts`` with this engine, offline (``alignnet.model.streaming``)."""
+    return offline_twin(engine.decode, counts, engine.contract.window_bins, hop, batch)
 
 
 # ---- a scored replay ----------------------------------------------------------------------------------------------
@@ -207,7 +198,7 @@ def offline_comparison(artifact: Path, scorer: OnlineScorer, replayer: Replayer,
     engine = load_engine(artifact, "onnx")
     stamps, _, yhat = scorer.matched()
     index = np.searchsorted(replayer.stamps, stamps)
-    twin = offline_twin(engine, counts[:replayer.sent], hop)
+    twin = engine_twin(engine, counts[:replayer.sent], hop)
     ok = index < len(twin)
     return {"offline_r2_same_bins": r2(beh[index[ok]], twin[index[ok]]),
             "max_abs_diff_online_offline": float(np.abs(twin[index[ok]] - yhat[ok]).max())}

@@ -37,6 +37,9 @@ class AlignNetConfig:
     v_reset: float = 0.0  # LIF reset potential (paper)
     surrogate_alpha: float = 2.0  # ATan surrogate sharpness
     temperature: float = 0.1  # InfoNCE temperature
+    # causal: convolutions pad time on the past side only, and every upsampling of a coarser level is shifted by
+    # one of its blocks, so the output at bin t depends on no bin after t (a live decoder's newest bin loses nothing)
+    causal: bool = False
     lif_impl: str = "spikingjelly"  # 'spikingjelly' (training) or 'plain' (export; same weights, same spikes)
 
     def __post_init__(self) -> None:
@@ -94,6 +97,24 @@ def match_steps(x: torch.Tensor, steps: int) -> torch.Tensor:
     raise ValueError(f"cannot match {x.shape[0]} steps to {steps}")
 
 
+class Conv3x3(nn.Conv2d):
+    """3x3 convolution over (channel, time) images; ``causal``: time padded on the past side only (2 bins), so an
+    output bin sees itself and the two before it."""
+
+    def __init__(self, c_in: int, c_out: int, causal: bool) -> None:
+        super().__init__(c_in, c_out, 3, padding=0 if causal else 1, bias=False)
+        self.causal = causal
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(F.pad(x, (2, 0, 1, 1)) if self.causal else x)
+
+
+def shift_one_block(h: torch.Tensor) -> torch.Tensor:
+    """(..., W) -> the same shifted one step later in time (zeros first): a coarse block summarises bins up to its
+    end, so before upsampling it may only inform the bins after that end."""
+    return F.pad(h, (1, 0))[..., :-1]
+
+
 class Activation(nn.Module):
     """ReLU, or a multi-step LIF over (Ts, B, ...)."""
 
@@ -109,11 +130,11 @@ class Activation(nn.Module):
 class UEncoder(nn.Module):
     """Encoder blocks of 3x3 conv -> batch norm -> activation (LIF or ReLU) -> 2x2 max-pool."""
 
-    def __init__(self, widths: tuple[int, ...], spiking: bool, lif: LIFConfig, impl: str, in_ch: int = 1) -> None:
+    def __init__(self, widths: tuple[int, ...], spiking: bool, lif: LIFConfig, impl: str, in_ch: int = 1,
+                 causal: bool = False) -> None:
         super().__init__()
         chans = (in_ch, *widths)
-        self.convs = nn.ModuleList(nn.Conv2d(chans[i], chans[i + 1], 3, padding=1, bias=False)
-                                   for i in range(len(widths)))
+        self.convs = nn.ModuleList(Conv3x3(chans[i], chans[i + 1], causal) for i in range(len(widths)))
         self.norms = nn.ModuleList(nn.BatchNorm2d(w) for w in widths)
         self.acts = nn.ModuleList(Activation(spiking, lif, impl) for _ in widths)
 
@@ -137,14 +158,15 @@ class UDecoder(nn.Module):
     -> activation, per level; a 1x1 conv head on the (step-averaged) output."""
 
     def __init__(self, widths: tuple[int, ...], latent_ch: int, spiking: bool, lif: LIFConfig, impl: str,
-                 out_ch: int = 1) -> None:
+                 out_ch: int = 1, causal: bool = False) -> None:
         super().__init__()
+        self.causal = causal
         ins = (*widths[1:], latent_ch)  # input channels of level i's upsampling
         self.ups = nn.ModuleList(nn.ConvTranspose2d(ins[i], widths[i], 2, stride=2, bias=False)
                                  for i in range(len(widths)))
         self.up_norms = nn.ModuleList(nn.BatchNorm2d(w) for w in widths)
         self.up_acts = nn.ModuleList(Activation(spiking, lif, impl) for _ in widths)
-        self.convs = nn.ModuleList(nn.Conv2d(2 * w, w, 3, padding=1, bias=False) for w in widths)
+        self.convs = nn.ModuleList(Conv3x3(2 * w, w, causal) for w in widths)
         self.norms = nn.ModuleList(nn.BatchNorm2d(w) for w in widths)
         self.acts = nn.ModuleList(Activation(spiking, lif, impl) for _ in widths)
         self.head = nn.Conv2d(widths[0], out_ch, 1)
@@ -153,6 +175,8 @@ class UDecoder(nn.Module):
         """latent (B, L, h, w) static; skips as UEncoder returns them (any step count). Returns (B, out, H, W)."""
         h = match_steps(latent.unsqueeze(0), steps)
         for i in reversed(range(len(self.ups))):
+            if self.causal:
+                h = shift_one_block(h)
             h = seq_apply(lambda z, i=i: self.up_norms[i](self.ups[i](z)), h)
             h = self.up_acts[i](h.contiguous())
             h = torch.cat([h, match_steps(skips[i], steps)], dim=2)
@@ -184,11 +208,18 @@ class Projection(nn.Module):
 
 
 @register_model("alignnet")
+@register_model("alignnet-causal", causal=True)
 @register_model("alignnet-paper", widths=(16, 32, 64, 128), latent_channels=16, latent_dim=128, proj_hidden=256)
 @register_model("test-alignnet", n_channels=16, window_bins=20, widths=(4, 8), latent_channels=4, latent_dim=16,
                 proj_hidden=32, behavior_hidden=16, time_steps=2)
+@register_model("test-alignnet-causal", n_channels=16, window_bins=20, widths=(4, 8), latent_channels=4,
+                latent_dim=16, proj_hidden=32, behavior_hidden=16, time_steps=2, causal=True)
 class AlignNet(BidirectionalModel):
     config_class = AlignNetConfig
+
+    @property
+    def causal_decode(self) -> bool:
+        return self.config.causal
 
     def __init__(self, config: AlignNetConfig) -> None:
         super().__init__()
@@ -200,15 +231,15 @@ class AlignNet(BidirectionalModel):
         # and another maps the decoder's channel grid back; channel_mixing=False is the paper's plain U-Net
         self.spike_in = nn.Conv1d(c.n_channels, c.n_channels, 1) if c.channel_mixing else nn.Identity()
         self.spike_out = nn.Conv1d(c.n_channels, c.n_channels, 1) if c.channel_mixing else nn.Identity()
-        self.spike_encoder = UEncoder(c.widths, True, lif, impl)
+        self.spike_encoder = UEncoder(c.widths, True, lif, impl, causal=c.causal)
         self.spike_bottleneck = Bottleneck(c.widths[-1], c.latent_channels)
-        self.spike_decoder = UDecoder(c.widths, c.latent_channels, True, lif, impl)
+        self.spike_decoder = UDecoder(c.widths, c.latent_channels, True, lif, impl, causal=c.causal)
         # behavior autoencoder (ANN): per-bin MLPs to and from the spike shape around the same U-shape
         self.behavior_in = nn.Sequential(nn.Conv1d(c.behavior_dims, c.behavior_hidden, 1), nn.ReLU(),
                                          nn.Conv1d(c.behavior_hidden, c.n_channels, 1))
-        self.behavior_encoder = UEncoder(c.widths, False, lif, impl)
+        self.behavior_encoder = UEncoder(c.widths, False, lif, impl, causal=c.causal)
         self.behavior_bottleneck = Bottleneck(c.widths[-1], c.latent_channels)
-        self.behavior_decoder = UDecoder(c.widths, c.latent_channels, False, lif, impl)
+        self.behavior_decoder = UDecoder(c.widths, c.latent_channels, False, lif, impl, causal=c.causal)
         self.behavior_out = nn.Sequential(nn.Conv1d(c.n_channels, c.behavior_hidden, 1), nn.ReLU(),
                                           nn.Conv1d(c.behavior_hidden, c.behavior_dims, 1))
         # projection heads into the shared latent space

@@ -26,6 +26,9 @@ class BidirectionalModel(nn.Module):
     config_class: type
     model_name: str = "?"
     needs_gradients: bool = True  # False for closed-form models (Wiener filter), fitted with fit()
+    # True when the decoded value of bin t depends on no bin after t, so the newest bin of a window (the one a
+    # live user gets) is decoded as well as any other; tests/test_models.py checks every model's claim
+    causal_decode: bool = False
 
     def __init__(self) -> None:
         super().__init__()

@@ -116,6 +116,7 @@ class LaggedLinear(nn.Module):
 @register_model("test-wiener", n_channels=16, window_bins=20, n_lags=3)
 class WienerFilter(_TwoWay):
     config_class = WienerConfig
+    causal_decode = True  # decodes from the current bin and n_lags past ones
     needs_gradients = False
 
     def make_net(self, c_in: int, c_out: int, direction: str) -> nn.Module:
@@ -171,6 +172,7 @@ class GRUNet(nn.Module):
 @register_model("test-gru", n_channels=16, window_bins=20, hidden=8, layers=1)
 class GRUBaseline(_TwoWay):
     config_class = BaselineConfig
+    causal_decode = True  # one direction over time
 
     def make_net(self, c_in: int, c_out: int, direction: str) -> nn.Module:
         c = self.config

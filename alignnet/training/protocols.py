@@ -28,6 +28,7 @@ from alignnet.model import create_model
 from alignnet.model.base import BidirectionalModel
 from alignnet.model.contract import DataContract
 from alignnet.model.metrics import pearson, r2
+from alignnet.model.streaming import offline_twin
 from alignnet.recordings.dataset import Dataset
 from alignnet.training.trainer import TrainConfig, Trainer, seed_everything
 from alignnet.training.windows import DayWindows, first_trials, fit_contract, split_trials, windows_in_trials
@@ -55,6 +56,7 @@ class EvalConfig:
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig for baselines and AlignNet fine-tuning
     pretrain: dict[str, Any] = field(default_factory=dict)  # TrainConfig overrides for AlignNet pretraining
     readin: dict[str, Any] = field(default_factory=dict)  # TrainConfig overrides for fitting a new day's read-in
+    online_seconds: float | None = None  # newest-bin R² on at most this much of the test range (None: all of it)
     seed: int = 0
 
     @classmethod
@@ -73,6 +75,8 @@ class ModelResult:
     b2s_r: float
     train_s: float
     parameters: int
+    online_r2: float | None = None  # newest-bin R²: the test range streamed bin by bin, as it is served
+    causal: bool = False  # the decoded value of a bin depends on no later bin
     details: dict[str, Any] = field(default_factory=dict)
 
 
@@ -167,6 +171,36 @@ class Protocol:
         return (r2(test.behavior, behavior_pred, feature_axis=1), pearson(test.counts, counts_pred, feature_axis=1),
                 behavior_pred, counts_pred)
 
+    @torch.no_grad()
+    def online_r2(self, model: BidirectionalModel, day_index: int, trials: np.ndarray, contract: DataContract,
+                  use_day: bool) -> float:
+        """Newest-bin R², what a live user gets: the day from its first test trial on, streamed bin by bin from
+        zero history (as ``alignnet replay --start-s`` streams it to the service), each bin decoded as the newest
+        of its window (hop 1)."""
+        model.eval()
+        day = self.ds.day(day_index)
+        start = int(np.flatnonzero(np.isin(day.trial_id, trials))[0])
+        n = day.n_bins - start
+        if self.cfg.online_seconds:
+            n = min(n, int(round(self.cfg.online_seconds / day.bin_s)))
+        name = self.ds.day_names[day_index] if use_day else None
+
+        def decode(counts: np.ndarray) -> np.ndarray:
+            x = torch.from_numpy(contract.preprocess_spikes(counts))
+            return contract.postprocess_behavior(model.decode(x, name).numpy())
+
+        pred = offline_twin(decode, day.counts[start:start + n], self.window, hop=1)
+        return r2(day.behavior(self.behavior)[start:start + n], pred)
+
+    def score(self, name: str, model: BidirectionalModel, test: DayWindows, day_index: int, trials: np.ndarray,
+              contract: DataContract, use_day: bool, info: dict[str, Any]) -> ModelResult:
+        """Window R² and r on the test windows, newest-bin R² on the test range, and the predictions."""
+        score_r2, score_r, beh, counts = self.test(model, test, contract, use_day)
+        online = self.online_r2(model, day_index, trials, contract, use_day)
+        info = {**info, "predictions": {"behavior": beh, "counts": counts}}
+        return ModelResult(name, score_r2, score_r, info["train_s"], _n_params(model), online,
+                           bool(model.causal_decode), info)
+
     # ---- protocols ---------------------------------------------------------------------------------------------
     def single_day(self, models: list[str]) -> list[ModelResult]:
         c = self.cfg
@@ -179,10 +213,11 @@ class Protocol:
         for name in models:
             model, info = self.fit_model(name, train, val, contract)
             use_day = not self.matched and name != "wiener"
-            score_r2, score_r, beh, counts = self.test(model, test, contract, use_day)
-            self.predictions[f"single-day/{name}"] = {"behavior": beh, "counts": counts}
-            out.append(ModelResult(name, score_r2, score_r, info["train_s"], _n_params(model), info))
-            log.info("single-day %s: R2 %.3f r %.3f (%.0f s)", name, score_r2, score_r, info["train_s"])
+            res = self.score(name, model, test, c.single_day, split["test"], contract, use_day, info)
+            self.predictions[f"single-day/{name}"] = res.details.pop("predictions")
+            out.append(res)
+            log.info("single-day %s: R2 %.3f (newest bin %.3f) r %.3f (%.0f s)", name, res.s2b_r2, res.online_r2,
+                     res.b2s_r, res.train_s)
         self.predictions["single-day/truth"] = {"behavior": test.behavior, "counts": test.counts}
         return out
 
@@ -227,13 +262,13 @@ class Protocol:
                     t0 = time.perf_counter()
                     self.new_day_readin(model, test.day, calib, contract)
                     info["readin_s"] = time.perf_counter() - t0
-            score_r2, score_r, beh, counts = self.test(model, test, contract, use_day)
-            self.predictions[f"{tag}/{name}"] = {"behavior": beh, "counts": counts}
-            details = {**info}
+            res = self.score(name, model, test, c.cross_test_day, test_trials, contract, use_day, info)
+            self.predictions[f"{tag}/{name}"] = res.details.pop("predictions")
             if not pretrain and self.matched:  # accuracy against days apart
-                details["r2_by_day"] = self.by_day(model, contract)
-            out.append(ModelResult(name, score_r2, score_r, info["train_s"], _n_params(model), details))
-            log.info("%s %s: R2 %.3f r %.3f (%.0f s)", tag, name, score_r2, score_r, info["train_s"])
+                res.details["r2_by_day"] = self.by_day(model, contract)
+            out.append(res)
+            log.info("%s %s: R2 %.3f (newest bin %.3f) r %.3f (%.0f s)", tag, name, res.s2b_r2, res.online_r2,
+                     res.b2s_r, res.train_s)
         self.predictions[f"{tag}/truth"] = {"behavior": test.behavior, "counts": test.counts}
         return out
 

@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 NAMES = {"wiener": "Wiener filter", "gru": "GRU", "mlp": "MLP", "resnet": "ResNet", "resnet-unet": "ResNet+UNet",
-         "alignnet": "AlignNet"}
+         "alignnet": "AlignNet", "alignnet-causal": "AlignNet (causal)", "alignnet-paper": "AlignNet (paper size)"}
 PAPER = {"wiener": (0.354, 0.442, 0.08, 0.409), "mlp": (0.723, 0.492, 0.366, 0.349),
          "alignnet": (0.880, 0.539, 0.581, 0.440)}
 
@@ -29,24 +29,34 @@ def _secs(row: dict[str, Any] | None) -> str:
     return "–" if row is None else f"{row['train_s']:.0f}"
 
 
+def _r2s(row: dict[str, Any] | None) -> str:
+    """Window R² / newest-bin R²."""
+    return "–" if row is None else f"{_fmt(row['s2b_r2'])} / {_fmt(row.get('online_r2'))}"
+
+
+def _causal(rows: list[dict[str, Any] | None]) -> str:
+    row = next((r for r in rows if r is not None), None)
+    return "–" if row is None or "causal" not in row else ("yes" if row["causal"] else "no")
+
+
 def table(results: dict[str, Any]) -> str:
     p = results["protocols"]
     by = {k: {r["model"]: r for r in rows} for k, rows in p.items()}
     models = list(dict.fromkeys(r["model"] for rows in p.values() for r in rows))
-    lines = ["| Model | single-day S→B R² | single-day B→S r | cross-day S→B R² | cross-day B→S r | "
-             "train s (single / cross) |", "|---|---|---|---|---|---|"]
+    lines = ["| Model | causal | single-day S→B R² (window / newest bin) | single-day B→S r | "
+             "cross-day S→B R² (window / newest bin) | cross-day B→S r | train s (single / cross) |",
+             "|---|---|---|---|---|---|---|"]
     for m in models:
         sd, cd = by.get("single-day", {}).get(m), by.get("cross-day", {}).get(m)
-        lines.append(f"| {_name(m)} | {_fmt(sd and sd['s2b_r2'])} | {_fmt(sd and sd['b2s_r'])} | "
-                     f"{_fmt(cd and cd['s2b_r2'])} | {_fmt(cd and cd['b2s_r'])} | "
-                     f"{_secs(sd)} / {_secs(cd)} |")
+        lines.append(f"| {_name(m)} | {_causal([sd, cd])} | {_r2s(sd)} | {_fmt(sd and sd['b2s_r'])} | "
+                     f"{_r2s(cd)} | {_fmt(cd and cd['b2s_r'])} | {_secs(sd)} / {_secs(cd)} |")
     out = ["\n".join(lines)]
     if "pretrain" in by:
         n_days = len(results.get("pretrain_days", [])) or "all other"
-        rows = ["| Model | S→B R² | B→S r | train s |", "|---|---|---|---|"]
+        rows = ["| Model | causal | S→B R² (window / newest bin) | B→S r | train s |", "|---|---|---|---|---|"]
         for m, r in by["pretrain"].items():
-            label = f"{_name(m)} (pretrained + fine-tuned)" if m == "alignnet" else _name(m)
-            rows.append(f"| {label} | {_fmt(r['s2b_r2'])} | {_fmt(r['b2s_r'])} | {r['train_s']:.0f} |")
+            label = f"{_name(m)} (pretrained + fine-tuned)" if m.startswith("alignnet") else _name(m)
+            rows.append(f"| {label} | {_causal([r])} | {_r2s(r)} | {_fmt(r['b2s_r'])} | {r['train_s']:.0f} |")
         out.append(f"Many days ({n_days} labelled days, same held-out test day):\n\n" + "\n".join(rows))
     return "\n\n".join(out)
 
@@ -63,8 +73,12 @@ def markdown(results: dict[str, Any], command: str) -> str:
         f"days {c['cross_train_days']}, test on day {c['cross_test_day']}"
         + (f" (first {c['calib_fraction']:.0%} of its trials labelled for the read-in, tested on the rest)."
            if c["calib_fraction"] else " (no labels from the test day)."),
-        "S→B: R² of decoded behavior (all held-out bins, averaged over axes). B→S: Pearson r between simulated "
-        "rates and true counts (per channel over held-out bins, averaged over channels that vary).", "",
+        "S→B: R² of decoded behavior, averaged over axes. *Window*: every bin of non-overlapping held-out windows "
+        "(Table 1 as in the paper). *Newest bin*: what a live user gets: the test range streamed bin by bin from "
+        "zero history, each bin decoded as the newest of its window (hop 1), exactly as `alignnet serve --lsl` "
+        "decodes a replay of it. *Causal*: the decoded value of a bin depends on no later bin (checked for every "
+        "model in tests/test_models.py). B→S: Pearson r between simulated rates and true counts (per channel over "
+        "held-out bins, averaged over channels that vary).", "",
         table(results), "",
         "Paper (their macaque data), for reference: AlignNet 0.880 / 0.539 / 0.581 / 0.440; Wiener 0.354 / 0.442 / "
         "0.08 / 0.409; MLP 0.723 / 0.492 / 0.366 / 0.349.", "",
@@ -86,10 +100,38 @@ def figures(results: dict[str, Any], predictions: dict[str, dict[str, np.ndarray
         if ours is not None:
             paths.append(_rasters(truth, predictions[f"{tag}/{ours}"], tag, out / f"fig6_rasters_{tag}.png", bin_s))
             paths.append(_rate_groups(truth, predictions, tag, models, out / f"fig7_rate_groups_{tag}.png", bin_s))
+    paths.append(_window_vs_newest(results, out / "fig_window_vs_newest_bin.png"))
     by_day = {r["model"]: r["details"].get("r2_by_day") for r in results["protocols"].get("cross-day", [])}
     if any(by_day.values()):
         paths.append(_days_apart(by_day, results["config"]["cross_train_days"], out / "fig_r2_vs_days_apart.png"))
     return paths
+
+
+def _window_vs_newest(results, path) -> Path:
+    """S→B R² per model and protocol: whole windows (Table 1) next to the newest bin (served); hatched = causal."""
+    protos = [p for p, rows in results["protocols"].items() if rows]
+    fig, axes = plt.subplots(1, len(protos), figsize=(4.8 * len(protos), 3.8), squeeze=False)
+    for ax, proto in zip(axes[0], protos):
+        rows = results["protocols"][proto]
+        x = np.arange(len(rows))
+        win = [r["s2b_r2"] for r in rows]
+        new = [r.get("online_r2") if r.get("online_r2") is not None else np.nan for r in rows]
+        ax.bar(x - 0.2, win, 0.4, label="window", color="#9bb7d4")
+        bars = ax.bar(x + 0.2, new, 0.4, label="newest bin (served)", color="#d9822b")
+        for b, r in zip(bars, rows):
+            if r.get("causal"):
+                b.set_hatch("//")
+        ax.set_xticks(x, [_name(r["model"]) for r in rows], rotation=30, ha="right", fontsize=8)
+        ax.set_ylim(min(0.0, np.nanmin(win + new) - 0.05), 1.0)
+        ax.set_title(proto)
+        ax.axhline(0, color="black", lw=0.6)
+    axes[0, 0].set_ylabel("S→B R²")
+    axes[0, 0].legend(fontsize=8, loc="lower left", title="hatched: causal", title_fontsize=7)
+    fig.suptitle("Decoding accuracy: Table 1's windows vs the newest bin a live user gets")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def _trajectories(truth, preds, tag, models, path, bin_s) -> Path:
