@@ -139,3 +139,34 @@ def test_torchrun_two_processes_pretrain(tiny_dataset, tmp_path):
     rows = (out / "pretrain" / "metrics.jsonl").read_text().splitlines()
     assert len(rows) == 2, "rank 0 alone logs, once per epoch"
     load_artifact(out / "artifact")
+
+
+def test_fitting_a_read_in_alone_keeps_batch_norm_statistics(tiny_dataset):
+    """A new day's read-in is fitted with the rest frozen: weights and batch-norm running statistics alike."""
+    from alignnet.training.protocols import EvalConfig, Protocol
+
+    ds = Dataset(tiny_dataset / "D")
+    proto = Protocol(ds, EvalConfig(window_bins=20, hop_bins=5, readin={"epochs": 2, "progress": False},
+                                    train={"progress": False}))
+    calib = proto.windows(2)
+    contract = fit_contract(proto.contract(), [calib])
+    model = create_model("test-alignnet")
+    before = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("days.")}
+    proto.new_day_readin(model, calib.day, calib, contract)
+    after = model.state_dict()
+    changed = [k for k, v in before.items() if not torch.equal(v, after[k])]
+    assert changed == []
+    assert any(not torch.equal(v, torch.zeros_like(v)) for k, v in after.items() if k.startswith(f"days.{calib.day}."))
+
+
+def test_overlapping_windows_are_not_infonce_negatives():
+    from alignnet.model.losses import info_nce, overlapping
+
+    torch.manual_seed(0)
+    z_a, z_b = torch.randn(4, 8), torch.randn(4, 8)
+    starts = torch.tensor([0, 10, 200, 400])  # windows of 100 bins: the first two overlap
+    exclude = overlapping(starts, 100)
+    assert exclude.tolist()[0] == [True, True, False, False]
+    full, _ = info_nce(z_a, z_b, 0.1)
+    masked, _ = info_nce(z_a, z_b, 0.1, exclude)
+    assert masked < full  # fewer negatives: a lower loss for the same vectors

@@ -6,8 +6,11 @@ import torch
 import torch.nn.functional as F
 
 
-def info_nce(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float) -> tuple[torch.Tensor, dict[str, float]]:
-    """Symmetric InfoNCE (CLIP): window i's two views are positives, every other window of the batch a negative.
+def info_nce(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float, exclude: torch.Tensor | None = None,
+             ) -> tuple[torch.Tensor, dict[str, float]]:
+    """Symmetric InfoNCE (CLIP): window i's two views are positives, every other window of the batch a negative,
+    except the pairs ``exclude`` marks (B, B) bool, e.g. windows that overlap in time: they share bins, so calling
+    them negatives would push apart views of the same data. The diagonal is never excluded.
 
     z_a, z_b: (B, D). Parts: 'align' (mean positive similarity / temperature, to maximise), 'uniform' (mean
     log-sum-exp over the batch), 'accuracy' (fraction of windows whose nearest other-modality vector is their own)."""
@@ -16,6 +19,9 @@ def info_nce(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float) -> tuple[
     a, b = F.normalize(z_a, dim=1), F.normalize(z_b, dim=1)
     logits = a @ b.T / temperature
     target = torch.arange(a.shape[0], device=a.device)
+    if exclude is not None:
+        exclude = exclude & ~torch.eye(a.shape[0], dtype=torch.bool, device=a.device)
+        logits = logits.masked_fill(exclude, float("-inf"))
     loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
     with torch.no_grad():
         align = logits.diagonal().mean()
@@ -24,14 +30,21 @@ def info_nce(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float) -> tuple[
     return loss, {"align": float(align), "uniform": float(uniform), "accuracy": float(acc)}
 
 
+def overlapping(starts: torch.Tensor, window: int) -> torch.Tensor:
+    """(B,) window start bins of one day -> (B, B) True where two windows share a bin."""
+    return (starts[:, None] - starts[None, :]).abs() < window
+
+
 def pretrain_loss(
     out: dict[str, torch.Tensor], spikes: torch.Tensor, behavior: torch.Tensor, temperature: float,
     contrastive_weight: float = 1.0, spike_weight: float = 1.0, behavior_weight: float = 1.0,
+    exclude: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """AlignNet pretraining: reconstruction (MSE) of both modalities plus contrastive alignment."""
+    """AlignNet pretraining: reconstruction (MSE) of both modalities plus contrastive alignment (``exclude``: pairs
+    that are not negatives, see ``info_nce``)."""
     spike_mse = F.mse_loss(out["spike_recon"], spikes)
     behavior_mse = F.mse_loss(out["behavior_recon"], behavior)
-    nce, parts = info_nce(out["z_spike"], out["z_behavior"], temperature)
+    nce, parts = info_nce(out["z_spike"], out["z_behavior"], temperature, exclude)
     loss = spike_weight * spike_mse + behavior_weight * behavior_mse + contrastive_weight * nce
     return loss, {"loss": loss.item(), "spike_mse": spike_mse.item(), "behavior_mse": behavior_mse.item(),
                   "infonce": nce.item(), **{f"nce_{k}": v for k, v in parts.items()}}

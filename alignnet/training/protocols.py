@@ -5,10 +5,10 @@
 - cross-day: train on two days, test on a held-out later day; where units differ across days (real recordings) a
   small labelled slice of the new day (first ``calib_fraction`` of its trials) fits the new day's read-in alone, and
   the test is the rest of that day.
-- pretrain: every day but the test day is labelled training data for every model; AlignNet first pretrains on them
-  (reconstruction of both modalities + contrastive alignment), then fine-tunes all parameters on them. Tested like
-  cross-day, and (where units match) on every day after the training days for the accuracy-against-days-apart
-  figure.
+- pretrain (many days): every day recorded before the test day (by default the last day) is labelled training
+  data for every model; AlignNet first pretrains on them (reconstruction of both modalities + contrastive
+  alignment), then fine-tunes all parameters on them. Tested like cross-day. Later days are never used: a deployed
+  decoder has only the past.
 
 Hyper-parameters are chosen on validation windows only; test windows are touched once, for the final numbers.
 """
@@ -48,6 +48,7 @@ class EvalConfig:
     single_day: int = 0  # day of the single-day protocol
     cross_train_days: list[int] = field(default_factory=lambda: [0, 1])  # labelled days of cross-day
     cross_test_day: int = 2  # held-out day
+    pretrain_test_day: int | None = None  # many-days protocol: test day, trained on every day before it (None: last)
     calib_fraction: float = 0.0  # labelled slice of the new day (first trials); required where units differ
     test_fraction: float = 0.2
     val_fraction: float = 0.1
@@ -221,30 +222,32 @@ class Protocol:
         self.predictions["single-day/truth"] = {"behavior": test.behavior, "counts": test.counts}
         return out
 
-    def _cross_split(self, train_days: list[int]) -> tuple[list[DayWindows], list[DayWindows], DayWindows | None,
-                                                           DayWindows, np.ndarray]:
+    def _cross_split(self, train_days: list[int], test_day: int) -> tuple[
+            list[DayWindows], list[DayWindows], DayWindows | None, DayWindows, np.ndarray]:
         c = self.cfg
         train, val = [], []
         for d in train_days:
             split = split_trials(self.ds.day(d), 0.0, c.val_fraction)
             train.append(self.windows(d, split["train"]))
             val.append(self.windows(d, split["val"]))
-        test_day = self.ds.day(c.cross_test_day)
+        day = self.ds.day(test_day)
         calib = None
-        test_trials = np.unique(test_day.trial_id)
+        test_trials = np.unique(day.trial_id)
         if c.calib_fraction > 0:
-            calib_trials = first_trials(test_day, c.calib_fraction)
-            calib = self.windows(c.cross_test_day, calib_trials)
+            calib_trials = first_trials(day, c.calib_fraction)
+            calib = self.windows(test_day, calib_trials)
             test_trials = np.setdiff1d(test_trials, calib_trials)
         elif not self.matched:
             raise ValueError("units differ across days: cross-day needs calib_fraction > 0 to fit the new day's "
                              "read-in (the real-data protocol uses at most 0.1)")
-        return train, val, calib, self.test_windows(c.cross_test_day, test_trials), test_trials
+        return train, val, calib, self.test_windows(test_day, test_trials), test_trials
 
     def cross_day(self, models: list[str], pretrain: bool = False) -> list[ModelResult]:
         c = self.cfg
-        train_days = [d for d in range(len(self.ds)) if d != c.cross_test_day] if pretrain else c.cross_train_days
-        train, val, calib, test, test_trials = self._cross_split(train_days)
+        test_day = self.pretrain_test_day() if pretrain else c.cross_test_day
+        # many days: only days recorded before the test day (a deployed decoder never has later days)
+        train_days = list(range(test_day)) if pretrain else c.cross_train_days
+        train, val, calib, test, test_trials = self._cross_split(train_days, test_day)
         contract = fit_contract(self.contract(), train)
         tag = "pretrain" if pretrain else "cross-day"
         out = []
@@ -262,7 +265,7 @@ class Protocol:
                     t0 = time.perf_counter()
                     self.new_day_readin(model, test.day, calib, contract)
                     info["readin_s"] = time.perf_counter() - t0
-            res = self.score(name, model, test, c.cross_test_day, test_trials, contract, use_day, info)
+            res = self.score(name, model, test, test_day, test_trials, contract, use_day, info)
             self.predictions[f"{tag}/{name}"] = res.details.pop("predictions")
             if not pretrain and self.matched:  # accuracy against days apart
                 res.details["r2_by_day"] = self.by_day(model, contract)
@@ -271,6 +274,12 @@ class Protocol:
                      res.b2s_r, res.train_s)
         self.predictions[f"{tag}/truth"] = {"behavior": test.behavior, "counts": test.counts}
         return out
+
+    def pretrain_test_day(self) -> int:
+        day = len(self.ds) - 1 if self.cfg.pretrain_test_day is None else self.cfg.pretrain_test_day % len(self.ds)
+        if day < 1:
+            raise ValueError("the many-days protocol needs at least one day before its test day")
+        return day
 
     def by_day(self, model: BidirectionalModel, contract: DataContract) -> dict[str, float]:
         """R² on the whole of every day (training days included, marked by the figure)."""
@@ -286,10 +295,14 @@ def run(ds: Dataset, cfg: EvalConfig, protocols: list[str], models: list[str]) -
     for p in protocols:
         if p not in PROTOCOLS:
             raise ValueError(f"unknown protocol {p!r}; choose from {', '.join(PROTOCOLS)}")
-    needed = max([cfg.single_day, cfg.cross_test_day, *cfg.cross_train_days])
+    used = ([cfg.single_day] if "single-day" in protocols else []) + (
+        [cfg.cross_test_day, *cfg.cross_train_days] if "cross-day" in protocols else [])
+    needed = max(used, default=0)
     if needed >= len(ds):
         raise ValueError(f"the protocol uses day index {needed}, but the dataset has {len(ds)} days")
     proto = Protocol(ds, copy.deepcopy(cfg))
+    if "pretrain" in protocols:
+        proto.pretrain_test_day()  # a clear error before any training
     results: dict[str, Any] = {"dataset": str(ds.root), "subject": ds.subject, "config": asdict(cfg),
                                "window_bins": proto.window, "hop_bins": proto.hop, "behavior": proto.behavior,
                                "units_matched": ds.units_matched, "protocols": {}}
@@ -299,4 +312,7 @@ def run(ds: Dataset, cfg: EvalConfig, protocols: list[str], models: list[str]) -
         else:
             rows = proto.cross_day(models, pretrain=(p == "pretrain"))
         results["protocols"][p] = [asdict(r) for r in rows]
+        if p == "pretrain":
+            results["pretrain_days"] = list(range(proto.pretrain_test_day()))
+            results["pretrain_test_day"] = proto.pretrain_test_day()
     return results, proto

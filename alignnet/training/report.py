@@ -52,12 +52,14 @@ def table(results: dict[str, Any]) -> str:
                      f"{_r2s(cd)} | {_fmt(cd and cd['b2s_r'])} | {_secs(sd)} / {_secs(cd)} |")
     out = ["\n".join(lines)]
     if "pretrain" in by:
-        n_days = len(results.get("pretrain_days", [])) or "all other"
+        n_days = len(results.get("pretrain_days", [])) or "all earlier"
         rows = ["| Model | causal | S→B R² (window / newest bin) | B→S r | train s |", "|---|---|---|---|---|"]
         for m, r in by["pretrain"].items():
             label = f"{_name(m)} (pretrained + fine-tuned)" if m.startswith("alignnet") else _name(m)
             rows.append(f"| {label} | {_causal([r])} | {_r2s(r)} | {_fmt(r['b2s_r'])} | {r['train_s']:.0f} |")
-        out.append(f"Many days ({n_days} labelled days, same held-out test day):\n\n" + "\n".join(rows))
+        test_day = results.get("pretrain_test_day", "?")
+        out.append(f"Many days ({n_days} labelled days before test day {test_day}, trained on none after it):\n\n"
+                   + "\n".join(rows))
     return "\n\n".join(out)
 
 

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from alignnet.model.atomic import atomic_path
 from alignnet.model.base import BidirectionalModel
 from alignnet.model.contract import DataContract
-from alignnet.model.losses import pretrain_loss
+from alignnet.model.losses import overlapping, pretrain_loss
 from alignnet.training.windows import DayWindows
 
 log = logging.getLogger(__name__)
@@ -88,6 +88,7 @@ class Batches:
         self.days = [d.day for d in data]
         self.spikes = [torch.from_numpy(contract.preprocess_spikes(d.counts)) for d in data]
         self.behavior = [torch.from_numpy(contract.preprocess_behavior(d.behavior)) for d in data]
+        self.starts = [None if d.starts is None else torch.from_numpy(np.asarray(d.starts, np.int64)) for d in data]
         self.batch_size, self.device = batch_size, device
 
     def __len__(self) -> int:
@@ -113,8 +114,9 @@ class Batches:
 
     def get(self, k: int, idx: np.ndarray) -> dict[str, Any]:
         ti = torch.from_numpy(idx)
+        starts = self.starts[k]
         return {"spikes": self.spikes[k][ti].to(self.device), "behavior": self.behavior[k][ti].to(self.device),
-                "day": self.days[k]}
+                "day": self.days[k], "starts": None if starts is None else starts[ti].to(self.device)}
 
 
 class Objective(nn.Module):
@@ -125,10 +127,14 @@ class Objective(nn.Module):
         super().__init__()
         self.model, self.stage, self.contrastive_weight = model, stage, contrastive_weight
 
-    def forward(self, spikes: torch.Tensor, behavior: torch.Tensor, day: str | None):
+    def forward(self, spikes: torch.Tensor, behavior: torch.Tensor, day: str | None,
+                starts: torch.Tensor | None = None):
+        """``starts``: the windows' first bins (one day per batch); windows that overlap are no InfoNCE negatives."""
         if self.stage == "pretrain":
             out = self.model.pretrain_outputs(spikes, behavior, day)
-            return pretrain_loss(out, spikes, behavior, self.model.config.temperature, self.contrastive_weight)
+            exclude = None if starts is None else overlapping(starts, spikes.shape[-1])
+            return pretrain_loss(out, spikes, behavior, self.model.config.temperature, self.contrastive_weight,
+                                 exclude=exclude)
         parts, loss = {}, torch.zeros((), device=spikes.device)
         if self.stage in ("decode", "both"):
             dec = F.mse_loss(self.model.decode(spikes, day), behavior)
@@ -170,11 +176,22 @@ class Trainer:
 
     # ---- one step ----------------------------------------------------------------------------------------------
     def losses(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
-        return self.net(batch["spikes"], batch["behavior"], batch["day"] if self.use_readin else None)
+        return self.net(batch["spikes"], batch["behavior"], batch["day"] if self.use_readin else None,
+                        batch.get("starts"))
+
+    def _train_mode(self) -> None:
+        """Train mode for what is trained; with ``train_only`` (a new day's read-in) every other module stays in eval
+        mode, so batch norm keeps the statistics of the pretrained days instead of re-estimating them on the
+        calibration slice."""
+        self.model.train()
+        if self.cfg.train_only:
+            for name, m in self.model.named_modules():
+                if name and not any(f"{name}.".startswith(p) or name.startswith(p) for p in self.cfg.train_only):
+                    m.training = False  # this module only: its trained children keep train mode
 
     def step(self, batch: dict[str, Any]) -> dict[str, float]:
         """One optimisation step; returns the loss parts."""
-        self.model.train()
+        self._train_mode()
         loss, parts = self.losses(batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

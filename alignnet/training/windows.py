@@ -20,12 +20,14 @@ class DayWindows:
     day: str
     counts: np.ndarray
     behavior: np.ndarray
+    starts: np.ndarray | None = None  # (N,) first bin of each window in its day (None: unknown)
 
     def __len__(self) -> int:
         return int(self.counts.shape[0])
 
     def take(self, idx: np.ndarray) -> DayWindows:
-        return DayWindows(self.day, self.counts[idx], self.behavior[idx])
+        return DayWindows(self.day, self.counts[idx], self.behavior[idx],
+                          None if self.starts is None else self.starts[idx])
 
 
 def split_trials(day: Day, test_fraction: float = 0.2, val_fraction: float = 0.1) -> dict[str, np.ndarray]:
@@ -53,8 +55,8 @@ def windows_in_trials(
     counts, beh, win_trials = day.windows(window_bins, hop_bins, behavior, starts=starts)
     if trials is not None:
         keep = np.isin(win_trials, trials).all(axis=1)
-        counts, beh = counts[keep], beh[keep]
-    return DayWindows(day.name, counts, beh)
+        counts, beh, starts = counts[keep], beh[keep], starts[keep]
+    return DayWindows(day.name, counts, beh, np.asarray(starts, np.int64))
 
 
 def fit_contract(contract: DataContract, train: list[DayWindows]) -> DataContract:
