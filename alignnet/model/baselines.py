@@ -1,4 +1,5 @@
-"""Baselines of the paper's Table 1, usable in both directions: Wiener filter, GRU, MLP, ResNet, ResNet+UNet.
+"""Baselines of the paper's Table 1, usable in both directions: Wiener filter, GRU, MLP, ResNet, ResNet+UNet; and
+the yardsticks ridge (current bin only) and LSTM.
 
 Each holds one network per direction: ``s2b`` (spikes (B, C, T) -> behavior (B, D, T)) and ``b2s`` (behavior ->
 spike rates). The Wiener filter is fitted in closed form with scikit-learn (``fit``) and stored as convolution
@@ -114,6 +115,8 @@ class LaggedLinear(nn.Module):
 
 @register_model("wiener")
 @register_model("test-wiener", n_channels=16, window_bins=20, n_lags=3)
+@register_model("ridge", n_lags=0)  # the current bin only: the plain ridge yardstick
+@register_model("test-ridge", n_channels=16, window_bins=20, n_lags=0)
 class WienerFilter(_TwoWay):
     config_class = WienerConfig
     causal_decode = True  # decodes from the current bin and n_lags past ones
@@ -177,6 +180,22 @@ class GRUBaseline(_TwoWay):
     def make_net(self, c_in: int, c_out: int, direction: str) -> nn.Module:
         c = self.config
         return GRUNet(c_in, c_out, c.hidden, c.layers, c.dropout)
+
+
+class LSTMNet(GRUNet):
+    def __init__(self, c_in: int, c_out: int, hidden: int, layers: int, dropout: float) -> None:
+        super().__init__(c_in, c_out, hidden, layers, dropout)
+        self.gru = nn.LSTM(c_in, hidden, layers, batch_first=True, dropout=dropout if layers > 1 else 0.0)
+
+
+@register_model("lstm", hidden=128)
+@register_model("test-lstm", n_channels=16, window_bins=20, hidden=8, layers=1)
+class LSTMBaseline(GRUBaseline):
+    """The LSTM yardstick (Neural_Decoding's recurrent decoder): the GRU baseline with LSTM cells."""
+
+    def make_net(self, c_in: int, c_out: int, direction: str) -> nn.Module:
+        c = self.config
+        return LSTMNet(c_in, c_out, c.hidden, c.layers, c.dropout)
 
 
 # ---- MLP -------------------------------------------------------------------------------------------------------

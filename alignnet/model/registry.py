@@ -29,6 +29,13 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def model_class(name: str) -> type[nn.Module]:
+    """The class behind a registered name (e.g. to ask ``needs_gradients`` before building it)."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; registered models: {', '.join(list_models())}")
+    return _REGISTRY[name][0]
+
+
 def model_config(name: str, **overrides: Any):
     """The resolved config dataclass of a registered model."""
     if name not in _REGISTRY:

@@ -28,6 +28,7 @@ from alignnet.model import create_model
 from alignnet.model.base import BidirectionalModel
 from alignnet.model.contract import DataContract
 from alignnet.model.metrics import pearson, r2
+from alignnet.model.registry import model_class
 from alignnet.model.streaming import offline_twin
 from alignnet.recordings.dataset import Dataset
 from alignnet.training.trainer import TrainConfig, Trainer, seed_everything
@@ -129,10 +130,10 @@ class Protocol:
         seed_everything(self.cfg.seed)
         days = sorted({w.day for w in train + val + (pretrain or [])})
         use_readin = not self.matched
-        if name == "wiener" and use_readin:
+        if _closed_form(name) and use_readin:
             # a closed-form filter has no read-in: it is fitted on one day's own units
             if len({w.day for w in train}) > 1:
-                raise ValueError("wiener on days with different units: fit it on one day")
+                raise ValueError(f"{name} on days with different units: fit it on one day")
             over = {**self.cfg.models.get(name, {}), "n_channels": train[0].counts.shape[1],
                     "window_bins": self.window}
             model, use_readin = create_model(name, **over), False
@@ -213,7 +214,7 @@ class Protocol:
         out = []
         for name in models:
             model, info = self.fit_model(name, train, val, contract)
-            use_day = not self.matched and name != "wiener"
+            use_day = not self.matched and not _closed_form(name)
             res = self.score(name, model, test, c.single_day, split["test"], contract, use_day, info)
             self.predictions[f"single-day/{name}"] = res.details.pop("predictions")
             out.append(res)
@@ -252,7 +253,7 @@ class Protocol:
         tag = "pretrain" if pretrain else "cross-day"
         out = []
         for name in models:
-            if name == "wiener" and not self.matched:
+            if _closed_form(name) and not self.matched:
                 # no read-in for a closed-form filter: fitted on the labelled slice of the new day itself
                 n = len(calib)
                 model, info = self.fit_model(name, [calib.take(np.arange(int(n * 0.8)))],
@@ -284,6 +285,11 @@ class Protocol:
     def by_day(self, model: BidirectionalModel, contract: DataContract) -> dict[str, float]:
         """R² on the whole of every day (training days included, marked by the figure)."""
         return {str(d): self.test(model, self.test_windows(d), contract, False)[0] for d in range(len(self.ds))}
+
+
+def _closed_form(name: str) -> bool:
+    """A closed-form model (Wiener filter, ridge) has no read-in: it is fitted on one day's own units."""
+    return not model_class(name).needs_gradients
 
 
 def _n_params(model: torch.nn.Module) -> int:

@@ -12,7 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 NAMES = {"wiener": "Wiener filter", "gru": "GRU", "mlp": "MLP", "resnet": "ResNet", "resnet-unet": "ResNet+UNet",
-         "alignnet": "AlignNet", "alignnet-causal": "AlignNet (causal)", "alignnet-paper": "AlignNet (paper size)"}
+         "alignnet": "AlignNet", "alignnet-causal": "AlignNet (causal)", "alignnet-paper": "AlignNet (paper size)",
+         "ridge": "Ridge (current bin)", "lstm": "LSTM"}
 PAPER = {"wiener": (0.354, 0.442, 0.08, 0.409), "mlp": (0.723, 0.492, 0.366, 0.349),
          "alignnet": (0.880, 0.539, 0.581, 0.440)}
 
