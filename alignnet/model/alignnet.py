@@ -40,12 +40,15 @@ class AlignNetConfig:
     # causal: convolutions pad time on the past side only, and every upsampling of a coarser level is shifted by
     # one of its blocks, so the output at bin t depends on no bin after t (a live decoder's newest bin loses nothing)
     causal: bool = False
+    # bins of history the per-bin input maps see (1: the paper's per-bin maps). Above 1 they are causal temporal
+    # convolutions: each bin enters the U-Net with a summary of its own recent past, as a Wiener filter's lags are
+    input_history: int = 1
     lif_impl: str = "spikingjelly"  # 'spikingjelly' (training) or 'plain' (export; same weights, same spikes)
 
     def __post_init__(self) -> None:
         self.widths = tuple(int(w) for w in self.widths)
         for name in ("n_channels", "window_bins", "behavior_dims", "latent_channels", "latent_dim", "proj_hidden",
-                     "behavior_hidden", "time_steps"):
+                     "behavior_hidden", "time_steps", "input_history"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.widths or min(self.widths) < 1:
@@ -107,6 +110,18 @@ class Conv3x3(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(F.pad(x, (2, 0, 1, 1)) if self.causal else x)
+
+
+class HistoryConv1d(nn.Conv1d):
+    """Per-bin linear map that also sees the ``history - 1`` bins before each bin (zeros before the window):
+    (B, C_in, T) -> (B, C_out, T), causal. history=1 is the plain per-bin map."""
+
+    def __init__(self, c_in: int, c_out: int, history: int = 1) -> None:
+        super().__init__(c_in, c_out, history)
+        self.history = history
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(F.pad(x, (self.history - 1, 0)) if self.history > 1 else x)
 
 
 def shift_one_block(h: torch.Tensor) -> torch.Tensor:
@@ -208,12 +223,13 @@ class Projection(nn.Module):
 
 
 @register_model("alignnet")
-@register_model("alignnet-causal", causal=True)
+@register_model("alignnet-causal", causal=True, input_history=10)
 @register_model("alignnet-paper", widths=(16, 32, 64, 128), latent_channels=16, latent_dim=128, proj_hidden=256)
 @register_model("test-alignnet", n_channels=16, window_bins=20, widths=(4, 8), latent_channels=4, latent_dim=16,
                 proj_hidden=32, behavior_hidden=16, time_steps=2)
 @register_model("test-alignnet-causal", n_channels=16, window_bins=20, widths=(4, 8), latent_channels=4,
-                latent_dim=16, proj_hidden=32, behavior_hidden=16, time_steps=2, causal=True)
+                latent_dim=16, proj_hidden=32, behavior_hidden=16, time_steps=2, causal=True,
+                input_history=3)
 class AlignNet(BidirectionalModel):
     config_class = AlignNetConfig
 
@@ -229,13 +245,14 @@ class AlignNet(BidirectionalModel):
         # spike autoencoder (SNN). 3x3 kernels see three neighbouring channels, and electrode order carries no
         # meaning, so (like the behavior side's MLPs) a per-bin linear map arranges channels for the convolutions
         # and another maps the decoder's channel grid back; channel_mixing=False is the paper's plain U-Net
-        self.spike_in = nn.Conv1d(c.n_channels, c.n_channels, 1) if c.channel_mixing else nn.Identity()
+        self.spike_in = HistoryConv1d(c.n_channels, c.n_channels, c.input_history) \
+            if c.channel_mixing or c.input_history > 1 else nn.Identity()
         self.spike_out = nn.Conv1d(c.n_channels, c.n_channels, 1) if c.channel_mixing else nn.Identity()
         self.spike_encoder = UEncoder(c.widths, True, lif, impl, causal=c.causal)
         self.spike_bottleneck = Bottleneck(c.widths[-1], c.latent_channels)
         self.spike_decoder = UDecoder(c.widths, c.latent_channels, True, lif, impl, causal=c.causal)
         # behavior autoencoder (ANN): per-bin MLPs to and from the spike shape around the same U-shape
-        self.behavior_in = nn.Sequential(nn.Conv1d(c.behavior_dims, c.behavior_hidden, 1), nn.ReLU(),
+        self.behavior_in = nn.Sequential(HistoryConv1d(c.behavior_dims, c.behavior_hidden, c.input_history), nn.ReLU(),
                                          nn.Conv1d(c.behavior_hidden, c.n_channels, 1))
         self.behavior_encoder = UEncoder(c.widths, False, lif, impl, causal=c.causal)
         self.behavior_bottleneck = Bottleneck(c.widths[-1], c.latent_channels)

@@ -113,7 +113,7 @@ def figures(results: dict[str, Any], predictions: dict[str, dict[str, np.ndarray
 def _window_vs_newest(results, path) -> Path:
     """S→B R² per model and protocol: whole windows (Table 1) next to the newest bin (served); hatched = causal."""
     protos = [p for p, rows in results["protocols"].items() if rows]
-    fig, axes = plt.subplots(1, len(protos), figsize=(4.8 * len(protos), 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(protos), figsize=(max(8.0, 4.8 * len(protos)), 4.2), squeeze=False)
     for ax, proto in zip(axes[0], protos):
         rows = results["protocols"][proto]
         x = np.arange(len(rows))
@@ -129,8 +129,8 @@ def _window_vs_newest(results, path) -> Path:
         ax.set_title(proto)
         ax.axhline(0, color="black", lw=0.6)
     axes[0, 0].set_ylabel("S→B R²")
-    axes[0, 0].legend(fontsize=8, loc="lower left", title="hatched: causal", title_fontsize=7)
-    fig.suptitle("Decoding accuracy: Table 1's windows vs the newest bin a live user gets")
+    axes[0, 0].legend(fontsize=7, loc="upper left", ncol=2, title="hatched: causal", title_fontsize=7)
+    fig.suptitle("S→B R²: Table 1's windows vs the newest bin a live user gets", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
