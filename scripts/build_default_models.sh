@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 A=${ALIGNNET:-.venv/bin/alignnet}
 [ -d data/sim-default ] || "$A" data simulate --out data/sim-default
-"$A" train quick --data data/sim-default --out runs/quick
+"$A" train quick --data data/sim-default --out runs/quick --set model=alignnet-causal
 "$A" train quick --data data/sim-default --out runs/wiener-quick --set model=wiener
 for pair in alignnet-quick:runs/quick wiener-quick:runs/wiener-quick; do
   name=${pair%%:*}; run=${pair#*:}

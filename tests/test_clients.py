@@ -16,28 +16,35 @@ pylsl = pytest.importorskip("pylsl")
 
 
 
+def _replay_through_bridge(engine, counts, beh, bin_s, hop):
+    """Replay (counts, behavior) at 4x through a Bridge on ``engine``; returns the scorer and the bridge."""
+    from alignnet.clients.replay import OnlineScorer, Replayer
+
+    name = f"test-replay-{uuid.uuid4().hex[:8]}"
+    replayer = Replayer(counts, beh, bin_s, name, speed=4.0)
+    bridge = Bridge(BridgeConfig(source_name=name, hop_bins=hop, max_lag_bins=1000, resolve_timeout_s=2.0),
+                    lambda: engine).start()
+    try:
+        assert replayer.wait_for_consumers(10.0)
+        scorer = OnlineScorer(name, timeout=10.0)
+        thread = threading.Thread(target=replayer.run, daemon=True)
+        thread.start()
+        while thread.is_alive():
+            scorer.poll()
+        scorer.collect(len(counts))
+    finally:
+        bridge.stop()
+    return scorer, bridge
+
+
 def test_replay_online_r2_equals_offline_evaluate_r2(tiny_dataset, service_artifacts):
-    from alignnet.clients.replay import OnlineScorer, Replayer, engine_twin
+    from alignnet.clients.replay import engine_twin
 
     engine = load_engine(service_artifacts[0], "onnx")
     day = Dataset(tiny_dataset / "D").day(0)
     n = 200  # ten non-overlapping 20-bin windows
     counts, beh = day.counts[:n], day.behavior("pos")[:n]
-    name = f"test-replay-{uuid.uuid4().hex[:8]}"
-    replayer = Replayer(counts, beh, day.bin_s, name, speed=4.0)
-    bridge = Bridge(BridgeConfig(source_name=name, hop_bins=20, max_lag_bins=1000, resolve_timeout_s=2.0),
-                    lambda: engine).start()
-    try:
-        assert replayer.wait_for_consumers(10.0)
-        scorer = OnlineScorer(name, timeout=10.0)
-        stop = threading.Event()
-        thread = threading.Thread(target=replayer.run, kwargs={"stop": stop}, daemon=True)
-        thread.start()
-        while thread.is_alive():
-            scorer.poll()
-        scorer.collect(n)
-    finally:
-        bridge.stop()
+    scorer, bridge = _replay_through_bridge(engine, counts, beh, day.bin_s, 20)
     online = scorer.score()
     assert online["matched"] == n and bridge.counts["dropped"] == 0
     # offline: the evaluate computation (windows of the day, engine decode, r2 over windows) on the same windows
@@ -162,7 +169,6 @@ def test_headless_demo_reports(tmp_path):
 
 def test_replay_online_r2_equals_evaluate_newest_bin_r2(tiny_dataset, service_artifacts):
     """What `alignnet evaluate` reports as newest-bin R² is what a replay through the LSL bridge scores online."""
-    from alignnet.clients.replay import OnlineScorer, Replayer
     from alignnet.model.artifacts import load_artifact
     from alignnet.training.protocols import EvalConfig, Protocol
 
@@ -171,20 +177,7 @@ def test_replay_online_r2_equals_evaluate_newest_bin_r2(tiny_dataset, service_ar
     day = ds.day(0)
     n = 150
     counts, beh = day.counts[:n], day.behavior("pos")[:n]
-    name = f"test-replay1-{uuid.uuid4().hex[:8]}"
-    replayer = Replayer(counts, beh, day.bin_s, name, speed=4.0)
-    bridge = Bridge(BridgeConfig(source_name=name, hop_bins=1, max_lag_bins=1000, resolve_timeout_s=2.0),
-                    lambda: engine).start()
-    try:
-        assert replayer.wait_for_consumers(10.0)
-        scorer = OnlineScorer(name, timeout=10.0)
-        thread = threading.Thread(target=replayer.run, daemon=True)
-        thread.start()
-        while thread.is_alive():
-            scorer.poll()
-        scorer.collect(n)
-    finally:
-        bridge.stop()
+    scorer, bridge = _replay_through_bridge(engine, counts, beh, day.bin_s, 1)
     online = scorer.score()
     assert online["matched"] == n and bridge.counts["dropped"] == 0
     model, contract, _ = load_artifact(service_artifacts[0])
