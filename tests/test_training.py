@@ -126,15 +126,20 @@ def test_train_writes_a_loadable_artifact(tiny_dataset, tmp_path):
 
 
 def test_torchrun_two_processes_pretrain(tiny_dataset, tmp_path):
-    out = tmp_path / "ddp"
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
-    proc = subprocess.run(
-        [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "alignnet", "train",
-         str(tiny_dataset / "train.yaml"), "--data", str(tiny_dataset / "D"), "--out", str(out),
-         "--set", "finetune.epochs=1"],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+    for attempt in range(2):
+        out = tmp_path / f"ddp{attempt}"
+        proc = subprocess.run(
+            [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "alignnet", "train",
+             str(tiny_dataset / "train.yaml"), "--data", str(tiny_dataset / "D"), "--out", str(out),
+             "--set", "finetune.epochs=1"],
+            cwd=REPO, capture_output=True, text=True, timeout=300,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+        # seen once in a loaded full-suite run: a rank aborting in gloo's teardown ("terminate called without an
+        # active exception", SIGABRT) after training; that one known race gets a second try, nothing else does
+        if proc.returncode == 0 or "terminate called without an active exception" not in proc.stderr:
+            break
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = (out / "pretrain" / "metrics.jsonl").read_text().splitlines()
     assert len(rows) == 2, "rank 0 alone logs, once per epoch"
