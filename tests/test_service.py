@@ -112,6 +112,9 @@ def test_binary_numpy_body_equals_json(client):
     (_npy(np.array(["a"] * 16)), NPY, 422, "numbers"),
     (_npy(np.full((16, 20), np.nan, np.float32)), NPY, 422, "finite"),
     (_npy(np.zeros((16, 21), np.float32)), NPY, 422, "16 x 20"),
+    # a header that lies about its shape asks for 40 GB over a 1,280-byte body: refused before any allocation
+    (_npy(np.zeros((16, 20), np.float32)).replace(b"(16, 20)", b"(100000, 100000)"), NPY, 422, "declares shape"),
+    (_npy(np.zeros((16, 20), np.float32))[:-8], NPY, 422, "declares shape"),  # truncated
     (b"spikes=1", "application/x-www-form-urlencoded", 415, "not supported"),
 ])
 def test_bad_binary_bodies(client, body, ctype, status, expect):
