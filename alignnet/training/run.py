@@ -106,6 +106,9 @@ def train(cfg: dict[str, Any], config_path: Path, *, data: Path | None = None, o
     out = out or Path("runs") / config_path.stem
     data = data or Path(train_cfg.get("data", DEFAULT_DATASET))
     ds = Dataset(data)
+    if not ds.units_matched:  # refused before anything is written or built
+        raise DataError(f"{data}: units differ across days; train with a per-day read-in through "
+                        "`alignnet evaluate` (cross-day protocol) for now")
     if is_rank0():
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(out / "config.yaml", yaml.safe_dump({**cfg, "resolved": {
@@ -113,9 +116,6 @@ def train(cfg: dict[str, Any], config_path: Path, *, data: Path | None = None, o
     seed = int(train_cfg.get("seed", 0))
     seed_everything(seed)
     trainw, valw, day_idx, window, behavior = _train_windows(ds, train_cfg)
-    if not ds.units_matched:
-        raise DataError(f"{data}: units differ across days; train with a per-day read-in through "
-                        "`alignnet evaluate` (cross-day protocol) for now")
     contract = fit_contract(ds.contract(window_bins=window, behavior_kind=behavior), trainw)
     model = create_model(cfg.get("model", "alignnet"), **{"n_channels": contract.n_channels, "window_bins": window,
                                                           **cfg.get("model_config", {})})
