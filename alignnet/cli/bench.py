@@ -86,8 +86,10 @@ def cmd_bench_latency(args: argparse.Namespace) -> int:
     from alignnet.service.bench import bench_latency
 
     folder = artifact_dir(args.artifact)
+    import platform
+
     print(f"{folder}: {args.threads} thread(s), {args.repeats} batch-1 calls per path, each engine in its own "
-          "process")
+          f"process ({platform.processor() or platform.machine()})")
     print(f"{'engine':<12} {'decode p50/p99 ms':>19} {'simulate p50/p99 ms':>21} "
           f"{'decode windows/s at batch 1 / 8 / 64':>38}")
 
