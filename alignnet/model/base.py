@@ -8,6 +8,11 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def n_params(model: nn.Module) -> int:
+    """Number of parameters (every tensor, trainable or not)."""
+    return sum(p.numel() for p in model.parameters())
+
+
 class DayAdapter(nn.Module):
     """Per-day linear maps between a day's channels (any count) and the model's channel space, per time bin.
 

@@ -16,11 +16,8 @@ import numpy as np
 import torch
 
 from alignnet.model import create_model, list_models
+from alignnet.model.base import n_params
 from alignnet.service.bench_worker import measure
-
-
-def n_params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def model_kind(model) -> str:

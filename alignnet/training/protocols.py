@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from alignnet.model import create_model
-from alignnet.model.base import BidirectionalModel
+from alignnet.model.base import BidirectionalModel, n_params
 from alignnet.model.contract import DataContract
 from alignnet.model.metrics import pearson, r2
 from alignnet.model.registry import model_class
@@ -194,14 +194,15 @@ class Protocol:
         pred = offline_twin(decode, day.counts[start:start + n], self.window, hop=1)
         return r2(day.behavior(self.behavior)[start:start + n], pred)
 
-    def score(self, name: str, model: BidirectionalModel, test: DayWindows, day_index: int, trials: np.ndarray,
-              contract: DataContract, use_day: bool, info: dict[str, Any]) -> ModelResult:
-        """Window R² and r on the test windows, newest-bin R² on the test range, and the predictions."""
+    def score(self, tag: str, name: str, model: BidirectionalModel, test: DayWindows, day_index: int,
+              trials: np.ndarray, contract: DataContract, use_day: bool, info: dict[str, Any]) -> ModelResult:
+        """Window R² and r on the test windows and newest-bin R² on the test range; the test windows' predictions
+        are kept under ``tag/name`` for the figures."""
         score_r2, score_r, beh, counts = self.test(model, test, contract, use_day)
+        self.predictions[f"{tag}/{name}"] = {"behavior": beh, "counts": counts}
         online = self.online_r2(model, day_index, trials, contract, use_day)
-        info = {**info, "predictions": {"behavior": beh, "counts": counts}}
-        return ModelResult(name, score_r2, score_r, info["train_s"], _n_params(model), online,
-                           bool(model.causal_decode), info)
+        return ModelResult(name, score_r2, score_r, info["train_s"], n_params(model), online,
+                           bool(model.causal_decode), dict(info))
 
     # ---- protocols ---------------------------------------------------------------------------------------------
     def single_day(self, models: list[str]) -> list[ModelResult]:
@@ -215,8 +216,7 @@ class Protocol:
         for name in models:
             model, info = self.fit_model(name, train, val, contract)
             use_day = not self.matched and not _closed_form(name)
-            res = self.score(name, model, test, c.single_day, split["test"], contract, use_day, info)
-            self.predictions[f"single-day/{name}"] = res.details.pop("predictions")
+            res = self.score("single-day", name, model, test, c.single_day, split["test"], contract, use_day, info)
             out.append(res)
             log.info("single-day %s: R2 %.3f (newest bin %.3f) r %.3f (%.0f s)", name, res.s2b_r2, res.online_r2,
                      res.b2s_r, res.train_s)
@@ -266,8 +266,7 @@ class Protocol:
                     t0 = time.perf_counter()
                     self.new_day_readin(model, test.day, calib, contract)
                     info["readin_s"] = time.perf_counter() - t0
-            res = self.score(name, model, test, test_day, test_trials, contract, use_day, info)
-            self.predictions[f"{tag}/{name}"] = res.details.pop("predictions")
+            res = self.score(tag, name, model, test, test_day, test_trials, contract, use_day, info)
             if not pretrain and self.matched:  # accuracy against days apart
                 res.details["r2_by_day"] = self.by_day(model, contract)
             out.append(res)
@@ -290,10 +289,6 @@ class Protocol:
 def _closed_form(name: str) -> bool:
     """A closed-form model (Wiener filter, ridge) has no read-in: it is fitted on one day's own units."""
     return not model_class(name).needs_gradients
-
-
-def _n_params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def run(ds: Dataset, cfg: EvalConfig, protocols: list[str], models: list[str]) -> tuple[dict[str, Any], Protocol]:
