@@ -86,7 +86,8 @@ def test_nwb_round_trip_gives_identical_counts(tiny_sim_days, tiny_days, tmp_pat
 
 
 def test_broadband_import_detects_the_simulated_spikes(tiny_sim_days, tmp_path):
-    from alignnet.recordings.simulator import SPIKE_FS, simulate_broadband
+    from alignnet.recordings.broadband import simulate_broadband
+    from alignnet.recordings.simulator import SPIKE_FS
 
     sd = tiny_sim_days[0]
     n = 3 * SPIKE_FS

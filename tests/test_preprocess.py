@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 from scipy.interpolate import interp1d
 
+from alignnet.recordings.broadband import simulate_broadband
 from alignnet.recordings.preprocess import (
     bin_spikes,
     detect_spikes,
@@ -10,7 +11,7 @@ from alignnet.recordings.preprocess import (
     smooth_behavior,
     window_starts,
 )
-from alignnet.recordings.simulator import SPIKE_FS, simulate_broadband
+from alignnet.recordings.simulator import SPIKE_FS
 
 SNR = 6.0  # spike trough / white-noise std of the raw broadband; detection is specified at this SNR
 

@@ -107,10 +107,14 @@ def test_tiny_end_to_end_evaluate(tiny_dataset, tmp_path, capsys):
         assert all(np.isfinite(r["s2b_r2"]) and np.isfinite(r["b2s_r"]) for r in rows)
         assert all(np.isfinite(r["online_r2"]) for r in rows)  # newest-bin R² next to the window R²
         assert [r["causal"] for r in rows] == [True, True, False]
+        # simulated B->S scored against the true rates and as PSTHs, below the counts' own noise ceiling + slack
+        assert all(-1 <= r["rate_r"] <= 1 and -1 <= r["psth_r"] <= 1 for r in rows)
+    for p, c in results["ceilings"].items():
+        assert 0 < c["rate_r"] < 1 and 0 < c["psth_r"] < 1, (p, c)
     md = (out / "results.md").read_text()
     assert "| Model | causal | single-day S→B R² (window / newest bin) |" in md and "alignnet evaluate" in md
     for fig in ("fig5_trajectories_single-day.png", "fig6_rasters_cross-day.png", "fig7_rate_groups_pretrain.png",
-                "fig_r2_vs_days_apart.png", "fig_window_vs_newest_bin.png"):
+                "fig_r2_vs_days_apart.png", "fig_window_vs_newest_bin.png", "fig8_psth_cross-day.png"):
         assert (out / fig).stat().st_size > 10_000, fig
 
 
@@ -175,3 +179,47 @@ def test_overlapping_windows_are_not_infonce_negatives():
     full, _ = info_nce(z_a, z_b, 0.1)
     masked, _ = info_nce(z_a, z_b, 0.1, exclude)
     assert masked < full  # fewer negatives: a lower loss for the same vectors
+
+
+def test_search_gives_every_model_the_same_variants_and_writes_a_runnable_config(tiny_dataset, tmp_path, capsys):
+    import yaml
+
+    from alignnet.training.protocols import EvalConfig
+    from alignnet.training.search import LEARNING_RATES
+
+    out = tmp_path / "search"
+    assert cli(["search", "--data", str(tiny_dataset / "D"), "--config", str(tiny_dataset / "train.yaml"),
+                "--models", "test-wiener,test-gru,test-mlp", "--out", str(out)]) == 0
+    result = json.loads((out / "search.json").read_text())
+    by_model = {m: [r for r in result["rows"] if r["model"] == m] for m in ("test-wiener", "test-gru", "test-mlp")}
+    assert [r["model_train"]["lr"] for r in by_model["test-gru"]] == list(LEARNING_RATES)
+    assert [r["model_train"]["lr"] for r in by_model["test-mlp"]] == list(LEARNING_RATES)
+    assert [r["models"]["n_lags"] for r in by_model["test-wiener"]] == [2, 5, 10]  # shorter than the window
+    for m, rows in by_model.items():  # the winner is the best validation newest-bin R²
+        assert result["best"][m]["val_newest_bin_r2"] == max(r["val_newest_bin_r2"] for r in rows)
+    cfg = yaml.safe_load((out / "search.yaml").read_text())
+    ev = EvalConfig.from_dict(cfg["evaluate"])  # loads as an evaluate config, winners written in
+    assert ev.model_train["test-gru"]["lr"] == result["best"]["test-gru"]["model_train"]["lr"]
+    assert ev.models["test-wiener"]["n_lags"] == result["best"]["test-wiener"]["models"]["n_lags"]
+    assert "**" in (out / "search.md").read_text()
+
+
+def test_cebra_yardstick_decodes_in_evaluate_and_is_refused_by_train(tiny_dataset, tmp_path, capsys):
+    pytest.importorskip("cebra", reason="the CEBRA yardstick is an optional extra: pip install 'alignnet-bci[cebra]'")
+    out = tmp_path / "ev"
+    assert cli(["evaluate", "--data", str(tiny_dataset / "D"), "--config", str(tiny_dataset / "train.yaml"),
+                "--protocol", "single-day", "--models", "test-cebra", "--out", str(out)]) == 0
+    (row,) = json.loads((out / "results.json").read_text())["protocols"]["single-day"]
+    assert np.isfinite(row["s2b_r2"]) and np.isfinite(row["online_r2"]) and row["s2b_r2"] > -1
+    assert row["b2s_r"] is None and row["psth_r"] is None and row["causal"] is False  # decode-only, centred encoder
+    assert cli(["train", str(tiny_dataset / "train.yaml"), "--data", str(tiny_dataset / "D"),
+                "--out", str(tmp_path / "t"), "--set", "model=test-cebra"]) == 2
+    assert "evaluation yardstick" in capsys.readouterr().err
+    assert not (tmp_path / "t" / "config.yaml").exists()
+
+
+def test_set_reads_exponent_floats_as_numbers():
+    from alignnet.training.run import apply_overrides
+
+    cfg = apply_overrides({}, ["finetune.lr=1e-4", "name=abc", "days=[0, 1]", "x=2.5", "tag=e"])
+    assert cfg == {"finetune": {"lr": 1e-4}, "name": "abc", "days": [0, 1], "x": 2.5, "tag": "e"}

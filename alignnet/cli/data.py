@@ -25,7 +25,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same data (default: %(default)s)")
     p.add_argument("--paper-scale", action="store_true",
                    help="22 days and 32,083 trials as in the paper (overrides --days/--trials; a few minutes)")
-    p.add_argument("--config", type=Path, help="YAML file of simulator settings (task, neural, drift sections)")
+    p.add_argument("--setting", choices=["cortex", "simple"], default="cortex",
+                   help="cortex: rates driven by a latent dynamical system (rotational, driven by the intended "
+                        "movement), trial-to-trial variability, drift within a day, channels on a 2-D array; simple: "
+                        "rates an instantaneous function of kinematics, as before (default: %(default)s)")
+    p.add_argument("--config", type=Path,
+                   help="YAML file of simulator settings (task, neural, drift, dynamics sections) over --setting")
     p.add_argument("--drift-scale", type=float, default=1.0,
                    help="multiply every drift magnitude (0 = no drift between days; default: %(default)s)")
     _add_binning(p)
@@ -85,7 +90,8 @@ def _add_binning(p: argparse.ArgumentParser, bin_default: float | None = 20.0) -
 def cmd_simulate(args: argparse.Namespace) -> int:
     from alignnet.recordings.build import sim_config, simulate_dataset
 
-    cfg = sim_config(args.days, args.trials, args.seed, args.paper_scale, args.config, args.drift_scale)
+    cfg = sim_config(args.days, args.trials, args.seed, args.paper_scale, args.config, args.drift_scale,
+                     setting=args.setting)
     ds = simulate_dataset(args.out, cfg, bin_ms=args.bin_ms, smooth_ms=args.smooth_ms, window_bins=args.window_bins,
                           hop_bins=args.hop_bins, behavior=args.behavior, nwb=args.nwb,
                           broadband_seconds=args.broadband_seconds, snr=args.snr, overwrite=args.overwrite)

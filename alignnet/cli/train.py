@@ -43,6 +43,59 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="override an evaluate setting, e.g. --set cross_test_day=5")
     p.set_defaults(func=cmd_evaluate)
 
+    p = sub.add_parser(
+        "search", help="the same small hyper-parameter search for every model, on validation trials only",
+        description="Train every model with each learning rate in 0.001, 0.003, 0.01 (the Wiener filter: 2, 5, 10, "
+        "20 bins of history) under one protocol's training days and the config's evaluation budget, score the "
+        "newest-bin R² of the training days' validation trials, and write search.json, search.md and "
+        "search.yaml (the config with each model's winner) into --out: run `alignnet evaluate --config "
+        "OUT/search.yaml` next.",
+    )
+    p.add_argument("--protocol", default="cross-day", choices=["single-day", "cross-day", "pretrain"],
+                   help="whose training days to search on (default: %(default)s)")
+    p.add_argument("--models", default="wiener,gru,mlp,resnet,resnet-unet,alignnet",
+                   help="comma-separated registered models (default: %(default)s)")
+    p.add_argument("--data", type=Path, default=DEFAULT_DATASET, help="dataset folder (default: %(default)s)")
+    p.add_argument("--config", default="quick", help="YAML file or name in configs/ (its 'evaluate' section)")
+    p.add_argument("--out", type=Path, default=Path("runs/search"), help="output folder (default: %(default)s)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override an evaluate setting, e.g. --set train.epochs=3")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser(
+        "calibrate", help="fit a new day's read-in (few-shot or zero-label) and write an artifact that serves it",
+        description="Fit the read-in (and read-out) of one recording day alone, base weights and batch-norm "
+        "statistics frozen, on the day's first --trials trials or --seconds seconds: with its behavior "
+        "(few-shot), or without any (--zero-label: the day's spikes are reconstructed and their AlignNet latent is "
+        "matched to the training days' moments). Writes an exported artifact that `alignnet serve --artifact` "
+        "serves, and reports the R² of the rest of the day before and after where it has behavior.",
+    )
+    p.add_argument("base", type=Path, help="trained artifact folder (alignnet train ... RUN/artifact)")
+    p.add_argument("data", type=Path, help="dataset holding the new day (alignnet data import)")
+    p.add_argument("--day", default="-1", help="day name or index in DATA (default: the last day)")
+    p.add_argument("--out", type=Path, required=True, help="calibrated artifact folder to write")
+    p.add_argument("--trials", type=int, default=None, help="calibrate on the day's first N trials")
+    p.add_argument("--seconds", type=float, default=None,
+                   help="calibrate on the trials that start in the day's first S seconds (default: 60 unless "
+                        "--trials)")
+    p.add_argument("--zero-label", action="store_true", help="use no behavior at all")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a fitting setting, e.g. --set epochs=30 --set lr=0.003")
+    p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser(
+        "drift", help="the latent drift gauge of a model on every day of a dataset (and its R² there)",
+        description="Embed each day's windows with the artifact's spike encoder and measure how far their latent "
+        "distribution is from the training days' (Wasserstein-2 between Gaussian fits / the reference's total "
+        "variance; recalibration is advised above 0.5), next to the model's R² on the day. Writes a figure with "
+        "--figure.",
+    )
+    p.add_argument("artifact", type=Path, help="trained AlignNet artifact (has a latent_reference)")
+    p.add_argument("data", type=Path, help="dataset whose days to measure")
+    p.add_argument("--figure", type=Path, default=None, help="write a PNG of the gauge and R² by day")
+    p.add_argument("--json", type=Path, default=None, help="write the rows as JSON")
+    p.set_defaults(func=cmd_drift)
+
 
 def cmd_train(args: argparse.Namespace) -> int:
     from alignnet.training.run import apply_overrides, load_config, train
@@ -74,4 +127,64 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                              protocols, models, command=command_line(args))
     print(report.table(results))
     print(f"\nwrote {args.out / 'results.json'}, {args.out / 'results.md'} and {len(figs)} figures")
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    import yaml
+
+    from alignnet.model.atomic import atomic_write_bytes, atomic_write_json
+    from alignnet.recordings.dataset import Dataset
+    from alignnet.training import search
+    from alignnet.training.protocols import EvalConfig
+    from alignnet.training.run import apply_overrides, load_config
+
+    cfg, _ = load_config(args.config)
+    cfg = {**cfg, "evaluate": apply_overrides(dict(cfg.get("evaluate", {})), args.set)}
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    result = search.search(Dataset(args.data), EvalConfig.from_dict(cfg["evaluate"]), models, args.protocol,
+                           progress=lambda r: print(f"{r['model']} {r['variant']}: validation newest-bin R² "
+                                                    f"{r['val_newest_bin_r2']:.3f} ({r['train_s']:.0f} s)"))
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(args.out / "search.json", result)
+    md = search.markdown(result, command_line(args))
+    atomic_write_bytes(args.out / "search.md", md.encode())
+    atomic_write_bytes(args.out / "search.yaml", yaml.safe_dump(search.best_config(cfg, result)).encode())
+    print(md)
+    print(f"wrote {args.out / 'search.json'}, search.md and search.yaml (evaluate with --config "
+          f"{args.out / 'search.yaml'})")
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from alignnet.training.calibrate import calibrate
+    from alignnet.training.run import apply_overrides
+
+    if args.trials is not None and args.seconds is not None:
+        raise ValueError("give --trials or --seconds, not both")
+    seconds = args.seconds if args.seconds is not None or args.trials is not None else 60.0
+    report = calibrate(args.base, args.data, args.day, args.out, trials=args.trials, seconds=seconds,
+                       zero_label=args.zero_label, train=apply_overrides({}, args.set))
+    print(f"{report['mode']} calibration of day {report['day']} on {report['trials']} trials "
+          f"({report['seconds']:.0f} s, {report['windows']} windows) in {report['fit_s']:.0f} s")
+    fmt = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
+    print(f"R² on the rest of the day: before {fmt(report['rest_r2_before'])}, after {fmt(report['rest_r2_after'])}")
+    print(f"calibrated artifact written to {args.out} (serve it: alignnet serve --artifact {args.out})")
+    return 0
+
+
+def cmd_drift(args: argparse.Namespace) -> int:
+    from alignnet.model.artifacts import read_config
+    from alignnet.model.atomic import atomic_write_json
+    from alignnet.training.drift import drift_by_day, figure
+
+    rows = drift_by_day(args.artifact, args.data)
+    print("| day | drift gauge | recalibrate? | R² (no calibration) |\n|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['day']} | {r['gauge']:.3f} | {'yes' if r['advise_recalibration'] else 'no'} | {r['r2']:.3f} |")
+    if args.json:
+        atomic_write_json(args.json, rows)
+    if args.figure:
+        trained = read_config(args.artifact).get("provenance", {}).get("days")
+        print(f"wrote {figure(rows, args.figure, trained)}")
     return 0

@@ -29,6 +29,7 @@ import numpy as np
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 from fastapi.responses import HTMLResponse
 
+from alignnet.recordings.dynamics import CortexState
 from alignnet.recordings.simulator import BEHAVIOR_FS, SimConfig, drift_population, initial_population, unit_rates
 from alignnet.service.consumer import DecodedStream
 from alignnet.service.launcher import ServiceUnavailable, free_port, serving
@@ -66,9 +67,9 @@ def population_on_day(cfg: SimConfig, day: int):
     root = np.random.SeedSequence(cfg.seed)
     pop_seq = root.spawn(cfg.n_days + 1)[0]  # spawn keys do not depend on n: child 0 is the population's
     rng = np.random.default_rng(pop_seq)
-    pop = initial_population(rng, cfg.neural)
+    pop = initial_population(rng, cfg.neural, cfg.dynamics)
     for _ in range(day):
-        pop = drift_population(pop, rng, cfg.neural, cfg.drift)
+        pop = drift_population(pop, rng, cfg.neural, cfg.drift, cfg.dynamics)
     return pop
 
 
@@ -78,7 +79,10 @@ class Subject:
     def __init__(self, population, cfg: SimConfig, params: SubjectParams, seed: int = 0) -> None:
         self.pop, self.neural, self.p = population, cfg.neural, params
         self.rng = np.random.default_rng(seed)
-        self.lead = int(round(self.neural.lead_s * BEHAVIOR_FS))
+        self.lead = int(round((self.neural.lead_s + cfg.dynamics.lookahead_s) * BEHAVIOR_FS))
+        # the latent dynamics, trial gains and within-day drift of the simulator's setting, carried bin to bin
+        self.state = CortexState(cfg.dynamics, population.system, self.neural.n_channels,
+                                 np.random.default_rng([seed, 1])) if cfg.dynamics.stateful else None
         self.pos = np.zeros(2)
         self.vel = np.zeros(2)
         self.history = np.zeros((200, 2))  # the last 200 ms of intended positions
@@ -91,7 +95,8 @@ class Subject:
         steps = np.arange(1, n_ms + self.lead + 1)[:, None] / BEHAVIOR_FS
         plan = np.clip(self.pos + self.vel * steps, -self.p.limit, self.p.limit)  # this bin, then the lead
         traj = np.concatenate([self.history, plan])
-        rates = unit_rates(self.pop, self.neural, traj)[len(self.history):len(self.history) + n_ms]
+        rates = unit_rates(self.pop, self.neural, traj, self.state,
+                           rows=slice(len(self.history), len(self.history) + n_ms))
         spikes = (self.rng.random(rates.shape) < -np.expm1(-rates / BEHAVIOR_FS)).astype(np.float32)
         self.pos = plan[n_ms - 1]
         self.history = np.concatenate([self.history[n_ms:], plan[:n_ms]])

@@ -55,8 +55,12 @@ def _package_version() -> str:
 def save_artifact(
     folder: str | Path, model: BidirectionalModel, contract: DataContract, *,
     provenance: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Write (or update) an artifact folder. Exported files already there keep their hashes."""
+    """Write (or update) an artifact folder. Exported files already there keep their hashes. ``extra``: more
+    top-level entries (``served_day``: the day whose read-in the service decodes through; ``model_contract``: the
+    model space's contract when ``contract`` is that day's; ``latent_reference``: the training days' latent
+    moments, for zero-label calibration and the drift monitor)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if not contract.is_fitted:
@@ -80,8 +84,15 @@ def save_artifact(
         "metrics": {**previous.get("metrics", {}), **(metrics or {})},
         "files": files,
     }
+    for key in EXTRA_KEYS:
+        if key in previous:
+            config[key] = previous[key]
+    config.update(extra or {})
     write_config(folder, config)
     return folder
+
+
+EXTRA_KEYS = ("served_day", "model_contract", "latent_reference")
 
 
 def _config_dict(cfg: Any) -> dict[str, Any]:
@@ -124,6 +135,11 @@ def read_config(folder: str | Path) -> dict[str, Any]:
         if key not in config:
             raise ArtifactError(f"{path}: lacks '{key}'; re-export the artifact")
     return config
+
+
+def model_contract(config: dict[str, Any]) -> DataContract:
+    """The model space's contract (``contract`` is the served day's when an artifact decodes through a read-in)."""
+    return DataContract.from_dict(config.get("model_contract", config["contract"]))
 
 
 def verify_files(folder: str | Path, names: list[str] | None = None) -> dict[str, Any]:

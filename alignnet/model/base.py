@@ -34,6 +34,8 @@ class BidirectionalModel(nn.Module):
     # True when the decoded value of bin t depends on no bin after t, so the newest bin of a window (the one a
     # live user gets) is decoded as well as any other; tests/test_models.py checks every model's claim
     causal_decode: bool = False
+    simulates: bool = True  # False for a decode-only yardstick (CEBRA): no B->S score
+    servable: bool = True  # False for an evaluation-only yardstick: not trained into an artifact nor exported
 
     def __init__(self) -> None:
         super().__init__()

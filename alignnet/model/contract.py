@@ -82,6 +82,20 @@ class DataContract:
         scales = self.spike_scale is not None and (self.units_matched or self.readin_spike_scale is not None)
         return scales and self.behavior_mean is not None and self.behavior_std is not None
 
+    def for_day(self, n_channels: int) -> DataContract:
+        """The contract a service applies to one day read through its own read-in: that day's channel count,
+        checked strictly, and the model space's spike scaling (one shared scale when units are not matched, so
+        preprocessing is exactly what the read-in saw in training)."""
+        if self.units_matched:
+            if n_channels != self.n_channels:
+                raise ValueError(f"the model reads {self.n_channels} matched channels; this day has {n_channels}")
+            return DataContract.from_dict(self.to_dict())
+        self._require_fitted()
+        d = self.to_dict()
+        d.update(n_channels=int(n_channels), spike_scale=[float(self.readin_spike_scale)] * int(n_channels),
+                 units_matched=True, readin_spike_scale=None)
+        return DataContract.from_dict(d)
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["behavior_names"] = list(self.behavior_names)

@@ -13,18 +13,22 @@ import yaml
 from tqdm.auto import tqdm
 
 from alignnet.model.contract import DataContract
+from alignnet.recordings.broadband import simulate_broadband
 from alignnet.recordings.dataset import MANIFEST, DataError, Dataset, Day, atomic_savez, write_dataset
+from alignnet.recordings.dynamics import DynamicsConfig
 from alignnet.recordings.importers import export_nwb, import_binned_npz, import_broadband, import_nwb, simday_to_day
-from alignnet.recordings.simulator import SPIKE_FS, SimConfig, simulate_broadband, simulate_days
+from alignnet.recordings.simulator import SPIKE_FS, SimConfig, simulate_days
 
 FORMATS = ("nwb", "binned", "broadband")
 
 
 def sim_config(days: int = 6, trials: int = 200, seed: int = 0, paper_scale: bool = False,
-               config_file: Path | None = None, drift_scale: float = 1.0) -> SimConfig:
-    """The simulator's settings: defaults (or the paper's scale), a YAML file of task/neural/drift sections over
-    them, every drift magnitude multiplied by ``drift_scale`` (0: no drift between days)."""
+               config_file: Path | None = None, drift_scale: float = 1.0, setting: str = "cortex") -> SimConfig:
+    """The simulator's settings: a named setting (``cortex``, the default, or ``simple``) at the default size (or
+    the paper's scale), a YAML file of task/neural/drift/dynamics sections over them, every drift magnitude
+    multiplied by ``drift_scale`` (0: no drift between days)."""
     cfg = SimConfig.paper_scale(seed) if paper_scale else SimConfig(n_days=days, trials_per_day=trials, seed=seed)
+    cfg.dynamics = DynamicsConfig.named(setting)
     if config_file:
         if not config_file.is_file():
             raise DataError(f"{config_file}: simulator config not found")

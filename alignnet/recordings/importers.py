@@ -98,17 +98,25 @@ def simday_truth(sd: SimDay) -> dict[str, np.ndarray]:
     p = sd.population
     return {
         "truth_active": p.active, "truth_baseline": p.baseline, "truth_depth": p.depth, "truth_pd": p.pd,
-        "truth_shift": np.float64(p.shift), "truth_channel_pd": p.channel_pd(),
+        "truth_shift": np.float64(p.shift), "truth_shift_y": np.float64(p.shift_y),
+        "truth_channel_pd": p.channel_pd(),
     }
 
 
 def simday_to_day(sd: SimDay, bin_s: float, smooth_s: float) -> Day:
     start, stop = simday_trials(sd)
     t = np.arange(sd.behavior.shape[0]) / BEHAVIOR_FS
-    return bin_day(
+    day = bin_day(
         f"day{sd.index:03d}", sd.spike_times_s(), sd.spike_channels, sd.n_channels, t, sd.behavior,
         start, stop, sd.target, bin_s, smooth_s, source=f"simulated day {sd.index}", extra=simday_truth(sd),
     )
+    if sd.rates_hz is not None:
+        # the expected count of every bin: the true rate integrated over the bin's milliseconds
+        cum = np.concatenate([np.zeros((1, sd.n_channels)), np.cumsum(sd.rates_hz, axis=0, dtype=np.float64)])
+        first = np.clip(np.round(day.time_s * BEHAVIOR_FS).astype(np.int64), 0, len(cum) - 1)
+        last = np.clip(first + int(round(bin_s * BEHAVIOR_FS)), 0, len(cum) - 1)
+        day.extra["truth_rate"] = ((cum[last] - cum[first]) / BEHAVIOR_FS).astype(np.float32)
+    return day
 
 
 # ---- the binned NumPy layout of ../shared/data/real ------------------------------------------------------------

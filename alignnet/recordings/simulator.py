@@ -12,9 +12,14 @@ Model of one day:
   to the direction of the velocity it will produce ~100 ms later (neural lead), a speed term and a position term.
   Some units are untuned. Spikes are Bernoulli per millisecond with a sub-millisecond offset on the 30 kHz grid and
   a 1-ms refractory period per channel.
-- Drift from one day to the next, each kind with its own magnitude: random walk of preferred directions, log-normal
-  gain and baseline changes, units lost and new units appearing, and electrode shifts (each channel picks up a
-  fraction of a neighbour's units). The ground truth of every day is returned so tests can check the drift.
+- The default setting ("cortex", ``dynamics.py``) adds what makes real M1 harder to decode: a low-dimensional
+  latent dynamical system (damped rotations) driven by the intended movement, trial-to-trial gain variability and
+  input-independent latent noise, slow baseline drift within a day, and channels on a 2-D array. The setting
+  "simple" is the simulator before those: rates an instantaneous function of kinematics, a 1-D electrode shift.
+- Drift from one day to the next, each kind with its own magnitude: random walk of preferred directions (and of
+  the latent loadings' phases), log-normal gain and baseline changes, units lost and new units appearing, and
+  electrode shifts (each channel picks up a fraction of a neighbour's units). The ground truth of every day, true
+  rates included, is returned so tests and scores can use it.
 """
 
 from __future__ import annotations
@@ -26,26 +31,14 @@ from typing import Any
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
+from alignnet.recordings.dynamics import CortexState, DynamicsConfig, LatentSystem, grid_mixing
+from alignnet.recordings.task import TaskConfig, simulate_kinematics
+
 log = logging.getLogger(__name__)
 
 SPIKE_FS = 30_000  # spike-time resolution (Hz)
 BEHAVIOR_FS = 1_000  # joystick sampling rate (Hz)
 SAMPLES_PER_MS = SPIKE_FS // BEHAVIOR_FS
-
-
-@dataclass
-class TaskConfig:
-    n_targets: int = 8  # targets evenly spaced on a circle
-    target_radius: float = 1.0  # joystick units (full deflection = 1)
-    center_hold_s: tuple[float, float] = (0.3, 0.5)  # uniform range of the center hold before target onset
-    reaction_s: tuple[float, float] = (0.15, 0.30)  # reaction time range
-    reach_s: tuple[float, float] = (0.35, 0.60)  # reach duration range (minimum-jerk profile)
-    target_hold_s: tuple[float, float] = (0.3, 0.5)  # hold at the target
-    return_s: tuple[float, float] = (0.4, 0.6)  # return to the center
-    iti_s: tuple[float, float] = (0.1, 0.3)  # inter-trial interval at the center
-    endpoint_jitter: float = 0.06  # std of the reach endpoint around the target (joystick units)
-    wander: float = 0.01  # std of slow postural wander (joystick units)
-    sensor_noise: float = 0.003  # std of white sensor noise on the 1-kHz joystick samples
 
 
 @dataclass
@@ -85,6 +78,7 @@ class SimConfig:
     task: TaskConfig = field(default_factory=TaskConfig)
     neural: NeuralConfig = field(default_factory=NeuralConfig)
     drift: DriftConfig = field(default_factory=DriftConfig)
+    dynamics: DynamicsConfig = field(default_factory=DynamicsConfig)  # setting "cortex" (default) or "simple"
 
     def __post_init__(self) -> None:
         if self.n_days < 1:
@@ -108,7 +102,11 @@ class SimConfig:
         task = TaskConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.pop("task", {}).items()})
         neural = NeuralConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.pop("neural", {}).items()})
         drift = DriftConfig(**d.pop("drift", {}))
-        return cls(task=task, neural=neural, drift=drift, **d)
+        # datasets simulated before the setting existed carry no "dynamics": they were the simple setting
+        dyn = d.pop("dynamics", {"setting": "simple"})
+        dyn = {**DynamicsConfig.named(dyn.get("setting", "cortex")).__dict__, **dyn}
+        dynamics = DynamicsConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in dyn.items()})
+        return cls(task=task, neural=neural, drift=drift, dynamics=dynamics, **d)
 
 
 @dataclass
@@ -122,22 +120,39 @@ class UnitPopulation:
     speed: np.ndarray  # relative speed gain
     pos_gain: np.ndarray  # relative position gain
     pos_dir: np.ndarray  # preferred position direction (radians)
-    shift: float = 0.0  # electrode shift (fraction of a pitch, sign = direction along the array)
+    latent: np.ndarray | None = None  # (C, U, K) complex loadings on the latent planes (None: no latent system)
+    shift: float = 0.0  # electrode shift (fraction of a pitch, sign = direction along the array; x on a grid)
+    shift_y: float = 0.0  # electrode shift along the grid's other axis
+    layout: str = "line"  # line | grid
+    system: LatentSystem | None = None  # the latent planes (fixed across days)
 
     def copy(self) -> UnitPopulation:
         return UnitPopulation(**{k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in vars(self).items()})
+
+    def channel_latent(self) -> np.ndarray | None:
+        """(C, K) complex: each home channel's loading on the latent planes (Hz per unit of latent)."""
+        if self.latent is None:
+            return None
+        return ((self.active * self.baseline)[..., None] * self.latent).sum(axis=1)
 
     def channel_pd(self) -> np.ndarray:
         """(C,) effective preferred direction of each channel (vector sum of its units, after the shift)."""
         vec = (self.active * self.baseline * self.depth)[..., None] * np.stack(
             [np.cos(self.pd), np.sin(self.pd)], axis=-1
         )
+        if self.latent is not None and self.system is not None:
+            # the latent planes' steady-state response to velocity u is Re(loading * gain * u): a cosine tuning
+            # of depth |loading| toward -arg(loading * gain)
+            lg = (self.latent * self.system.gains).sum(axis=-1)  # (C, U) complex
+            vec = vec + (self.active * self.baseline)[..., None] * np.stack([lg.real, -lg.imag], axis=-1)
         per_channel = self.mixing() @ vec.sum(axis=1)
         return np.arctan2(per_channel[:, 1], per_channel[:, 0])
 
     def mixing(self) -> np.ndarray:
         """(C, C) matrix mapping units' home channel to recorded channel (electrode shift)."""
         n = self.active.shape[0]
+        if self.layout == "grid":
+            return grid_mixing(n, self.shift, self.shift_y)
         a = abs(self.shift)
         m = (1.0 - a) * np.eye(n)
         if a > 0:
@@ -158,6 +173,7 @@ class SimDay:
     target: np.ndarray  # (n_trials,) target index 0..7
     population: UnitPopulation
     n_channels: int
+    rates_hz: np.ndarray | None = None  # (n_ms, C) the true rates the spikes were drawn from
 
     @property
     def duration_s(self) -> float:
@@ -176,15 +192,15 @@ def _uniform(rng: np.random.Generator, lo_hi: tuple[float, float], size=None) ->
     return rng.uniform(lo_hi[0], lo_hi[1], size)
 
 
-def _min_jerk(n: int) -> np.ndarray:
-    """Minimum-jerk position profile from 0 to 1 over n samples (bell-shaped speed)."""
-    s = np.linspace(0.0, 1.0, n)
-    return 10 * s**3 - 15 * s**4 + 6 * s**5
-
-
-def new_unit_params(rng: np.random.Generator, cfg: NeuralConfig, shape: tuple[int, ...]) -> dict[str, np.ndarray]:
+def new_unit_params(rng: np.random.Generator, cfg: NeuralConfig, shape: tuple[int, ...],
+                    dyn: DynamicsConfig | None = None) -> dict[str, np.ndarray]:
     tuned = rng.random(shape) >= cfg.untuned_fraction
-    return dict(
+    extra = {}
+    if dyn is not None and dyn.latent_planes > 0:
+        k = dyn.latent_planes
+        weight = _uniform(rng, dyn.latent_weight, (*shape, k)) / np.sqrt(k) * tuned[..., None]
+        extra["latent"] = weight * np.exp(1j * rng.uniform(-np.pi, np.pi, (*shape, k)))
+    return dict(**extra,
         baseline=_uniform(rng, cfg.baseline_hz, shape),
         depth=_uniform(rng, cfg.depth, shape) * tuned,
         pd=rng.uniform(-np.pi, np.pi, shape),
@@ -194,72 +210,60 @@ def new_unit_params(rng: np.random.Generator, cfg: NeuralConfig, shape: tuple[in
     )
 
 
-def initial_population(rng: np.random.Generator, cfg: NeuralConfig) -> UnitPopulation:
+def initial_population(rng: np.random.Generator, cfg: NeuralConfig,
+                       dyn: DynamicsConfig | None = None) -> UnitPopulation:
     shape = (cfg.n_channels, cfg.max_units_per_channel)
     n_units = rng.integers(cfg.units_per_channel[0], cfg.units_per_channel[1] + 1, cfg.n_channels)
     active = np.arange(cfg.max_units_per_channel)[None, :] < n_units[:, None]
-    return UnitPopulation(active=active, **new_unit_params(rng, cfg, shape))
+    pop = UnitPopulation(active=active, **new_unit_params(rng, cfg, shape, dyn))
+    if dyn is not None:
+        pop.layout = dyn.array
+        if dyn.latent_planes > 0:
+            pop.system = LatentSystem.draw(rng, dyn)
+    return pop
 
 
 def drift_population(
-    pop: UnitPopulation, rng: np.random.Generator, cfg: NeuralConfig, drift: DriftConfig
+    pop: UnitPopulation, rng: np.random.Generator, cfg: NeuralConfig, drift: DriftConfig,
+    dyn: DynamicsConfig | None = None,
 ) -> UnitPopulation:
     """Next day's population from this day's."""
     new = pop.copy()
     shape = pop.active.shape
-    new.pd = np.angle(np.exp(1j * (pop.pd + np.deg2rad(drift.pd_deg) * rng.standard_normal(shape))))
+    step = np.deg2rad(drift.pd_deg) * rng.standard_normal(shape)
+    new.pd = np.angle(np.exp(1j * (pop.pd + step)))
+    if pop.latent is not None:
+        # a unit's latent loadings turn with its preferred direction: the steady-state response to velocity u is
+        # Re(loading * gain * u), whose preferred direction is -arg(loading * gain), hence the minus sign
+        new.latent = pop.latent * np.exp(-1j * step)[..., None]
     new.depth = pop.depth * np.exp(drift.gain_log_std * rng.standard_normal(shape))
     new.baseline = pop.baseline * np.exp(drift.baseline_log_std * rng.standard_normal(shape))
     lost = pop.active & (rng.random(shape) < drift.unit_loss)
     gained = ~pop.active & (rng.random(shape) < drift.unit_gain)
-    fresh = new_unit_params(rng, cfg, shape)
+    fresh = new_unit_params(rng, cfg, shape, dyn if pop.latent is not None else None)
     for k, v in fresh.items():
         getattr(new, k)[gained] = v[gained]
     new.active = (pop.active & ~lost) | gained
     new.shift = float(np.clip(pop.shift + drift.shift_std * rng.standard_normal(), -drift.shift_max, drift.shift_max))
+    if pop.layout == "grid":
+        new.shift_y = float(np.clip(pop.shift_y + drift.shift_std * rng.standard_normal(), -drift.shift_max,
+                                    drift.shift_max))
     return new
 
 
-def simulate_kinematics(rng: np.random.Generator, task: TaskConfig, n_trials: int):
-    """Joystick trajectory of a block of trials at 1 kHz.
+def unit_rates(pop: UnitPopulation, cfg: NeuralConfig, behavior: np.ndarray, state: CortexState | None = None,
+               rows: slice = slice(None), trial_starts: np.ndarray | None = None) -> np.ndarray:
+    """(n, C) firing rates (Hz) of each recorded channel for ``behavior[rows]``, given the joystick trajectory
+    (n_ms, 2) around them (the rows after ``rows`` are the plan the neurons lead by).
 
-    Returns behavior (n_ms, 2), trial_start_ms (n_trials,), target_onset_ms (n_trials,), target (n_trials,)."""
-    angles = 2 * np.pi * np.arange(task.n_targets) / task.n_targets
-    pieces, starts, onsets = [], [], []
-    targets = rng.integers(0, task.n_targets, n_trials)
-    t = 0
-    for k in range(n_trials):
-        dur = {name: max(1, int(round(1000 * _uniform(rng, getattr(task, name))))) for name in
-               ("center_hold_s", "reaction_s", "reach_s", "target_hold_s", "return_s", "iti_s")}
-        goal = task.target_radius * np.array([np.cos(angles[targets[k]]), np.sin(angles[targets[k]])])
-        goal = goal + task.endpoint_jitter * rng.standard_normal(2)
-        hold_c = np.zeros((dur["center_hold_s"] + dur["reaction_s"], 2))
-        reach = _min_jerk(dur["reach_s"])[:, None] * goal[None, :]
-        hold_t = np.repeat(goal[None, :], dur["target_hold_s"], axis=0)
-        ret = (1 - _min_jerk(dur["return_s"]))[:, None] * goal[None, :]
-        iti = np.zeros((dur["iti_s"], 2))
-        trial = np.concatenate([hold_c, reach, hold_t, ret, iti])
-        starts.append(t)
-        onsets.append(t + dur["center_hold_s"])
-        pieces.append(trial)
-        t += trial.shape[0]
-    behavior = np.concatenate(pieces)
-    n = behavior.shape[0]
-    # slow postural wander (low-passed noise, ~2 Hz) and white sensor noise
-    wander = gaussian_filter1d(rng.standard_normal((n, 2)), sigma=80, axis=0)
-    wander *= task.wander / max(wander.std(), 1e-12)
-    behavior = behavior + wander + task.sensor_noise * rng.standard_normal((n, 2))
-    return behavior, np.asarray(starts), np.asarray(onsets), targets
-
-
-def unit_rates(pop: UnitPopulation, cfg: NeuralConfig, behavior: np.ndarray) -> np.ndarray:
-    """(n_ms, C) firing rates (Hz) of each recorded channel, given the joystick trajectory (n_ms, 2)."""
+    A stateful setting passes its ``CortexState`` (advanced by exactly these rows) and, where known, the indices
+    inside ``rows`` where trials start."""
     lead = int(round(cfg.lead_s * BEHAVIOR_FS))
     vel = np.gradient(behavior, 1.0 / BEHAVIOR_FS, axis=0)
     vel = gaussian_filter1d(vel, sigma=10, axis=0)  # differentiate then smooth: motor commands are smooth
     # neural activity at time t reflects the movement at t + lead
-    vel_lead = np.concatenate([vel[lead:], np.repeat(vel[-1:], lead, axis=0)])
-    pos_lead = np.concatenate([behavior[lead:], np.repeat(behavior[-1:], lead, axis=0)])
+    vel_lead = _ahead(vel, lead)[rows]
+    pos_lead = _ahead(behavior, lead)[rows]
     v = vel_lead / cfg.peak_speed
     speed = np.linalg.norm(v, axis=1, keepdims=True)
     # per unit: baseline * (1 + depth * v.pd + speed * |v| + pos_gain * p.pos_dir), summed per home channel:
@@ -274,11 +278,26 @@ def unit_rates(pop: UnitPopulation, cfg: NeuralConfig, behavior: np.ndarray) -> 
         (w * pop.pos_gain * np.cos(pop.pos_dir)).sum(1),
         (w * pop.pos_gain * np.sin(pop.pos_dir)).sum(1),
     ]).astype(np.float32)
-    home = features @ weights
+    if state is None:
+        home = features @ weights
+    else:
+        ahead = lead + int(round(state.cfg.lookahead_s * BEHAVIOR_FS))
+        drive = _ahead(vel, ahead)[rows] / cfg.peak_speed
+        latent, drift, gain = state.advance(drive[:, 0] + 1j * drive[:, 1], trial_starts)
+        modulation = features[:, 1:] @ weights[1:]
+        loadings = pop.channel_latent()
+        if loadings is not None:
+            modulation = modulation + (latent @ loadings.T).real
+        home = (weights[0] * np.exp(drift) + gain * modulation).astype(np.float32)
     # unit rates are rectified individually in a real population; rectifying the channel sum is close enough
     # for multi-unit activity and keeps this two matrix products. The electrode shift mixes home channels.
     rates = np.clip(home, 0.0, None) @ pop.mixing().T.astype(np.float32) + cfg.noise_floor_hz
     return np.minimum(rates, cfg.max_rate_hz)
+
+
+def _ahead(x: np.ndarray, k: int) -> np.ndarray:
+    """x shifted k samples earlier in time (x[t + k] at t), the last sample repeated at the end."""
+    return np.concatenate([x[k:], np.repeat(x[-1:], min(k, len(x)), axis=0)]) if k > 0 else x
 
 
 def sample_spikes(rng: np.random.Generator, rates_hz: np.ndarray, refractory_ms: int, t0_ms: int = 0):
@@ -304,7 +323,8 @@ def simulate_day(
     chunk_ms: int = 200_000,
 ) -> SimDay:
     behavior, starts, onsets, targets = simulate_kinematics(rng, cfg.task, n_trials)
-    rates = unit_rates(pop, cfg.neural, behavior)
+    state = CortexState(cfg.dynamics, pop.system, cfg.neural.n_channels, rng) if cfg.dynamics.stateful else None
+    rates = unit_rates(pop, cfg.neural, behavior, state, trial_starts=starts)
     samples, chans = [], []
     for t0 in range(0, rates.shape[0], chunk_ms):  # chunks bound the memory of the Bernoulli draws
         s, c = sample_spikes(rng, rates[t0:t0 + chunk_ms], cfg.neural.refractory_ms, t0)
@@ -315,7 +335,7 @@ def simulate_day(
     return SimDay(
         index=index, behavior=behavior.astype(np.float32), spike_samples=samples[order],
         spike_channels=chans[order], trial_start_ms=starts, target_onset_ms=onsets, target=targets,
-        population=pop, n_channels=cfg.neural.n_channels,
+        population=pop, n_channels=cfg.neural.n_channels, rates_hz=rates,
     )
 
 
@@ -326,57 +346,8 @@ def simulate_days(cfg: SimConfig, progress: bool = False):
     root = np.random.SeedSequence(cfg.seed)
     pop_seq, *day_seqs = root.spawn(cfg.n_days + 1)
     pop_rng = np.random.default_rng(pop_seq)
-    pop = initial_population(pop_rng, cfg.neural)
+    pop = initial_population(pop_rng, cfg.neural, cfg.dynamics)
     for d in tqdm(range(cfg.n_days), desc="simulating days", unit="day", disable=not progress):
         if d > 0:
-            pop = drift_population(pop, pop_rng, cfg.neural, cfg.drift)
+            pop = drift_population(pop, pop_rng, cfg.neural, cfg.drift, cfg.dynamics)
         yield simulate_day(pop, cfg, cfg.trials_per_day, np.random.default_rng(day_seqs[d]), index=d)
-
-
-class VirtualSubject:
-    """A simulated subject that produces spikes for a movement it intends, one chunk at a time.
-
-    Used by the closed-loop demo: the subject's intended velocity (toward the target, given the cursor it sees) is
-    turned into spikes with the same tuning model as the recorded days."""
-
-    def __init__(self, population: UnitPopulation, cfg: NeuralConfig, seed: int = 0) -> None:
-        self.population = population
-        self.cfg = cfg
-        self.rng = np.random.default_rng(seed)
-
-    def spikes_for(self, intended_behavior: np.ndarray) -> np.ndarray:
-        """(n_ms, 2) intended joystick positions -> (n_ms, C) spike counts per ms."""
-        rates = unit_rates(self.population, self.cfg, intended_behavior)
-        p = -np.expm1(-rates / BEHAVIOR_FS)
-        return (self.rng.random(rates.shape) < p).astype(np.int16)
-
-
-# ---- broadband -------------------------------------------------------------------------------------------------
-def spike_template(fs: float = SPIKE_FS) -> tuple[np.ndarray, int]:
-    """A biphasic extracellular waveform (trough then a smaller, slower peak), trough = -1.
-
-    Returns (waveform, index of the trough)."""
-    t = np.arange(-0.4e-3, 1.2e-3, 1.0 / fs)
-    w = -np.exp(-0.5 * (t / 0.12e-3) ** 2) + 0.35 * np.exp(-0.5 * ((t - 0.45e-3) / 0.25e-3) ** 2)
-    w = w / -w.min()
-    return w, int(np.argmin(w))
-
-
-def simulate_broadband(
-    spike_samples: np.ndarray, spike_channels: np.ndarray, n_channels: int, n_samples: int, snr: float = 6.0,
-    noise_uv: float = 10.0, seed: int = 0,
-) -> np.ndarray:
-    """(n_samples, C) float32 broadband at 30 kHz (µV): each spike is the template with trough amplitude
-    ``snr * noise_uv``, in white noise of std ``noise_uv`` plus a slow local field potential."""
-    rng = np.random.default_rng(seed)
-    x = noise_uv * rng.standard_normal((n_samples, n_channels), dtype=np.float32)
-    lfp = gaussian_filter1d(rng.standard_normal((n_samples // 30 + 2, n_channels)), 20, axis=0)
-    lfp *= 5 * noise_uv / max(lfp.std(), 1e-12)
-    x += np.repeat(lfp, 30, axis=0)[:n_samples].astype(np.float32)
-    w, trough = spike_template()
-    amp = np.float32(snr * noise_uv)
-    for offset, value in enumerate(w):  # add the waveform sample by sample: vectorised over spikes
-        idx = spike_samples - trough + offset
-        ok = (idx >= 0) & (idx < n_samples)
-        np.add.at(x, (idx[ok], spike_channels[ok]), amp * np.float32(value))
-    return x

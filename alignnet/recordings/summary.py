@@ -84,7 +84,9 @@ def drift_summary(ds: Dataset, behavior: str) -> list[dict[str, Any]]:
                 day.extra["truth_channel_pd"], ref.extra["truth_channel_pd"]))), 1)
             a0, a = ref.extra["truth_active"], day.extra["truth_active"]
             row["truth_units_turned_over"] = int((a0 != a).sum())
-            row["truth_electrode_shift"] = round(float(day.extra["truth_shift"]), 3)
+            # pitches from the array's home position (2-D on a grid array; truth_shift_y is 0 on a line)
+            row["truth_electrode_shift"] = round(float(np.hypot(day.extra["truth_shift"],
+                                                                day.extra.get("truth_shift_y", 0.0))), 3)
         rows.append(row)
     return rows
 

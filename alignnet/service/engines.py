@@ -139,8 +139,8 @@ class EagerEngine(Engine):
 
     def _run(self, path: str, x: np.ndarray) -> np.ndarray:
         fn = self.model.decode if path == "decode" else self.model.simulate
-        with self.torch.inference_mode():
-            return fn(self.torch.from_numpy(x)).numpy()
+        with self.torch.inference_mode():  # through the served day's read-in, as the exported graphs are
+            return fn(self.torch.from_numpy(x), self.config.get("served_day")).numpy()
 
 
 def check_artifact(folder: str | Path, kind: str) -> dict:

@@ -22,6 +22,9 @@ class Settings(BaseSettings):
     threads: int = Field(1, ge=1, le=64, description="threads of the engine")
     max_batch: int = Field(256, ge=1, description="most windows in one request")
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="largest request body accepted")
+    calibration_dir: Path | None = Field(None, description="where POST /calibrate writes calibrated artifacts "
+                                         "(default: '<artifact>-calibrated' next to the base artifact)")
+    resume_calibrated: bool = Field(True, description="serve the last calibrated artifact of the base on start")
     # LSL bridge (off unless asked for)
     lsl_decode: bool = Field(False, description="decode a spike stream from LSL and push the trajectory")
     lsl_simulate: bool = Field(False, description="simulate spikes from a behavior stream on LSL")

@@ -104,6 +104,7 @@ def export_artifact(
     eager, contract, config = load_artifact(folder)
     plain, _, _ = load_artifact(folder, lif_impl="plain")
     c = eager.config
+    day = day if day is not None else config.get("served_day")  # graphs read the served day's own channels
     in_ch = eager.days[day].read_in.in_channels if day is not None else c.n_channels
     rng = np.random.default_rng(0)
     if spikes is None:

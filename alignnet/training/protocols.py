@@ -31,6 +31,7 @@ from alignnet.model.metrics import pearson, r2
 from alignnet.model.registry import model_class
 from alignnet.model.streaming import offline_twin
 from alignnet.recordings.dataset import Dataset
+from alignnet.recordings.psth import movement_onsets, per_bin, psth, psth_r
 from alignnet.training.trainer import TrainConfig, Trainer, seed_everything
 from alignnet.training.windows import DayWindows, first_trials, fit_contract, split_trials, windows_in_trials
 
@@ -55,6 +56,7 @@ class EvalConfig:
     val_fraction: float = 0.1
     model_channels: int = 64  # model channel space when units differ across days (read-ins map to it)
     models: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-model config overrides
+    model_train: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-model training overrides (e.g. lr)
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig for baselines and AlignNet fine-tuning
     pretrain: dict[str, Any] = field(default_factory=dict)  # TrainConfig overrides for AlignNet pretraining
     readin: dict[str, Any] = field(default_factory=dict)  # TrainConfig overrides for fitting a new day's read-in
@@ -74,11 +76,13 @@ class EvalConfig:
 class ModelResult:
     model: str
     s2b_r2: float
-    b2s_r: float
+    b2s_r: float | None  # None for a decode-only yardstick
     train_s: float
     parameters: int
     online_r2: float | None = None  # newest-bin R²: the test range streamed bin by bin, as it is served
     causal: bool = False  # the decoded value of a bin depends on no later bin
+    rate_r: float | None = None  # B->S r against the simulator's true rates (simulated data only)
+    psth_r: float | None = None  # B->S r of trial-averaged PSTHs (vs true rates when simulated, else vs counts)
     details: dict[str, Any] = field(default_factory=dict)
 
 
@@ -94,6 +98,7 @@ class Protocol:
         self.matched = ds.units_matched
         self.model_channels = c.n_channels if self.matched else cfg.model_channels
         self.predictions: dict[str, dict[str, np.ndarray]] = {}  # for figures
+        self.ceilings: dict[str, dict[str, float]] = {}  # per protocol: what the recorded counts themselves score
 
     # ---- windows -----------------------------------------------------------------------------------------------
     def windows(self, day: int, trials=None) -> DayWindows:
@@ -119,9 +124,10 @@ class Protocol:
                 model.add_day(d, self.ds.day(d).n_channels)
         return model
 
-    def train_cfg(self, stage: str, **extra) -> TrainConfig:
+    def train_cfg(self, stage: str, model: str | None = None, **extra) -> TrainConfig:
+        own = self.cfg.model_train.get(model, {}) if stage != "readin" else {}
         base = {**self.cfg.train, **(self.cfg.pretrain if stage == "pretrain" else {}),
-                **(self.cfg.readin if stage == "readin" else {}), "seed": self.cfg.seed, **extra}
+                **(self.cfg.readin if stage == "readin" else {}), **own, "seed": self.cfg.seed, **extra}
         return TrainConfig(**{**base, "stage": "both" if stage == "readin" else stage})
 
     def fit_model(self, name: str, train: list[DayWindows], val: list[DayWindows], contract: DataContract,
@@ -144,9 +150,9 @@ class Protocol:
         if hasattr(model, "pretrain_outputs") and self.cfg.pretrain.get("epochs", 1) > 0:
             # AlignNet is always trained as the paper does: pretraining (reconstructions + InfoNCE), then
             # fine-tuning of all parameters; the many-days protocol only gives it (and everyone) more days
-            info["pretrain"] = Trainer(model, self.train_cfg("pretrain"), day_names_use_readin=use_readin).fit(
+            info["pretrain"] = Trainer(model, self.train_cfg("pretrain", name), day_names_use_readin=use_readin).fit(
                 pretrain or train, val, contract)
-        info["finetune"] = Trainer(model, self.train_cfg("both"), day_names_use_readin=use_readin).fit(
+        info["finetune"] = Trainer(model, self.train_cfg("both", name), day_names_use_readin=use_readin).fit(
             train, val, contract)
         info["train_s"] = time.perf_counter() - t0
         return model, info
@@ -167,8 +173,10 @@ class Protocol:
         s = torch.from_numpy(contract.preprocess_spikes(test.counts))
         b = torch.from_numpy(contract.preprocess_behavior(test.behavior))
         dec = torch.cat([model.decode(s[i:i + 256], day) for i in range(0, len(s), 256)]).numpy()
-        sim = torch.cat([model.simulate(b[i:i + 256], day) for i in range(0, len(b), 256)]).numpy()
         behavior_pred = contract.postprocess_behavior(dec)
+        if not model.simulates:  # a decode-only yardstick
+            return r2(test.behavior, behavior_pred, feature_axis=1), None, behavior_pred, None
+        sim = torch.cat([model.simulate(b[i:i + 256], day) for i in range(0, len(b), 256)]).numpy()
         counts_pred = contract.postprocess_rates(sim)
         return (r2(test.behavior, behavior_pred, feature_axis=1), pearson(test.counts, counts_pred, feature_axis=1),
                 behavior_pred, counts_pred)
@@ -176,13 +184,14 @@ class Protocol:
     @torch.no_grad()
     def online_r2(self, model: BidirectionalModel, day_index: int, trials: np.ndarray, contract: DataContract,
                   use_day: bool) -> float:
-        """Newest-bin R², what a live user gets: the day from its first test trial on, streamed bin by bin from
-        zero history (as ``alignnet replay --start-s`` streams it to the service), each bin decoded as the newest
-        of its window (hop 1)."""
+        """Newest-bin R², what a live user gets: the day from the first of ``trials`` to the last, streamed bin by
+        bin from zero history (as ``alignnet replay --start-s`` streams it to the service), each bin decoded as the
+        newest of its window (hop 1)."""
         model.eval()
         day = self.ds.day(day_index)
-        start = int(np.flatnonzero(np.isin(day.trial_id, trials))[0])
-        n = day.n_bins - start
+        inside = np.flatnonzero(np.isin(day.trial_id, trials))
+        start = int(inside[0])
+        n = int(inside[-1]) + 1 - start
         if self.cfg.online_seconds:
             n = min(n, int(round(self.cfg.online_seconds / day.bin_s)))
         name = self.ds.day_names[day_index] if use_day else None
@@ -199,10 +208,37 @@ class Protocol:
         """Window R² and r on the test windows and newest-bin R² on the test range; the test windows' predictions
         are kept under ``tag/name`` for the figures."""
         score_r2, score_r, beh, counts = self.test(model, test, contract, use_day)
-        self.predictions[f"{tag}/{name}"] = {"behavior": beh, "counts": counts}
         online = self.online_r2(model, day_index, trials, contract, use_day)
+        rate_r, psth_r_, psth_ = (self.simulation_scores(tag, counts, test, day_index, trials) if counts is not None
+                                  else (None, None, None))
+        self.predictions[f"{tag}/{name}"] = {"behavior": beh, "counts": counts, "psth": psth_}
         return ModelResult(name, score_r2, score_r, info["train_s"], n_params(model), online,
-                           bool(model.causal_decode), dict(info))
+                           bool(model.causal_decode), rate_r, psth_r_, dict(info))
+
+    def simulation_scores(self, tag: str, counts_pred: np.ndarray, test: DayWindows, day_index: int,
+                          trials: np.ndarray) -> tuple[float | None, float, np.ndarray]:
+        """B->S judged where single-trial counts cannot judge it: r against the simulator's true rates (None on
+        real data) and the PSTH r (per target, time-locked to movement onset); the recorded counts' own scores
+        are kept once per protocol as the ceilings."""
+        day = self.ds.day(day_index)
+        pred = per_bin(counts_pred, test.starts, day.n_bins)
+        seen = np.isfinite(pred[:, 0])
+        truth = day.extra.get("truth_rate")
+        observed = np.where(seen[:, None], day.counts, np.nan)
+        onsets = movement_onsets(day)
+        if tag not in self.ceilings:
+            ref = psth(np.where(seen[:, None], truth, np.nan) if truth is not None else observed, day, onsets, trials)
+            self.predictions[f"{tag}/truth"] = {"psth": ref}
+            if truth is not None:  # what the recorded counts score against the truth: the noise ceiling
+                self.ceilings[tag] = {"rate_r": pearson(truth[seen], day.counts[seen]),
+                                      "psth_r": psth_r(ref, psth(observed, day, onsets, trials))}
+            else:  # split-half reliability of the recorded PSTH (odd against even trials)
+                self.ceilings[tag] = {"psth_r_split_half": psth_r(psth(observed, day, onsets, trials[::2]),
+                                                                  psth(observed, day, onsets, trials[1::2]))}
+        ref = self.predictions[f"{tag}/truth"]["psth"]
+        model_psth = psth(pred, day, onsets, trials)
+        rate_r = pearson(truth[seen], pred[seen]) if truth is not None else None
+        return rate_r, psth_r(ref, model_psth), model_psth
 
     # ---- protocols ---------------------------------------------------------------------------------------------
     def single_day(self, models: list[str]) -> list[ModelResult]:
@@ -218,9 +254,9 @@ class Protocol:
             use_day = not self.matched and not _closed_form(name)
             res = self.score("single-day", name, model, test, c.single_day, split["test"], contract, use_day, info)
             out.append(res)
-            log.info("single-day %s: R2 %.3f (newest bin %.3f) r %.3f (%.0f s)", name, res.s2b_r2, res.online_r2,
+            log.info("single-day %s: R2 %.3f (newest bin %.3f) r %s (%.0f s)", name, res.s2b_r2, res.online_r2,
                      res.b2s_r, res.train_s)
-        self.predictions["single-day/truth"] = {"behavior": test.behavior, "counts": test.counts}
+        self.predictions.setdefault("single-day/truth", {}).update(behavior=test.behavior, counts=test.counts)
         return out
 
     def _cross_split(self, train_days: list[int], test_day: int) -> tuple[
@@ -270,9 +306,9 @@ class Protocol:
             if not pretrain and self.matched:  # accuracy against days apart
                 res.details["r2_by_day"] = self.by_day(model, contract)
             out.append(res)
-            log.info("%s %s: R2 %.3f (newest bin %.3f) r %.3f (%.0f s)", tag, name, res.s2b_r2, res.online_r2,
+            log.info("%s %s: R2 %.3f (newest bin %.3f) r %s (%.0f s)", tag, name, res.s2b_r2, res.online_r2,
                      res.b2s_r, res.train_s)
-        self.predictions[f"{tag}/truth"] = {"behavior": test.behavior, "counts": test.counts}
+        self.predictions.setdefault(f"{tag}/truth", {}).update(behavior=test.behavior, counts=test.counts)
         return out
 
     def pretrain_test_day(self) -> int:
@@ -313,6 +349,7 @@ def run(ds: Dataset, cfg: EvalConfig, protocols: list[str], models: list[str]) -
         else:
             rows = proto.cross_day(models, pretrain=(p == "pretrain"))
         results["protocols"][p] = [asdict(r) for r in rows]
+        results.setdefault("ceilings", {})[p] = proto.ceilings.get(p)
         if p == "pretrain":
             results["pretrain_days"] = list(range(proto.pretrain_test_day()))
             results["pretrain_test_day"] = proto.pretrain_test_day()

@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 
 NAMES = {"wiener": "Wiener filter", "gru": "GRU", "mlp": "MLP", "resnet": "ResNet", "resnet-unet": "ResNet+UNet",
          "alignnet": "AlignNet", "alignnet-causal": "AlignNet (causal)", "alignnet-paper": "AlignNet (paper size)",
-         "ridge": "Ridge (current bin)", "lstm": "LSTM"}
+         "ridge": "Ridge (current bin)", "lstm": "LSTM", "cebra": "CEBRA-Behavior + kNN"}
 PAPER = {"wiener": (0.354, 0.442, 0.08, 0.409), "mlp": (0.723, 0.492, 0.366, 0.349),
          "alignnet": (0.880, 0.539, 0.581, 0.440)}
 
@@ -35,6 +35,28 @@ def _r2s(row: dict[str, Any] | None) -> str:
     return "–" if row is None else f"{_fmt(row['s2b_r2'])} / {_fmt(row.get('online_r2'))}"
 
 
+def _b2s(row: dict[str, Any] | None) -> str:
+    """B->S r against counts / against the true rates (simulated data) / of the PSTHs."""
+    if row is None:
+        return "–"
+    return f"{_fmt(row['b2s_r'])} / {_fmt(row.get('rate_r'))} / {_fmt(row.get('psth_r'))}"
+
+
+def ceilings(results: dict[str, Any]) -> str:
+    """One line per protocol: what the recorded counts themselves score (the ceilings of the B->S columns)."""
+    lines = []
+    for p, c in (results.get("ceilings") or {}).items():
+        if not c:
+            continue
+        if "rate_r" in c:
+            lines.append(f"- {p}: the recorded counts score r {c['rate_r']:.3f} against the true rates and PSTH r "
+                         f"{c['psth_r']:.3f} (the noise ceilings of those columns).")
+        else:
+            lines.append(f"- {p}: split-half PSTH r of the recorded counts (odd vs even test trials) "
+                         f"{c['psth_r_split_half']:.3f} (the reliability of the PSTH reference).")
+    return "\n".join(lines)
+
+
 def _causal(rows: list[dict[str, Any] | None]) -> str:
     row = next((r for r in rows if r is not None), None)
     return "–" if row is None or "causal" not in row else ("yes" if row["causal"] else "no")
@@ -44,20 +66,22 @@ def table(results: dict[str, Any]) -> str:
     p = results["protocols"]
     by = {k: {r["model"]: r for r in rows} for k, rows in p.items()}
     models = list(dict.fromkeys(r["model"] for rows in p.values() for r in rows))
-    lines = ["| Model | causal | single-day S→B R² (window / newest bin) | single-day B→S r | "
-             "cross-day S→B R² (window / newest bin) | cross-day B→S r | train s (single / cross) |",
+    lines = ["| Model | causal | single-day S→B R² (window / newest bin) | single-day B→S r (counts / true rate / "
+             "PSTH) | cross-day S→B R² (window / newest bin) | cross-day B→S r (counts / true rate / PSTH) | "
+             "train s (single / cross) |",
              "|---|---|---|---|---|---|---|"]
     for m in models:
         sd, cd = by.get("single-day", {}).get(m), by.get("cross-day", {}).get(m)
-        lines.append(f"| {_name(m)} | {_causal([sd, cd])} | {_r2s(sd)} | {_fmt(sd and sd['b2s_r'])} | "
-                     f"{_r2s(cd)} | {_fmt(cd and cd['b2s_r'])} | {_secs(sd)} / {_secs(cd)} |")
+        lines.append(f"| {_name(m)} | {_causal([sd, cd])} | {_r2s(sd)} | {_b2s(sd)} | "
+                     f"{_r2s(cd)} | {_b2s(cd)} | {_secs(sd)} / {_secs(cd)} |")
     out = ["\n".join(lines)]
     if "pretrain" in by:
         n_days = len(results.get("pretrain_days", [])) or "all earlier"
-        rows = ["| Model | causal | S→B R² (window / newest bin) | B→S r | train s |", "|---|---|---|---|---|"]
+        rows = ["| Model | causal | S→B R² (window / newest bin) | B→S r (counts / true rate / PSTH) | train s |",
+                "|---|---|---|---|---|"]
         for m, r in by["pretrain"].items():
             label = f"{_name(m)} (pretrained + fine-tuned)" if m.startswith("alignnet") else _name(m)
-            rows.append(f"| {label} | {_causal([r])} | {_r2s(r)} | {_fmt(r['b2s_r'])} | {r['train_s']:.0f} |")
+            rows.append(f"| {label} | {_causal([r])} | {_r2s(r)} | {_b2s(r)} | {r['train_s']:.0f} |")
         test_day = results.get("pretrain_test_day", "?")
         out.append(f"Many days ({n_days} labelled days before test day {test_day}, trained on none after it):\n\n"
                    + "\n".join(rows))
@@ -81,8 +105,10 @@ def markdown(results: dict[str, Any], command: str) -> str:
         "zero history, each bin decoded as the newest of its window (hop 1), exactly as `alignnet serve --lsl` "
         "decodes a replay of it. *Causal*: the decoded value of a bin depends on no later bin (checked for every "
         "model in tests/test_models.py). B→S: Pearson r between simulated rates and true counts (per channel over "
-        "held-out bins, averaged over channels that vary).", "",
-        table(results), "",
+        "held-out bins, averaged over channels that vary); on simulated data also against the simulator's true "
+        "rates; PSTH r: trial-averaged per target, 200 ms before to 500 ms after movement onset, per channel, "
+        "against the true rates' PSTH (simulated) or the counts' PSTH (real).", "",
+        table(results), "", ceilings(results), "",
         "Paper (their macaque data), for reference: AlignNet 0.880 / 0.539 / 0.581 / 0.440; Wiener 0.354 / 0.442 / "
         "0.08 / 0.409; MLP 0.723 / 0.492 / 0.366 / 0.349.", "",
     ]
@@ -103,6 +129,9 @@ def figures(results: dict[str, Any], predictions: dict[str, dict[str, np.ndarray
         if ours is not None:
             paths.append(_rasters(truth, predictions[f"{tag}/{ours}"], tag, out / f"fig6_rasters_{tag}.png", bin_s))
             paths.append(_rate_groups(truth, predictions, tag, models, out / f"fig7_rate_groups_{tag}.png", bin_s))
+            if "psth" in truth and "psth" in predictions[f"{tag}/{ours}"]:
+                paths.append(_psths(truth["psth"], predictions[f"{tag}/{ours}"]["psth"], tag, _name(ours),
+                                    out / f"fig8_psth_{tag}.png", bin_s))
     paths.append(_window_vs_newest(results, out / "fig_window_vs_newest_bin.png"))
     by_day = {r["model"]: r["details"].get("r2_by_day") for r in results["protocols"].get("cross-day", [])}
     if any(by_day.values()):
@@ -188,6 +217,7 @@ def _rate_groups(truth, preds, tag, models, path, bin_s) -> Path:
     width = 0.8 / (1 + len(models))
     x = np.arange(len(groups))
     ax.bar(x, [true_rate[a:b].mean() for a, b in groups], width, color="black", label="true")
+    models = [m for m in models if preds[f"{tag}/{m}"]["counts"] is not None]  # decode-only yardsticks have none
     for i, m in enumerate(models):
         r = preds[f"{tag}/{m}"]["counts"].mean(axis=(0, 2)) / bin_s
         ax.bar(x + (i + 1) * width, [r[a:b].mean() for a, b in groups], width, label=_name(m))
@@ -216,6 +246,35 @@ def _days_apart(by_day, train_days, path) -> Path:
     ax.set_ylabel("S→B R²")
     ax.set_title("Decoding accuracy against days apart (trained on two days)")
     ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _psths(ref, pred, tag, model, path, bin_s, n_channels: int = 6) -> Path:
+    """True vs simulated PSTHs (G, T, C) of the most modulated channels, one colour per target."""
+    from alignnet.recordings.psth import BEFORE_S
+
+    depth = np.nan_to_num(np.nanmax(ref, axis=(0, 1)) - np.nanmin(ref, axis=(0, 1)), nan=-1.0)
+    channels = np.argsort(depth)[::-1][:n_channels]
+    t = (np.arange(ref.shape[1]) * bin_s - BEFORE_S) * 1000
+    fig, axes = plt.subplots(2, len(channels), figsize=(2.6 * len(channels), 5), sharex=True, squeeze=False)
+    colors = plt.cm.hsv(np.linspace(0, 1, ref.shape[0], endpoint=False))
+    for j, ch in enumerate(channels):
+        for g in range(ref.shape[0]):
+            axes[0, j].plot(t, ref[g, :, ch] / bin_s, color=colors[g], lw=1)
+            axes[1, j].plot(t, pred[g, :, ch] / bin_s, color=colors[g], lw=1)
+        axes[0, j].set_title(f"channel {ch + 1}", fontsize=8)
+        lo = min(np.nanmin(ref[..., ch]), np.nanmin(pred[..., ch])) / bin_s
+        hi = max(np.nanmax(ref[..., ch]), np.nanmax(pred[..., ch])) / bin_s
+        for i in range(2):
+            axes[i, j].set_ylim(lo * 0.9, hi * 1.1)
+            axes[i, j].axvline(0, color="grey", lw=0.5)
+        axes[1, j].set_xlabel("ms from movement onset", fontsize=8)
+    axes[0, 0].set_ylabel("reference (Hz)")
+    axes[1, 0].set_ylabel(f"{model} (Hz)")
+    fig.suptitle(f"PSTH per target (one colour each), reference vs simulated ({tag})", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

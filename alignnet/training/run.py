@@ -21,6 +21,7 @@ import yaml
 from alignnet.model import create_model
 from alignnet.model.artifacts import save_artifact
 from alignnet.model.metrics import pearson, r2
+from alignnet.model.registry import model_class
 from alignnet.recordings.dataset import (
     DEFAULT_DATASET,
     DataError,
@@ -66,8 +67,19 @@ def apply_overrides(cfg: dict[str, Any], sets: list[str]) -> dict[str, Any]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ValueError(f"--set {key}: {part} is not a section")
-        node[parts[-1]] = yaml.safe_load(value)
+        node[parts[-1]] = _yaml_value(value)
     return cfg
+
+
+def _yaml_value(text: str) -> Any:
+    """A --set value as YAML, except that YAML 1.1 reads exponent floats without a dot (1e-4) as strings."""
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            return float(value) if any(ch in value.lower() for ch in "e.") else value
+        except ValueError:
+            return value
+    return value
 
 
 def init_distributed(device: str) -> None:
@@ -90,8 +102,9 @@ def _train_windows(ds: Dataset, train_cfg: dict[str, Any]) -> tuple[list, list, 
     for d in day_idx:
         day = ds.day(d)
         split = split_trials(day, 0.0, float(train_cfg.get("val_fraction", 0.1)))
-        trainw.append(windows_in_trials(day, split["train"], window, hop, behavior))
-        valw.append(windows_in_trials(day, split["val"], window, hop, behavior))
+        cross = bool(train_cfg.get("cross_segments", False))  # concatenate movement periods (short real trials)
+        trainw.append(windows_in_trials(day, split["train"], window, hop, behavior, cross))
+        valw.append(windows_in_trials(day, split["val"], window, hop, behavior, cross))
     return trainw, valw, day_idx, window, behavior
 
 
@@ -106,9 +119,13 @@ def train(cfg: dict[str, Any], config_path: Path, *, data: Path | None = None, o
     out = out or Path("runs") / config_path.stem
     data = data or Path(train_cfg.get("data", DEFAULT_DATASET))
     ds = Dataset(data)
-    if not ds.units_matched:  # refused before anything is written or built
-        raise DataError(f"{data}: units differ across days; train with a per-day read-in through "
-                        "`alignnet evaluate` (cross-day protocol) for now")
+    if not model_class(cfg.get("model", "alignnet")).servable:
+        raise DataError(f"{cfg.get('model')} is an evaluation yardstick (alignnet evaluate --models); it cannot be "
+                        "trained into a servable artifact")
+    matched = ds.units_matched
+    if not matched and not model_class(cfg.get("model", "alignnet")).needs_gradients:
+        raise DataError(f"{data}: units differ across days, and {cfg.get('model')} is fitted in closed form on one "
+                        "channel space; train it on one day (train.days: [NAME]) or choose a model with read-ins")
     if is_rank0():
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(out / "config.yaml", yaml.safe_dump({**cfg, "resolved": {
@@ -116,24 +133,34 @@ def train(cfg: dict[str, Any], config_path: Path, *, data: Path | None = None, o
     seed = int(train_cfg.get("seed", 0))
     seed_everything(seed)
     trainw, valw, day_idx, window, behavior = _train_windows(ds, train_cfg)
-    contract = fit_contract(ds.contract(window_bins=window, behavior_kind=behavior), trainw)
+    # units that differ by day: one read-in per day into a shared model space of train.model_channels channels
+    space = {} if matched else {"n_channels": int(train_cfg.get("model_channels", 64))}
+    contract = fit_contract(ds.contract(window_bins=window, behavior_kind=behavior, **space), trainw)
     model = create_model(cfg.get("model", "alignnet"), **{"n_channels": contract.n_channels, "window_bins": window,
                                                           **cfg.get("model_config", {})})
+    if not matched:
+        for w in trainw:
+            model.add_day(w.day, w.counts.shape[1])
     summaries = {}
     t0 = time.perf_counter()
     stages = (["pretrain"] if hasattr(model, "pretrain_outputs") and cfg.get("pretrain") else []) + ["finetune"]
     for stage in stages:
         stage_cfg = {**cfg.get(stage, {}), "device": device, "seed": seed,
                      "stage": "pretrain" if stage == "pretrain" else cfg.get(stage, {}).get("stage", "both")}
-        trainer = Trainer(model, TrainConfig(**stage_cfg), run_dir=out / stage)
+        trainer = Trainer(model, TrainConfig(**stage_cfg), run_dir=out / stage, day_names_use_readin=not matched)
         summaries[stage] = trainer.fit(trainw, valw, contract, resume=resume)
         last = trainer.history[-1] if trainer.history else {}
         summaries[stage]["windows_per_s"] = last.get("windows_per_s")
     metrics = None
     if is_rank0():
         model = model.cpu().eval()
-        metrics = validation_metrics(model, valw, contract)
-        save_artifact(out / "artifact", model, contract, metrics=metrics, provenance={
+        metrics = validation_metrics(model, valw, contract, use_day=not matched)
+        extra = {"latent_reference": latent_reference(model, trainw, contract, not matched)}
+        served = contract
+        if not matched:  # served through the last day's read-in until a new day is calibrated
+            extra.update(served_day=ds.day_names[day_idx[-1]], model_contract=contract.to_dict())
+            served = contract.for_day(trainw[-1].counts.shape[1])
+        save_artifact(out / "artifact", model, served, metrics=metrics, extra=extra, provenance={
             "dataset": str(data), "days": [ds.day_names[d] for d in day_idx], "config": str(config_path),
             "train_s": round(time.perf_counter() - t0, 1), "stages": summaries, "seed": seed})
     if dist.is_initialized():
@@ -143,14 +170,36 @@ def train(cfg: dict[str, Any], config_path: Path, *, data: Path | None = None, o
 
 
 @torch.no_grad()
-def validation_metrics(model, valw, contract) -> dict[str, float]:
-    """S→B R² and B→S r on the validation windows, in data units."""
-    s = torch.from_numpy(np.concatenate([contract.preprocess_spikes(w.counts) for w in valw]))
-    b = np.concatenate([w.behavior for w in valw])
-    dec = contract.postprocess_behavior(model.decode(s).numpy())
-    sim = contract.postprocess_rates(model.simulate(torch.from_numpy(contract.preprocess_behavior(b))).numpy())
-    counts = np.concatenate([w.counts for w in valw])
-    return {"val_s2b_r2": r2(b, dec, 1), "val_b2s_r": pearson(counts, sim, 1)}
+def validation_metrics(model, valw, contract, use_day: bool = False) -> dict[str, float]:
+    """S→B R² and B→S r on the validation windows, in data units (day by day through their read-ins when units
+    differ: the r is averaged over every day's channels)."""
+    dec, sim, beh, counts = [], [], [], []
+    for w in valw:
+        if len(w) == 0:
+            continue
+        day = w.day if use_day else None
+        s = torch.from_numpy(contract.preprocess_spikes(w.counts))
+        dec.append(contract.postprocess_behavior(model.decode(s, day).numpy()))
+        b = torch.from_numpy(contract.preprocess_behavior(w.behavior))
+        sim.append(pearson(w.counts, contract.postprocess_rates(model.simulate(b, day).numpy()), 1) * w.counts.shape[1])
+        beh.append(w.behavior)
+        counts.append(w.counts.shape[1])
+    return {"val_s2b_r2": r2(np.concatenate(beh), np.concatenate(dec), 1),
+            "val_b2s_r": float(np.sum(sim) / np.sum(counts))}
+
+
+@torch.no_grad()
+def latent_reference(model, windows, contract, use_day: bool, max_windows: int = 4096) -> dict[str, list] | None:
+    """Mean (D,) and covariance (D, D) of AlignNet's spike latent over the training windows: what zero-label
+    calibration aligns a new day to and what the drift monitor measures against (None for other models)."""
+    if not hasattr(model, "spike_embedding"):
+        return None
+    z = []
+    for w in windows:
+        s = torch.from_numpy(contract.preprocess_spikes(w.counts[:max_windows]))
+        z += [model.spike_embedding(s[i:i + 256], w.day if use_day else None) for i in range(0, len(s), 256)]
+    z = torch.cat(z).double()
+    return {"mean": z.mean(0).tolist(), "cov": torch.cov(z.T).tolist(), "n_windows": int(len(z))}
 
 
 # ---- evaluate --------------------------------------------------------------------------------------------------

@@ -1,0 +1,184 @@
+"""Calibrate a trained model for a new recording day: fit that day's read-in (and read-out) alone, base weights and
+batch-norm statistics frozen, and write an artifact that serves the day.
+
+- **few-shot**: the first N trials (or S seconds) of the day with their behavior; decode + simulate MSE.
+- **zero-label**: the same slice without behavior. The read-in is fitted so that the day's spikes are reconstructed
+  through the frozen spike autoencoder and their AlignNet latent has the first two moments of the pretrained days'
+  (``trainer.align_loss``: a diagonal Gaussian KL as NoMAD aligns latent distributions, plus the CORAL covariance
+  term). Adversarial alignment (ADAN) needs a critic trained alongside and is less stable on a few minutes of data;
+  a Procrustes fit of factors (Stabilizer) needs matched, stable channels, which sorted units do not give.
+
+A model trained on matched channels gets a read-in that starts as the identity (no change), so calibration can only
+improve on what the base decodes; a model trained on sorted units gets a fresh read-in for the day's own units.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from alignnet.model.artifacts import load_artifact, model_contract, save_artifact
+from alignnet.model.metrics import r2
+from alignnet.recordings.dataset import DataError, Dataset, Day
+from alignnet.training.export import export_artifact
+from alignnet.training.trainer import TrainConfig, Trainer, seed_everything
+from alignnet.training.windows import DayWindows, windows_in_trials
+
+log = logging.getLogger(__name__)
+
+MIN_WINDOWS = 8  # fewer calibration windows than this cannot fit a read-in and keep a validation slice
+
+
+def calibration_trials(day: Day, trials: int | None = None, seconds: float | None = None) -> np.ndarray:
+    """Trial ids of the day's first ``trials`` trials, or of the trials that start in its first ``seconds``."""
+    ids = np.unique(day.trial_id)
+    if trials is not None:
+        if trials < 1:
+            raise ValueError(f"--trials must be >= 1, got {trials}")
+        return ids[:trials]
+    if seconds is None or seconds <= 0:
+        raise ValueError("give the calibration slice as a number of trials or of seconds (> 0)")
+    t0 = day.time_s[0]
+    start = {t: day.time_s[np.argmax(day.trial_id == t)] - t0 for t in ids}
+    return np.asarray([t for t in ids if start[t] < seconds])
+
+
+def calibrate(base: Path, data: Path, day: str | int, out: Path, *, trials: int | None = None,
+              seconds: float | None = None, zero_label: bool = False, train: dict[str, Any] | None = None,
+              export: bool = True) -> dict[str, Any]:
+    """Fit ``day``'s read-in on its first trials (or seconds) and write the calibrated artifact to ``out``.
+    Returns a report: slice, fit, and the R² of the rest of the day (when it has behavior) before and after."""
+    model, _, config = load_artifact(base)
+    mc = model_contract(config)
+    ds = Dataset(data)
+    d = ds.day(ds.day_index(day))
+    if mc.units_matched and d.n_channels != mc.n_channels:
+        raise DataError(f"{data}: day {d.name} has {d.n_channels} channels; the model reads {mc.n_channels} matched "
+                        "channels")
+    if abs(d.bin_s - mc.bin_s) > 1e-9:
+        raise DataError(f"{data}: bins of {d.bin_s * 1000:g} ms; the model was trained on {mc.bin_s * 1000:g} ms")
+    calib = calibration_trials(d, trials, seconds)
+    window, behavior = mc.window_bins, mc.behavior_kind
+    cross = _short_segments(d, window)
+    w = windows_in_trials(d, calib, window, max(1, window // 10), behavior, cross_segments=cross)
+    name = day_name(d.name)
+    served = mc.for_day(d.n_channels)
+    # before: the base as it is (matched channels only: sorted units of a new day cannot be read without a read-in)
+    before = _rest_r2(model, d, calib, served, mc, config.get("served_day"), window) if mc.units_matched else None
+    fit = fit_readin(model, config, name, w, zero_label, train)
+    after = _rest_r2(model, d, calib, served, mc, name, window)
+    report = {"base": str(base), "data": str(data), "day": d.name, "served_day": name,
+              "mode": "zero-label" if zero_label else "few-shot", "trials": int(len(calib)),
+              "seconds": float(np.isin(d.trial_id, calib).sum() * d.bin_s), "windows": len(w),
+              **fit, "rest_r2_before": before, "rest_r2_after": after}
+    write_calibrated(out, model, config, name, d.n_channels, base, report, export)
+    return report
+
+
+def day_name(name: str) -> str:
+    """The read-in name of a calibrated day (module names take no dots)."""
+    clean = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in str(name))
+    return "cal_" + clean
+
+
+def fit_readin(model, config: dict[str, Any], name: str, w: DayWindows, zero_label: bool,
+               train: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Add day ``name``'s read-in to ``model`` and fit it alone on windows ``w`` (80 % fit, the last 20 % for
+    early stopping); with ``zero_label`` the behavior is ignored. Returns the fit's summary."""
+    mc = model_contract(config)
+    n_channels = w.counts.shape[1]
+    if mc.units_matched and n_channels != mc.n_channels:
+        raise DataError(f"the calibration spikes have {n_channels} channels; the model reads {mc.n_channels} "
+                        "matched channels")
+    if zero_label and not config.get("latent_reference"):
+        raise DataError("zero-label calibration needs an AlignNet artifact with a latent_reference (trained by this "
+                        "version of `alignnet train`)")
+    if len(w) < MIN_WINDOWS:
+        raise DataError(f"the calibration data holds {len(w)} windows of {mc.window_bins} bins; at least "
+                        f"{MIN_WINDOWS} are needed — give more trials or seconds")
+    adapter = model.add_day(name, n_channels)
+    if mc.units_matched:  # start from no change
+        with torch.no_grad():
+            for conv in (adapter.read_in, adapter.read_out):
+                conv.weight.copy_(torch.eye(conv.out_channels, conv.in_channels)[:, :, None])
+                conv.bias.zero_()
+    seed_everything(0)
+    n = len(w)
+    cut = max(1, int(round(n * 0.8)))
+    beh = np.zeros_like(w.behavior) if zero_label else w.behavior  # the align loss never reads behavior
+    w = DayWindows(name, w.counts, beh, w.starts)
+    cfg = TrainConfig(**{"epochs": 60, "batch_size": 32, "lr": 0.01, "patience": 10, "progress": True,
+                         **(train or {}), "stage": "align" if zero_label else "both",
+                         "train_only": [f"days.{name}."], "device": "cpu"})
+    t0 = time.perf_counter()
+    fit = Trainer(model, cfg, day_names_use_readin=True, reference=config.get("latent_reference")).fit(
+        [w.take(np.arange(cut))], [w.take(np.arange(cut, n))], mc)
+    model.eval()
+    return {"fit_s": round(time.perf_counter() - t0, 1), "epochs": fit.get("epochs"),
+            "best_val_loss": fit.get("best_val_loss")}
+
+
+def write_calibrated(out: Path, model, config: dict[str, Any], name: str, n_channels: int, base: Path,
+                     report: dict[str, Any], export: bool = True) -> Path:
+    """The calibrated artifact: the day's contract served, the model space's kept, exported (parity-checked)."""
+    mc = model_contract(config)
+    save_artifact(out, model, mc.for_day(n_channels), metrics={"calibration": report},
+                  extra={"served_day": name, "model_contract": mc.to_dict(),
+                         "latent_reference": config.get("latent_reference")},
+                  provenance={**config.get("provenance", {}), "calibrated_from": str(base)})
+    if export:
+        export_artifact(out, ("onnx",))
+    return out
+
+
+def block_windows(counts: np.ndarray, behavior: np.ndarray | None, window: int, name: str) -> DayWindows:
+    """Windows (hop = a tenth of the window) of one contiguous block of bins: counts (C, n), behavior (D, n)."""
+    from alignnet.recordings.preprocess import gather_windows, window_starts
+
+    n = counts.shape[1]
+    starts = window_starts(np.zeros(n, np.int64), window, max(1, window // 10))
+    beh = behavior if behavior is not None else np.zeros((1, n), np.float32)
+    return DayWindows(name, gather_windows(counts.T.astype(np.float32), starts, window),
+                      gather_windows(beh.T.astype(np.float32), starts, window), np.asarray(starts, np.int64))
+
+
+def calibrate_block(base: Path, counts: np.ndarray, behavior: np.ndarray | None, day: str, out: Path,
+                    train: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Calibrate from one block of binned counts (C, n) (and behavior (D, n), or None: zero-label), as the service
+    receives them; writes the calibrated artifact to ``out``."""
+    model, _, config = load_artifact(base)
+    mc = model_contract(config)
+    if behavior is not None and behavior.shape != (mc.behavior_dims, counts.shape[1]):
+        raise DataError(f"behavior must be {mc.behavior_dims} x {counts.shape[1]} (dims x the spikes' bins), got "
+                        f"{behavior.shape}")
+    name = day_name(day)
+    w = block_windows(counts, behavior, mc.window_bins, name)
+    zero_label = behavior is None
+    fit = fit_readin(model, config, name, w, zero_label, {"progress": False, **(train or {})})
+    report = {"base": str(base), "day": day, "served_day": name, "mode": "zero-label" if zero_label else "few-shot",
+              "bins": int(counts.shape[1]), "seconds": float(counts.shape[1] * mc.bin_s), "windows": len(w), **fit}
+    write_calibrated(out, model, config, name, counts.shape[0], base, report)
+    return report
+
+
+@torch.no_grad()
+def _rest_r2(model, d: Day, calib: np.ndarray, served, mc, day_name: str | None, window: int) -> float | None:
+    """R² of whole non-overlapping windows of the day after the calibration slice (None without any)."""
+    rest = np.setdiff1d(np.unique(d.trial_id), calib)
+    w = windows_in_trials(d, rest, window, window, mc.behavior_kind, cross_segments=_short_segments(d, window))
+    if len(w) == 0 or not np.ptp(w.behavior, axis=(0, 2)).any():
+        return None
+    x = torch.from_numpy(served.preprocess_spikes(w.counts))
+    pred = torch.cat([model.decode(x[i:i + 256], day_name) for i in range(0, len(x), 256)]).numpy()
+    return r2(w.behavior, served.postprocess_behavior(pred), feature_axis=1)
+
+
+def _short_segments(d: Day, window: int) -> bool:
+    """Windows concatenate movement periods when most of the day's segments are shorter than a window (recordings
+    that kept only the movement of each trial)."""
+    return bool(np.median(np.bincount(d.segment_id)) < window)

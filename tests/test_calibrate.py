@@ -1,0 +1,168 @@
+"""A new recording day: training on days whose units differ, and few-shot / zero-label calibration of a read-in."""
+
+import json
+
+import numpy as np
+import pytest
+
+from alignnet.cli.main import main as cli
+from alignnet.model.artifacts import read_config
+from alignnet.recordings.dataset import Dataset, Day, write_dataset
+from alignnet.service.engines import load_engine
+
+
+def _unmatched(tiny_dataset, tmp_path):
+    """The tiny dataset with every day keeping a different subset of its channels (sorted units differ by day)."""
+    ds = Dataset(tiny_dataset / "D")
+    keep = [np.arange(16), np.arange(2, 16), np.r_[0:6, 8:16]]
+    days = []
+    for k, d in enumerate(ds.day(i) for i in range(len(ds))):
+        days.append(Day(d.name, d.bin_s, d.counts[:, keep[k]], d.pos, d.vel, d.trial_id, d.segment_id, d.target,
+                        d.time_s))
+    write_dataset(tmp_path / "U", days, subject="tiny", source="test", contract=ds.contract(), units_matched=False,
+                  extra={"default_hop_bins": 10})
+    return tmp_path / "U", [len(k) for k in keep]
+
+
+def test_train_on_unmatched_days_carries_every_read_in_and_serves_the_last(tiny_dataset, tmp_path):
+    data, channels = _unmatched(tiny_dataset, tmp_path)
+    out = tmp_path / "run"
+    assert cli(["train", str(tiny_dataset / "train.yaml"), "--data", str(data), "--out", str(out),
+                "--set", "train.model_channels=16"]) == 0
+    config = read_config(out / "artifact")
+    assert config["days"] == {"day000": 16, "day001": 14, "day002": 14}
+    assert config["served_day"] == "day002" and config["contract"]["n_channels"] == 14
+    assert config["model_contract"]["units_matched"] is False
+    assert len(config["latent_reference"]["mean"]) == len(config["latent_reference"]["cov"])
+    assert cli(["export", str(out / "artifact"), "--formats", "onnx"]) == 0
+    eager, onnx = load_engine(out / "artifact", "eager"), load_engine(out / "artifact", "onnx")
+    counts = np.random.default_rng(0).poisson(0.5, (3, 14, 20)).astype(np.float32)
+    np.testing.assert_allclose(onnx.decode(counts), eager.decode(counts), atol=1e-4)
+    with pytest.raises(ValueError, match="14"):
+        onnx.decode(np.zeros((1, 16, 20), np.float32))  # the served day's own channel count, checked
+
+
+@pytest.mark.parametrize("zero_label", [False, True])
+def test_calibrate_a_new_day_writes_a_servable_artifact(tiny_dataset, tmp_path, zero_label, capsys):
+    data, channels = _unmatched(tiny_dataset, tmp_path)
+    run = tmp_path / "run"
+    assert cli(["train", str(tiny_dataset / "train.yaml"), "--data", str(data), "--out", str(run),
+                "--set", "train.model_channels=16", "--set", "train.days=[day000,day001]"]) == 0
+    out = tmp_path / "cal"
+    args = ["calibrate", str(run / "artifact"), str(data), "--day", "day002", "--out", str(out), "--trials", "12",
+            "--set", "epochs=3", "--set", "progress=false"] + (["--zero-label"] if zero_label else [])
+    assert cli(args) == 0
+    printed = capsys.readouterr().out
+    assert ("zero-label" if zero_label else "few-shot") in printed and "R² on the rest of the day" in printed
+    config = read_config(out)
+    assert config["served_day"] == "cal_day002" and config["contract"]["n_channels"] == channels[2]
+    assert config["metrics"]["calibration"]["trials"] == 12
+    base = read_config(run / "artifact")
+    assert "cal_day002" not in base["days"]  # the base artifact is untouched
+    engine = load_engine(out, "onnx")
+    counts = np.random.default_rng(1).poisson(0.5, (2, channels[2], 20)).astype(np.float32)
+    assert np.isfinite(engine.decode(counts)).all()
+
+
+def test_calibration_input_errors_are_clear(tiny_dataset, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli(["train", str(tiny_dataset / "train.yaml"), "--data", str(tiny_dataset / "D"), "--out", str(run)]) == 0
+    art = str(run / "artifact")
+    assert cli(["calibrate", art, str(tiny_dataset / "D"), "--out", str(tmp_path / "c"), "--seconds", "0"]) == 2
+    assert "calibration slice" in capsys.readouterr().err
+    data, _ = _unmatched(tiny_dataset, tmp_path)
+    assert cli(["calibrate", art, str(data), "--day", "day001", "--out", str(tmp_path / "c"), "--trials", "8"]) == 2
+    assert "14 channels" in capsys.readouterr().err  # matched model, day with other channels
+    assert cli(["calibrate", art, str(tiny_dataset / "D"), "--day", "nope", "--out", str(tmp_path / "c")]) == 2
+    assert "no day named" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
+
+
+def test_matched_model_calibration_starts_from_the_identity(tiny_dataset, tmp_path):
+    run = tmp_path / "run"
+    assert cli(["train", str(tiny_dataset / "train.yaml"), "--data", str(tiny_dataset / "D"), "--out", str(run),
+                "--set", "train.days=[0,1]"]) == 0
+    out = tmp_path / "cal"
+    assert cli(["calibrate", str(run / "artifact"), str(tiny_dataset / "D"), "--day", "2", "--out", str(out),
+                "--trials", "10", "--set", "epochs=1", "--set", "lr=1e-9", "--set", "progress=false"]) == 0
+    report = json.loads((out / "config.json").read_text())["metrics"]["calibration"]
+    # a learning rate of ~0 leaves the identity read-in: the calibrated model decodes as the base does
+    assert report["rest_r2_after"] == pytest.approx(report["rest_r2_before"], abs=1e-4)
+
+
+def test_drift_gauge_is_zero_for_the_reference_and_grows_with_a_shift():
+    from alignnet.model.drift import ADVISE_RECALIBRATION, drift_gauge
+
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal((2000, 6)) @ rng.standard_normal((6, 6))
+    reference = {"mean": ref.mean(0), "cov": np.cov(ref.T)}
+    assert drift_gauge(reference, ref) == pytest.approx(0.0, abs=1e-6)
+    same = rng.standard_normal((500, 6)) @ np.linalg.cholesky(reference["cov"]).T + reference["mean"]
+    assert drift_gauge(reference, same) < 0.1 < ADVISE_RECALIBRATION
+    moved = same + 1.5 * np.sqrt(np.trace(reference["cov"]) / 6)
+    assert drift_gauge(reference, moved) > ADVISE_RECALIBRATION
+    with pytest.raises(ValueError, match="dimensions"):
+        drift_gauge(reference, same[:, :4])
+
+
+def test_drift_command_measures_every_day(tiny_dataset, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli(["train", str(tiny_dataset / "train.yaml"), "--data", str(tiny_dataset / "D"), "--out", str(run),
+                "--set", "train.days=[0]"]) == 0
+    assert cli(["drift", str(run / "artifact"), str(tiny_dataset / "D"), "--figure", str(tmp_path / "d.png"),
+                "--json", str(tmp_path / "d.json")]) == 0
+    rows = json.loads((tmp_path / "d.json").read_text())
+    assert [r["day"] for r in rows] == ["day000", "day001", "day002"]
+    assert all(r["gauge"] >= 0 and np.isfinite(r["r2"]) for r in rows)
+    assert (tmp_path / "d.png").stat().st_size > 10_000
+
+
+def test_post_calibrate_swaps_in_a_calibrated_model_and_survives_a_restart(tiny_dataset, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from alignnet.service.app import create_app
+    from alignnet.service.settings import Settings
+
+    run = tmp_path / "run"
+    assert cli(["train", str(tiny_dataset / "train.yaml"), "--data", str(tiny_dataset / "D"), "--out", str(run),
+                "--set", "train.days=[0,1]"]) == 0
+    assert cli(["export", str(run / "artifact"), "--formats", "onnx"]) == 0
+    day = Dataset(tiny_dataset / "D").day(2)
+    counts, beh = day.counts[:200].T.astype(float), day.pos[:200].T.astype(float)
+    settings = dict(artifact=run / "artifact", calibration_dir=tmp_path / "cal")
+    with TestClient(create_app(Settings(**settings))) as client:
+        bad = [({"day": "d2", "spikes": counts[:15].tolist()}, "16 matched channels"),
+               ({"day": "d2", "spikes": counts[:, :30].tolist()}, "too few"),
+               ({"day": "d2", "spikes": (-counts).tolist()}, "non-negative"),
+               ({"day": "d2", "spikes": counts.tolist(), "behavior": beh[:, :199].tolist()}, "behavior must be"),
+               ({"day": "../x", "spikes": counts.tolist()}, "day must be")]
+        for body, expect in bad:
+            r = client.post("/calibrate", json=body)
+            assert r.status_code == 422 and expect in r.json()["detail"], (expect, r.json())
+        assert client.get("/model").json()["artifact"] == str(run / "artifact")  # untouched
+        r = client.post("/calibrate", json={"day": "d2", "spikes": counts.tolist(), "behavior": beh.tolist()})
+        assert r.status_code == 202 and r.json()["state"] == "running"
+        status = client.app.state.alignnet.calibrator.wait(300)
+        assert status["state"] == "done", status
+        assert client.get("/health").json()["calibration"]["state"] == "done"
+        assert client.get("/model").json()["artifact"] == str(tmp_path / "cal" / "d2")
+        r = client.post("/decode", json={"spikes": counts[:, :20].tolist()})
+        assert r.status_code == 200
+    with TestClient(create_app(Settings(**settings))) as client:  # a restart serves the calibrated day again
+        assert client.get("/model").json()["artifact"] == str(tmp_path / "cal" / "d2")
+
+
+def test_post_calibrate_failure_keeps_the_serving_model(service_artifacts, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from alignnet.service.app import create_app
+    from alignnet.service.settings import Settings
+
+    counts = np.random.default_rng(0).poisson(0.5, (16, 120)).astype(float)
+    with TestClient(create_app(Settings(artifact=service_artifacts[0], calibration_dir=tmp_path))) as client:
+        # zero-label needs the training days' latent reference, which this untrained artifact lacks
+        assert client.post("/calibrate", json={"day": "d", "spikes": counts.tolist()}).status_code == 202
+        status = client.app.state.alignnet.calibrator.wait(120)
+        assert status["state"] == "failed" and "latent_reference" in status["error"]
+        assert client.get("/model").json()["artifact"] == str(service_artifacts[0])
+        assert client.post("/decode", json={"spikes": counts[:, :20].tolist()}).status_code == 200
