@@ -15,6 +15,7 @@ for pair in alignnet-quick:runs/quick wiener-quick:runs/wiener-quick; do
   dest=alignnet/service/default_models/$name
   tmp=$(mktemp -d alignnet/service/default_models/.tmp-XXXX)
   cp "$run"/artifact/{config.json,model.safetensors,decode.onnx,simulate.onnx} "$tmp"/
+  if [ -f "$run/artifact/embed.onnx" ]; then cp "$run/artifact/embed.onnx" "$tmp"/; fi  # the drift monitor's graph
   rm -rf "$dest.old"; [ -d "$dest" ] && mv "$dest" "$dest.old"
   mv "$tmp" "$dest" && rm -rf "$dest.old"
   echo "wrote $dest"

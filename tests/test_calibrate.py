@@ -166,3 +166,35 @@ def test_post_calibrate_failure_keeps_the_serving_model(service_artifacts, tmp_p
         assert status["state"] == "failed" and "latent_reference" in status["error"]
         assert client.get("/model").json()["artifact"] == str(service_artifacts[0])
         assert client.post("/decode", json={"spikes": counts[:, :20].tolist()}).status_code == 200
+
+
+def test_drift_monitor_watches_the_served_latent_and_resets_on_a_new_model(tiny_dataset, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from alignnet.service.app import create_app
+    from alignnet.service.drift_monitor import MIN_LATENTS, DriftMonitor
+    from alignnet.service.settings import Settings
+
+    run = tmp_path / "run"
+    assert cli(["train", str(tiny_dataset / "train.yaml"), "--data", str(tiny_dataset / "D"), "--out", str(run),
+                "--set", "train.days=[0]"]) == 0
+    assert cli(["export", str(run / "artifact"), "--formats", "onnx"]) == 0
+    engine = load_engine(run / "artifact", "onnx")
+    assert engine.can_embed and engine.embed(np.ones((2, 16, 20))).shape[0] == 2
+    np.testing.assert_allclose(engine.embed(np.ones((1, 16, 20))), load_engine(run / "artifact", "eager").embed(
+        np.ones((1, 16, 20))), atol=1e-4)
+    day = Dataset(tiny_dataset / "D").day(0)
+    windows = np.stack([day.counts[s:s + 20].T for s in range(0, 600, 20)]).astype(np.float32)
+    gauges = {}
+    for label, w in (("training day", windows), ("silent channels", windows * (np.arange(16) % 2)[None, :, None])):
+        monitor = DriftMonitor()
+        for k in range(len(w)):
+            monitor.observe(engine, w[k:k + 1])
+        gauges[label] = monitor.status()["gauge"]
+    assert gauges["silent channels"] > 2 * gauges["training day"], gauges
+    monitor.observe(load_engine(run / "artifact", "onnx"), windows[:1])  # another engine: a fresh history
+    assert monitor.status()["latents"] == 1 < MIN_LATENTS and monitor.status()["gauge"] is None
+    with TestClient(create_app(Settings(artifact=run / "artifact"))) as client:
+        assert client.post("/decode", json={"spikes": windows[:3].tolist()}).status_code == 200
+        assert client.get("/health").json()["drift"]["latents"] == 1
+        assert "alignnet_drift" in client.get("/metrics").text

@@ -25,7 +25,8 @@ def exported(tmp_path_factory):
 
 def test_export_parity_both_formats_both_directions(exported):
     folder, report = exported
-    assert set(report) == {"decode.onnx", "simulate.onnx", "decode.pt", "simulate.pt"}
+    # AlignNet also exports its spike latent (embed), the graph of the service's drift monitor
+    assert set(report) == {"decode.onnx", "simulate.onnx", "embed.onnx", "decode.pt", "simulate.pt", "embed.pt"}
     for name, r in report.items():
         assert r["max_abs_diff"] <= 1e-4, name
     assert report["decode.onnx"]["spike_mismatches"] == 0 and report["decode.onnx"]["spikes_compared"] > 1000

@@ -241,3 +241,42 @@ def test_a_backlog_is_skipped_so_lag_cannot_grow(engine):
     assert c["bins"] == 40 and c["pushed"] + c["dropped"] == 40
     assert c["dropped"] >= 40 - 4 - 4  # at most a few hops decoded before the backlog was seen
     assert ts[-1] == stamps[-1]  # the newest bin is always decoded
+
+
+def test_bridge_calibrates_the_session_without_labels_on_its_first_seconds(tiny_dataset, tmp_path):
+    """`serve --lsl --calibrate-seconds S`: the first S seconds are decoded with the base model and collected; a
+    zero-label calibration then swaps in the session's calibrated model, which goes on decoding the stream."""
+    from fastapi.testclient import TestClient
+
+    from alignnet.cli.main import main as cli
+    from alignnet.service.app import create_app
+    from alignnet.service.settings import Settings
+
+    run = tmp_path / "run"
+    assert cli(["train", str(tiny_dataset / "train.yaml"), "--data", str(tiny_dataset / "D"), "--out", str(run),
+                "--set", "train.days=[0,1]"]) == 0
+    assert cli(["export", str(run / "artifact"), "--formats", "onnx"]) == 0
+    name = f"test-cal-{uuid.uuid4().hex[:8]}"
+    src = _source(name)
+    settings = Settings(artifact=run / "artifact", lsl_decode=True, lsl_source_name=name, lsl_resolve_timeout_s=1.0,
+                        lsl_calibrate_seconds=1.2, calibration_dir=tmp_path / "cal", lsl_max_lag_bins=200)
+    counts = np.random.default_rng(0).poisson(0.8, (120, 16)).astype(np.float32)
+    with TestClient(create_app(settings)) as client:
+        assert wait_until(lambda: client.get("/health").json()["lsl"]["state"] == "streaming")
+        out = _consumer(f"{name}-decoded")
+        t0 = pylsl.local_clock()
+        for k in range(0, 70, 10):  # the source's outlet buffers 1 s: push as a live source would
+            src.push_chunk(counts[k:k + 10], (t0 + 0.02 * np.arange(k, k + 10)).tolist())
+            time.sleep(0.1)
+        assert len(_drain(out, 70, timeout=5)[1]) >= 50  # decoded meanwhile by the base model (the first ones may
+        #                                                   go out before the consumer is connected)
+        assert wait_until(lambda: client.app.state.alignnet.calibrator.status["state"] != "idle"), \
+            str(client.get("/health").json()["lsl"]["bridges"][0])
+        status = client.app.state.alignnet.calibrator.wait(120)
+        assert status["state"] == "done" and status["mode"] == "zero-label" and status["bins"] == 60, status
+        assert client.get("/model").json()["artifact"].startswith(str(tmp_path / "cal"))
+        block = client.get("/health").json()["lsl"]["bridges"][0]["calibration_block"]
+        assert block["state"] == "handed over"
+        src.push_chunk(counts[70:80], (t0 + 0.02 * np.arange(70, 80)).tolist())
+        assert len(_drain(out, 10, timeout=5)[1]) == 10  # the calibrated model decodes the same stream
+        assert client.get("/health").json()["lsl"]["bridges"][0]["state"] == "streaming"

@@ -34,6 +34,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--lsl-behavior-source", default=None, metavar="NAME", help="behavior stream name (reverse)")
     g.add_argument("--lsl-sample", action="store_true", help="reverse: push sampled counts instead of rates")
     g.add_argument("--hop", type=int, default=None, help="bins between two decodes (default: 1)")
+    g.add_argument("--calibrate-seconds", type=float, default=None, metavar="S",
+                   help="calibrate the session's read-in without labels on its first S seconds (decoding with the "
+                        "served model meanwhile), then serve the calibrated model (saved next to the artifact)")
+    g.add_argument("--calibration-dir", type=Path, default=None,
+                   help="where calibrated artifacts go (default: ARTIFACT-calibrated next to the artifact)")
     g.add_argument("--max-lag", type=int, default=None, metavar="BINS",
                    help="backlog beyond which only the newest hop is decoded (default: 10)")
     p.set_defaults(func=cmd_serve)
@@ -46,7 +51,8 @@ def settings_from_args(args: argparse.Namespace):
         "artifact": args.artifact, "engine": args.engine, "threads": args.threads,
         "lsl_source_name": args.lsl_source, "lsl_source_type": args.lsl_type, "lsl_output_name": args.lsl_output,
         "lsl_behavior_name": args.lsl_behavior_source, "lsl_hop_bins": args.hop,
-        "lsl_max_lag_bins": args.max_lag,
+        "lsl_max_lag_bins": args.max_lag, "lsl_calibrate_seconds": args.calibrate_seconds,
+        "calibration_dir": args.calibration_dir,
     }.items() if v is not None}
     if args.lsl:
         overrides["lsl_decode"] = True

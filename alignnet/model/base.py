@@ -106,6 +106,18 @@ class DecodePath(nn.Module):
         return self.model.decode(spikes, self.day)
 
 
+class EmbedPath(nn.Module):
+    """AlignNet's spike latent as a module of its own (exported as ``embed.onnx`` for the drift monitor)."""
+
+    def __init__(self, model: BidirectionalModel, day: str | None = None) -> None:
+        super().__init__()
+        self.model, self.day = model, day
+        self.train(model.training)
+
+    def forward(self, spikes: torch.Tensor) -> torch.Tensor:
+        return self.model.spike_embedding(spikes, self.day)
+
+
 class SimulatePath(nn.Module):
     """``model.simulate`` as a module of its own (for export and runtime engines)."""
 

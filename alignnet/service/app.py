@@ -15,12 +15,14 @@ from typing import Annotated, Any
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, ValidationError
 
 from alignnet.model.artifacts import ArtifactError
+from alignnet.service.binning import BlockCollector
 from alignnet.service.calibration import Calibrator, resume_artifact
 from alignnet.service.codec import NPY, from_npy, to_npy
+from alignnet.service.drift_monitor import DriftMonitor
 from alignnet.service.engines import Engine, load_engine
 from alignnet.service.lsl import Bridge, BridgeConfig, BridgeMetrics, Bridges
 from alignnet.service.schemas import CalibrateRequest, DecodeRequest, ReloadRequest, SimulateRequest
@@ -67,6 +69,9 @@ class Metrics:
                                  buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0))
         self.windows = Counter("alignnet_windows_total", "windows processed", ["path"], registry=self.registry)
         self.reloads = Counter("alignnet_reloads_total", "model reloads", ["result"], registry=self.registry)
+        self.drift = Gauge("alignnet_drift", "latent drift gauge: W2 distance of recent windows' latents from the "
+                           "training days' / their total variance (recalibration advised above 0.5)",
+                           registry=self.registry)
         self.lsl = BridgeMetrics(self.registry)
 
 
@@ -81,6 +86,7 @@ class State:
         self.metrics = Metrics()
         self.bridges = Bridges()
         self.calibrator = Calibrator()
+        self.drift = DriftMonitor(self.metrics.drift)
 
     def load(self, artifact=None) -> Engine:
         path = artifact or self.settings.artifact
@@ -195,6 +201,7 @@ async def decode(request: Request, engine: EngineDep, state: StateDep):
     _, x = await _parse(request, DecodeRequest, "spikes")
     y, timing = _run(engine.decode, x)
     state.metrics.windows.labels("decode").inc(len(y))
+    state.drift.observe_request(engine, x if x.ndim == 3 else x[None])
     c = engine.contract
     return _respond(request, {"behavior": y}, {"names": list(c.behavior_names), "bin_s": c.bin_s}, timing)
 
@@ -223,7 +230,7 @@ meta = APIRouter(tags=["metadata"])
 def health(state: StateDep) -> dict[str, Any]:
     return {"status": "ok" if state.engine is not None else "no model", "model_loaded": state.engine is not None,
             "error": state.error, "lsl": state.bridges.status(), "calibration": state.calibrator.status,
-            "pid": os.getpid()}
+            "drift": state.drift.status(), "pid": os.getpid()}
 
 
 @meta.get("/model")
@@ -327,7 +334,13 @@ def start_bridges(state: State) -> Bridges:
         items.append(BridgeConfig("simulate", s.lsl_behavior_name, s.lsl_behavior_type, None,
                                   s.lsl_resolve_timeout_s, s.lsl_hop_bins, max(s.lsl_max_lag_bins, s.lsl_hop_bins),
                                   sample=s.lsl_sample))
-    return Bridges([Bridge(cfg, lambda: state.engine, state.metrics.lsl).start() for cfg in items])
+    collector = None
+    if s.lsl_decode and s.lsl_calibrate_seconds > 0:  # zero-label calibration on the session's first seconds
+        day = "lsl-" + time.strftime("%Y%m%d-%H%M%S")
+        collector = BlockCollector(s.lsl_calibrate_seconds, lambda counts: state.calibrator.start(
+            state, counts, None, day))
+    return Bridges([Bridge(cfg, lambda: state.engine, state.metrics.lsl, collector if cfg.direction == "decode"
+                           else None, (state.drift,)).start() for cfg in items])
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

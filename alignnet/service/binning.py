@@ -125,3 +125,33 @@ def sanitize(x: np.ndarray, counts: bool, last: np.ndarray | None = None) -> tup
     return x, int(rows.sum())
 
 
+class BlockCollector:
+    """The first ``seconds`` of a stream's bins, gathered once and handed to ``on_block`` as (C, n) counts — the
+    block a zero-label calibration of the session fits its read-in on (``alignnet serve --calibrate-seconds``)."""
+
+    def __init__(self, seconds: float, on_block) -> None:
+        self.seconds, self.on_block = float(seconds), on_block
+        self.parts: list[np.ndarray] = []
+        self.state = "collecting"
+        self.error: str | None = None
+
+    def add(self, bins: np.ndarray, engine, ring=None) -> None:
+        """A bridge observer: ``bins`` (k, C) in arrival order, decoded by ``engine``."""
+        if self.state != "collecting":
+            return
+        bin_s = engine.contract.bin_s
+        self.parts.append(np.array(bins, np.float32))
+        have = sum(len(p) for p in self.parts)
+        need = int(round(self.seconds / bin_s))
+        if have >= need:
+            block = np.concatenate(self.parts)[:need].T
+            self.parts = []
+            try:
+                self.on_block(block)
+                self.state = "handed over"
+            except Exception as e:  # a refused block (too short, busy) is reported, decoding goes on
+                self.state, self.error = "failed", f"{type(e).__name__}: {e}"
+
+    def status(self) -> dict:
+        return {"state": self.state, "seconds": self.seconds, "error": self.error,
+                "collected_bins": int(sum(len(p) for p in self.parts))}

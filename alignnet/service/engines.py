@@ -48,6 +48,17 @@ class Engine:
         y = self.contract.preprocess_behavior(behavior)
         return self.contract.postprocess_rates(self._simulate(y))
 
+    def embed(self, counts: np.ndarray) -> np.ndarray | None:
+        """(B, C, T) spike counts -> (B, L) AlignNet latent vectors (None where the artifact has no embed graph:
+        other models, or an artifact exported before it existed)."""
+        if not self.can_embed:
+            return None
+        return self._run("embed", np.ascontiguousarray(self.contract.preprocess_spikes(counts), np.float32))
+
+    @property
+    def can_embed(self) -> bool:
+        return False
+
     def _decode(self, x: np.ndarray) -> np.ndarray:
         return self._run("decode", np.ascontiguousarray(x, np.float32))
 
@@ -85,13 +96,18 @@ class OnnxEngine(Engine):
         # spinning threads burn a core between decodes; a real-time loop on a shared machine is better without
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.sessions = {}
-        for name in ("decode", "simulate"):
+        optional = ("embed",) if "embed.onnx" in self.config["files"] else ()
+        for name in ("decode", "simulate", *optional):
             path = self.folder / f"{name}.onnx"
             try:
                 self.sessions[name] = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
             except Exception as e:  # onnxruntime raises its own exception types for a corrupt graph
                 raise ArtifactError(f"{path}: ONNX Runtime cannot load it ({type(e).__name__}: {e}); "
                                     "re-export the artifact") from e
+
+    @property
+    def can_embed(self) -> bool:
+        return "embed" in self.sessions
 
     def _run(self, path: str, x: np.ndarray) -> np.ndarray:
         sess = self.sessions[path]
@@ -109,13 +125,18 @@ class TorchScriptEngine(Engine):
         torch.set_num_threads(self.threads)
         self.torch = torch
         self.modules = {}
-        for name in ("decode", "simulate"):
+        optional = ("embed",) if "embed.pt" in self.config["files"] else ()
+        for name in ("decode", "simulate", *optional):
             path = self.folder / f"{name}.pt"
             try:
                 self.modules[name] = torch.jit.load(str(path), map_location="cpu").eval()
             except Exception as e:
                 raise ArtifactError(f"{path}: TorchScript cannot load it ({type(e).__name__}: {e}); "
                                     "re-export the artifact") from e
+
+    @property
+    def can_embed(self) -> bool:
+        return "embed" in self.modules
 
     def _run(self, path: str, x: np.ndarray) -> np.ndarray:
         with self.torch.inference_mode():
@@ -137,8 +158,13 @@ class EagerEngine(Engine):
         self.torch = torch
         self.model, _, _ = load_artifact(self.folder, lif_impl=lif_impl)
 
+    @property
+    def can_embed(self) -> bool:
+        return hasattr(self.model, "spike_embedding")
+
     def _run(self, path: str, x: np.ndarray) -> np.ndarray:
-        fn = self.model.decode if path == "decode" else self.model.simulate
+        fn = {"decode": self.model.decode, "simulate": self.model.simulate,
+              "embed": getattr(self.model, "spike_embedding", None)}[path]
         with self.torch.inference_mode():  # through the served day's read-in, as the exported graphs are
             return fn(self.torch.from_numpy(x), self.config.get("served_day")).numpy()
 

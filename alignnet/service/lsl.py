@@ -208,8 +208,10 @@ class BridgeMetrics:
 class Bridge:
     """Runs one direction in a background thread. ``engine()`` returns the engine to use now (hot reload)."""
 
-    def __init__(self, cfg: BridgeConfig, engine: Callable[[], Any], metrics: BridgeMetrics | None = None) -> None:
-        self.cfg = cfg
+    def __init__(self, cfg: BridgeConfig, engine: Callable[[], Any], metrics: BridgeMetrics | None = None,
+                 collector: Any = None, observers: tuple = ()) -> None:
+        self.cfg, self.collector = cfg, collector  # collector: binning.BlockCollector (session calibration)
+        self.observers = [o for o in (collector, *observers) if o is not None]  # + the drift monitor
         self.get_engine = engine
         self.metrics = metrics
         self.state = "starting"
@@ -237,7 +239,8 @@ class Bridge:
 
     def status(self) -> dict[str, Any]:
         return {"direction": self.cfg.direction, "state": self.state, "error": self.error, "source": self.source,
-                "output": self.cfg.output_name, **self.counts, "lag_s": self.last_lag_s}
+                "output": self.cfg.output_name, **self.counts, "lag_s": self.last_lag_s,
+                "calibration_block": self.collector.status() if self.collector is not None else None}
 
     def _metric(self, name: str, *labels: str):
         return None if self.metrics is None else getattr(self.metrics, name).labels(self.cfg.direction, *labels)
@@ -319,6 +322,8 @@ class Bridge:
         """Push new bins into the ring and run every hop they complete; returns the stamps still waiting for a
         hop. A backlog beyond ``max_lag_bins`` is skipped: only the newest hop is run."""
         self.counts["bins"] += len(bins)
+        for observer in self.observers if d.counts else ():  # add(bins, engine, ring)
+            observer.add(bins, engine, ring)
         hop = self.cfg.hop_bins
         if len(pending) + len(bins) > self.cfg.max_lag_bins:  # fell behind: decode only the newest hop
             waiting = pending + stamps.tolist()

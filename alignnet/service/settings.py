@@ -37,3 +37,5 @@ class Settings(BaseSettings):
     lsl_max_lag_bins: int = Field(10, ge=1, description="beyond this backlog only the newest hop is decoded")
     lsl_resolve_timeout_s: float = Field(5.0, gt=0, description="timeout of one resolve attempt")
     lsl_sample: bool = Field(False, description="simulate direction: push sampled counts instead of rates")
+    lsl_calibrate_seconds: float = Field(0.0, ge=0, description="decode direction: calibrate the session's read-in "
+                                         "without labels on its first S seconds (0: off), decoding meanwhile")

@@ -136,15 +136,13 @@ def write_calibrated(out: Path, model, config: dict[str, Any], name: str, n_chan
     return out
 
 
-def block_windows(counts: np.ndarray, behavior: np.ndarray | None, window: int, name: str) -> DayWindows:
+def block_windows(counts: np.ndarray, behavior: np.ndarray, window: int, name: str) -> DayWindows:
     """Windows (hop = a tenth of the window) of one contiguous block of bins: counts (C, n), behavior (D, n)."""
     from alignnet.recordings.preprocess import gather_windows, window_starts
 
-    n = counts.shape[1]
-    starts = window_starts(np.zeros(n, np.int64), window, max(1, window // 10))
-    beh = behavior if behavior is not None else np.zeros((1, n), np.float32)
+    starts = window_starts(np.zeros(counts.shape[1], np.int64), window, max(1, window // 10))
     return DayWindows(name, gather_windows(counts.T.astype(np.float32), starts, window),
-                      gather_windows(beh.T.astype(np.float32), starts, window), np.asarray(starts, np.int64))
+                      gather_windows(behavior.T.astype(np.float32), starts, window), np.asarray(starts, np.int64))
 
 
 def calibrate_block(base: Path, counts: np.ndarray, behavior: np.ndarray | None, day: str, out: Path,
@@ -157,7 +155,8 @@ def calibrate_block(base: Path, counts: np.ndarray, behavior: np.ndarray | None,
         raise DataError(f"behavior must be {mc.behavior_dims} x {counts.shape[1]} (dims x the spikes' bins), got "
                         f"{behavior.shape}")
     name = day_name(day)
-    w = block_windows(counts, behavior, mc.window_bins, name)
+    zeros = np.zeros((mc.behavior_dims, counts.shape[1]), np.float32)  # zero-label: never read by the align loss
+    w = block_windows(counts, behavior if behavior is not None else zeros, mc.window_bins, name)
     zero_label = behavior is None
     fit = fit_readin(model, config, name, w, zero_label, {"progress": False, **(train or {})})
     report = {"base": str(base), "day": day, "served_day": name, "mode": "zero-label" if zero_label else "few-shot",

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from alignnet.model.artifacts import add_file, load_artifact, read_config, write_config
-from alignnet.model.base import DecodePath, SimulatePath
+from alignnet.model.base import DecodePath, EmbedPath, SimulatePath
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +114,8 @@ def export_artifact(
     spikes, behavior = np.ascontiguousarray(spikes, np.float32), np.ascontiguousarray(behavior, np.float32)
     paths = {"decode": (DecodePath(plain, day), DecodePath(eager, day), spikes, "spikes", "behavior"),
              "simulate": (SimulatePath(plain, day), SimulatePath(eager, day), behavior, "behavior", "rates")}
+    if hasattr(eager, "spike_embedding"):  # the latent the service's drift monitor watches
+        paths["embed"] = (EmbedPath(plain, day), EmbedPath(eager, day), spikes, "spikes", "latent")
     report: dict[str, Any] = {}
     has_snn = hasattr(eager, "encode_spikes")
     with tempfile.TemporaryDirectory(dir=folder, prefix=".export-") as tmp:

@@ -1,0 +1,68 @@
+"""The service's drift monitor: how far the recent windows' AlignNet latents are from the training days'.
+
+Every ``every_bins`` bins of an LSL stream (and at most once a second from ``/decode`` requests) one window is
+embedded by the served artifact's ``embed`` graph; the gauge (``alignnet.model.drift``: Wasserstein-2 between
+Gaussian fits over the last ``size`` latents, divided by the reference's total variance) is exported as the
+Prometheus gauge ``alignnet_drift`` and in ``/health``, with "recalibrate" advised above the threshold. A new model
+(reload, calibration) starts the history afresh.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from typing import Any
+
+import numpy as np
+
+from alignnet.model.drift import ADVISE_RECALIBRATION, drift_gauge
+
+MIN_LATENTS = 8  # fewer recent latents than this give no gauge
+
+
+class DriftMonitor:
+    def __init__(self, gauge_metric=None, size: int = 64, every_bins: int = 50,
+                 threshold: float = ADVISE_RECALIBRATION) -> None:
+        self.metric, self.size, self.every_bins, self.threshold = gauge_metric, size, every_bins, threshold
+        self.latents: deque = deque(maxlen=size)
+        self.value: float | None = None
+        self.engine = None
+        self.bins_since = 0
+        self.last_http = 0.0
+        self.lock = threading.Lock()
+
+    def add(self, bins: np.ndarray, engine, ring) -> None:
+        """A bridge observer: called with every batch of new bins (k, C) and the window ring."""
+        self.bins_since += len(bins)
+        if self.bins_since >= self.every_bins:
+            self.bins_since = 0
+            self.observe(engine, ring.buf[None])
+
+    def observe_request(self, engine, windows: np.ndarray) -> None:
+        """From ``/decode``: the request's last window, at most once a second."""
+        now = time.monotonic()
+        if now - self.last_http >= 1.0:
+            self.last_http = now
+            self.observe(engine, windows[-1:])
+
+    def observe(self, engine, window: np.ndarray) -> None:
+        reference = engine.config.get("latent_reference")
+        if not reference or not engine.can_embed:
+            return
+        z = engine.embed(window)
+        with self.lock:
+            if engine is not self.engine:  # another model: its latents are not comparable with the old ones
+                self.engine, self.value = engine, None
+                self.latents.clear()
+            self.latents.append(np.asarray(z[0], np.float64))
+            if len(self.latents) >= MIN_LATENTS:
+                self.value = drift_gauge(reference, np.stack(self.latents))
+                if self.metric is not None:
+                    self.metric.set(self.value)
+
+    def status(self) -> dict[str, Any]:
+        with self.lock:
+            value, n = self.value, len(self.latents)
+        return {"gauge": value, "latents": n, "threshold": self.threshold,
+                "advise_recalibration": None if value is None else bool(value > self.threshold)}
