@@ -184,3 +184,22 @@ def test_replay_online_r2_equals_evaluate_newest_bin_r2(tiny_dataset, service_ar
     proto = Protocol(ds, EvalConfig(window_bins=20, online_seconds=n * day.bin_s))
     evaluated = proto.online_r2(model, 0, np.unique(day.trial_id), contract, use_day=False)
     assert abs(online["r2"] - evaluated) <= 1e-4, (online["r2"], evaluated)  # ONNX vs eager: export parity
+
+
+def test_headless_demo_calibrates_live_and_reports_before_and_after(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "demo.json"
+    r = subprocess.run([str(Path(sys.executable).parent / "alignnet"), "demo", "--headless", "--trials", "1",
+                        "--day", "9", "--calibrate", "--calibrate-seconds", "4", "--json", str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads(out.read_text())
+    cal = report["calibration"]
+    assert cal["state"] == "done", cal
+    assert cal["drift_before"] is not None and cal["drift_after"] is not None  # the service's gauge, both times
+    assert report["before"]["trials"] == 1 and report["after"]["trials"] == 1
+    assert cal["swapped_at_trial"] >= cal["started_trial"] >= 1

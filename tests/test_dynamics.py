@@ -61,3 +61,28 @@ def test_named_settings_and_old_datasets():
     assert SimConfig().dynamics.setting == "cortex" and SimConfig().dynamics.stateful
     again = SimConfig.from_dict(SimConfig().to_dict())
     assert again.dynamics == SimConfig().dynamics
+
+
+def test_psth_recovers_a_target_locked_pattern_and_scores_it(tiny_days):
+    from alignnet.recordings.psth import BEFORE_S, movement_onsets, per_bin, psth, psth_r
+
+    day = tiny_days[0]
+    onsets = movement_onsets(day)
+    assert (onsets >= 0).all() and len(onsets) == day.n_trials
+    # a value that is a function of (target, time from onset) alone averages back to that function
+    rel = np.full(day.n_bins, -1000)
+    for t, o in zip(np.unique(day.trial_id), onsets):
+        idx = np.flatnonzero(day.trial_id == t)
+        rel[idx] = idx - o
+    truth = np.stack([np.sin(rel / 5.0 + day.target), np.cos(rel / 7.0) * day.target], axis=1).astype(float)
+    p = psth(truth, day, onsets)
+    before = int(round(BEFORE_S / day.bin_s))
+    g = sorted(set(day.target.tolist()))
+    np.testing.assert_allclose(p[0, before + 3, 0], np.sin(3 / 5.0 + g[0]), atol=1e-9)
+    assert psth_r(p, p) == pytest.approx(1.0)
+    noisy = truth + np.random.default_rng(0).standard_normal(truth.shape) * 3
+    assert 0.2 < psth_r(p, psth(noisy, day, onsets)) < 0.999
+    # windows back to bins: the last window covering a bin wins, uncovered bins are NaN
+    w = np.arange(2 * 2 * 4, dtype=float).reshape(2, 2, 4)
+    bins = per_bin(w, np.array([0, 2]), 8)
+    assert np.isnan(bins[6:]).all() and bins[2, 0] == w[1, 0, 0] and bins[1, 1] == w[0, 1, 1]

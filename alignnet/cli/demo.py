@@ -23,6 +23,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--headless", action="store_true", help="no web page: run --trials trials and report")
     p.add_argument("--trials", type=int, default=24, help="trials of a headless run (default: %(default)s)")
     p.add_argument("--json", type=Path, default=None, help="headless: write the report here")
+    p.add_argument("--calibrate", action="store_true",
+                   help="headless: --trials trials, then a live zero-label calibration on the last "
+                        "--calibrate-seconds of spikes (the loop keeps running), then --trials more; reports both")
+    p.add_argument("--calibrate-seconds", type=float, default=60.0,
+                   help="spikes a live calibration fits on (default: %(default)s; the page's button too)")
     p.add_argument("--host", default="127.0.0.1", help="address of the page (default: %(default)s)")
     p.add_argument("--port", type=int, default=8001, help="port of the page (default: %(default)s)")
     p.add_argument("--service-port", type=int, default=8000, help="port of the service (default: %(default)s)")
@@ -39,7 +44,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
         run_page(artifact, args.day, args.seed, args.engine, args.host, args.port, args.service_port,
                  announce=lambda line: print(line, flush=True))
         return 0
-    report = run_headless(artifact, args.trials, args.day, args.seed, args.engine)
+    if args.calibrate:
+        from alignnet.clients.recalibrate import run_headless_calibrated
+
+        report = run_headless_calibrated(artifact, args.trials, args.day, args.seed, args.engine,
+                                         args.calibrate_seconds)
+    else:
+        report = run_headless(artifact, args.trials, args.day, args.seed, args.engine)
     report = {"decoder": args.decoder, **report, "command": command_line(args)}
     print(json.dumps(report, indent=2))
     if args.json:

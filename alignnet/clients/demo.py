@@ -21,6 +21,7 @@ import logging
 import threading
 import time
 import uuid
+from collections import deque
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -117,6 +118,7 @@ class CenterOut:
         self.t_inside: float | None = None
         self.hits, self.misses = 0, 0
         self.times: list[float] = []
+        self.outcomes: list[tuple[bool, float | None]] = []  # per trial: hit?, time to target
         self.last_result: str | None = None
 
     @property
@@ -142,10 +144,12 @@ class CenterOut:
         elif held:
             self.hits += 1
             self.times.append(self.t_inside - self.t_phase)  # time to target: onset -> entry that was held
+            self.outcomes.append((True, self.times[-1]))
             self.last_result = "hit"
             self.phase, self.t_phase, self.t_inside = "center", t, None
         elif t - self.t_phase >= self.p.timeout_s:
             self.misses += 1
+            self.outcomes.append((False, None))
             self.last_result = "miss"
             self.phase, self.t_phase, self.t_inside = "center", t, None
 
@@ -181,6 +185,8 @@ class ClosedLoop:
         self.cursor = np.zeros(2)
         self.trail: list[list[float]] = []
         self.stop_event = threading.Event()
+        self.recent: deque = deque(maxlen=int(120_000 / self.bin_ms))  # the last 2 min of binned spikes (C,)
+        self.calibration: dict | None = None  # status of a live calibration (clients/recalibrate.py)
         self.error: str | None = None
         self._lock = threading.Lock()
 
@@ -204,6 +210,7 @@ class ClosedLoop:
 
     def _push(self, goal: np.ndarray, t_next: float) -> float:
         spikes = self.subject.step(self.cursor, goal, self.bin_ms)
+        self.recent.append(spikes.sum(axis=0))
         now = self.pylsl.local_clock()
         stamps = now - (self.bin_ms - 1 - np.arange(self.bin_ms)) / 1000.0  # 1-ms samples ending now
         self.outlet.push_chunk(spikes, stamps.tolist())
@@ -259,7 +266,7 @@ class ClosedLoop:
             "mean_time_to_target_s": round(float(np.mean(task.times)), 3) if task.times else None,
             "latency_ms": {"last": round(float(lat[-1]), 2), "p50": round(float(np.percentile(lat, 50)), 2),
                            "p99": round(float(np.percentile(lat, 99)), 2)} if lat.size else None,
-            "error": self.error,
+            "error": self.error, "calibration": self.calibration,
         }
 
     def summary(self) -> dict:
@@ -290,6 +297,18 @@ def demo_app(loop: ClosedLoop, service_url: str):
     @app.get("/state")
     def state() -> dict:
         return {**loop.snapshot(), "service": service_url}
+
+    @app.get("/drift")
+    def drift() -> dict:
+        from alignnet.clients.recalibrate import service_drift
+
+        return service_drift(service_url) or {}
+
+    @app.post("/calibrate", status_code=202)
+    def calibrate() -> dict:
+        from alignnet.clients.recalibrate import LiveCalibration
+
+        return LiveCalibration(loop, service_url).start()
 
     @app.websocket("/ws")
     async def ws(socket: WebSocket) -> None:
