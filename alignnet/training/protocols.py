@@ -219,7 +219,8 @@ class Protocol:
                           trials: np.ndarray) -> tuple[float | None, float, np.ndarray]:
         """B->S judged where single-trial counts cannot judge it: r against the simulator's true rates (None on
         real data) and the PSTH r (per target, time-locked to movement onset); the recorded counts' own scores
-        are kept once per protocol as the ceilings."""
+        are kept once per protocol as references (``ceilings`` in the results: the counts' trial noise; a model's
+        noiseless prediction can score above the counts' PSTH r)."""
         day = self.ds.day(day_index)
         pred = per_bin(counts_pred, test.starts, day.n_bins)
         seen = np.isfinite(pred[:, 0])
@@ -229,7 +230,7 @@ class Protocol:
         if tag not in self.ceilings:
             ref = psth(np.where(seen[:, None], truth, np.nan) if truth is not None else observed, day, onsets, trials)
             self.predictions[f"{tag}/truth"] = {"psth": ref}
-            if truth is not None:  # what the recorded counts score against the truth: the noise ceiling
+            if truth is not None:  # what the recorded counts score against the truth: their trial noise
                 self.ceilings[tag] = {"rate_r": pearson(truth[seen], day.counts[seen]),
                                       "psth_r": psth_r(ref, psth(observed, day, onsets, trials))}
             else:  # split-half reliability of the recorded PSTH (odd against even trials)

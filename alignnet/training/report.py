@@ -43,14 +43,15 @@ def _b2s(row: dict[str, Any] | None) -> str:
 
 
 def ceilings(results: dict[str, Any]) -> str:
-    """One line per protocol: what the recorded counts themselves score (the ceilings of the B->S columns)."""
+    """One line per protocol: what the recorded counts themselves score (the reference of the B->S columns)."""
     lines = []
     for p, c in (results.get("ceilings") or {}).items():
         if not c:
             continue
         if "rate_r" in c:
-            lines.append(f"- {p}: the recorded counts score r {c['rate_r']:.3f} against the true rates and PSTH r "
-                         f"{c['psth_r']:.3f} (the noise ceilings of those columns).")
+            lines.append(f"- {p}: the recorded counts themselves score r {c['rate_r']:.3f} against the true rates "
+                         f"and PSTH r {c['psth_r']:.3f} (their trial noise; a model's noiseless prediction can score "
+                         "above the counts' PSTH r).")
         else:
             lines.append(f"- {p}: split-half PSTH r of the recorded counts (odd vs even test trials) "
                          f"{c['psth_r_split_half']:.3f} (the reliability of the PSTH reference).")
