@@ -34,13 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--protocol", default="single-day,cross-day",
                    help="comma-separated: single-day, cross-day, pretrain, or 'all' (default: %(default)s)")
-    p.add_argument("--models", default="wiener,gru,mlp,resnet,resnet-unet,alignnet",
-                   help="comma-separated registered models (default: %(default)s)")
-    p.add_argument("--data", type=Path, default=DEFAULT_DATASET, help="dataset folder (default: %(default)s)")
-    p.add_argument("--config", default="quick", help="YAML file or name in configs/ (its 'evaluate' section)")
-    p.add_argument("--out", type=Path, default=Path("runs/evaluate"), help="output folder (default: %(default)s)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override an evaluate setting, e.g. --set cross_test_day=5")
+    _evaluation_inputs(p, Path("runs/evaluate"), "cross_test_day=5")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser(
@@ -53,13 +47,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--protocol", default="cross-day", choices=["single-day", "cross-day", "pretrain"],
                    help="whose training days to search on (default: %(default)s)")
-    p.add_argument("--models", default="wiener,gru,mlp,resnet,resnet-unet,alignnet",
-                   help="comma-separated registered models (default: %(default)s)")
-    p.add_argument("--data", type=Path, default=DEFAULT_DATASET, help="dataset folder (default: %(default)s)")
-    p.add_argument("--config", default="quick", help="YAML file or name in configs/ (its 'evaluate' section)")
-    p.add_argument("--out", type=Path, default=Path("runs/search"), help="output folder (default: %(default)s)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override an evaluate setting, e.g. --set train.epochs=3")
+    _evaluation_inputs(p, Path("runs/search"), "train.epochs=3")
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser(
@@ -95,6 +83,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--figure", type=Path, default=None, help="write a PNG of the gauge and R² by day")
     p.add_argument("--json", type=Path, default=None, help="write the rows as JSON")
     p.set_defaults(func=cmd_drift)
+
+
+def _evaluation_inputs(p: argparse.ArgumentParser, out: Path, set_example: str) -> None:
+    """The options `evaluate` and `search` share: models, dataset, config, output folder, overrides."""
+    p.add_argument("--models", default="wiener,gru,mlp,resnet,resnet-unet,alignnet",
+                   help="comma-separated registered models (default: %(default)s)")
+    p.add_argument("--data", type=Path, default=DEFAULT_DATASET, help="dataset folder (default: %(default)s)")
+    p.add_argument("--config", default="quick", help="YAML file or name in configs/ (its 'evaluate' section)")
+    p.add_argument("--out", type=Path, default=out, help="output folder (default: %(default)s)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help=f"override an evaluate setting, e.g. --set {set_example}")
 
 
 def cmd_train(args: argparse.Namespace) -> int:

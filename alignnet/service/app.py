@@ -150,13 +150,29 @@ def _body_schema(model: type[BaseModel], npy: str) -> dict[str, Any]:
         NPY: {"schema": {"type": "string", "format": "binary"}, "description": npy}}}}
 
 
+async def _body(request: Request) -> bytes:
+    """The request body, refused (413) beyond the size limit (a chunked body has no content-length for the
+    middleware to check)."""
+    body = await request.body()
+    limit = request.app.state.alignnet.settings.max_body_bytes
+    if len(body) > limit:
+        raise TooLarge(f"request body of {len(body)} bytes exceeds {limit}")
+    return body
+
+
+def _validate(model: type[BaseModel], body: bytes) -> BaseModel:
+    """A JSON body validated by its pydantic model; pydantic's error list as the 422 answer."""
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as e:
+        raise RequestInvalid(e.errors(include_url=False, include_context=False, include_input=False)) from None
+
+
 async def _parse(request: Request, model: type[BaseModel], field: str) -> tuple[BaseModel | None, np.ndarray]:
     """JSON (validated by the pydantic model) or a NumPy .npy body -> (the request, its array). JSON numbers are
     cast to float32 here, once; the contract checks shape and values."""
-    body = await request.body()
+    body = await _body(request)
     settings = request.app.state.alignnet.settings
-    if len(body) > settings.max_body_bytes:  # a chunked body has no content-length for the middleware to check
-        raise TooLarge(f"request body of {len(body)} bytes exceeds {settings.max_body_bytes}")
     ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
     if ctype == NPY:
         try:
@@ -164,10 +180,7 @@ async def _parse(request: Request, model: type[BaseModel], field: str) -> tuple[
         except ValueError as e:
             raise BadInput(str(e)) from None
     elif ctype == "application/json":
-        try:
-            req = model.model_validate_json(body)
-        except ValidationError as e:
-            raise RequestInvalid(e.errors(include_url=False, include_context=False, include_input=False)) from None
+        req = _validate(model, body)
         try:
             with np.errstate(over="ignore"):  # beyond float32 becomes inf, which the contract refuses
                 arr = np.asarray(getattr(req, field), dtype=np.float32)
@@ -263,13 +276,7 @@ def reload(req: ReloadRequest, state: StateDep) -> dict[str, Any]:
 async def calibrate(request: Request, engine: EngineDep, state: StateDep) -> JSONResponse:
     """Fit a new day's read-in on a block of its binned spikes (few-shot with ``behavior``, zero-label without) in a
     worker; the current model keeps serving until the calibrated one is swapped in. Progress in ``/health``."""
-    body = await request.body()
-    if len(body) > state.settings.max_body_bytes:
-        raise TooLarge(f"request body of {len(body)} bytes exceeds {state.settings.max_body_bytes}")
-    try:
-        req = CalibrateRequest.model_validate_json(body)
-    except ValidationError as e:
-        raise RequestInvalid(e.errors(include_url=False, include_context=False, include_input=False)) from None
+    req = _validate(CalibrateRequest, await _body(request))
     try:
         with np.errstate(over="ignore"):
             counts = np.asarray(req.spikes, dtype=np.float32)

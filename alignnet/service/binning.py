@@ -132,6 +132,7 @@ class BlockCollector:
     def __init__(self, seconds: float, on_block) -> None:
         self.seconds, self.on_block = float(seconds), on_block
         self.parts: list[np.ndarray] = []
+        self.collected = 0  # bins in parts
         self.state = "collecting"
         self.error: str | None = None
 
@@ -141,11 +142,11 @@ class BlockCollector:
             return
         bin_s = engine.contract.bin_s
         self.parts.append(np.array(bins, np.float32))
-        have = sum(len(p) for p in self.parts)
+        self.collected += len(bins)
         need = int(round(self.seconds / bin_s))
-        if have >= need:
+        if self.collected >= need:
             block = np.concatenate(self.parts)[:need].T
-            self.parts = []
+            self.parts, self.collected = [], 0
             try:
                 self.on_block(block)
                 self.state = "handed over"
@@ -154,4 +155,4 @@ class BlockCollector:
 
     def status(self) -> dict:
         return {"state": self.state, "seconds": self.seconds, "error": self.error,
-                "collected_bins": int(sum(len(p) for p in self.parts))}
+                "collected_bins": self.collected}

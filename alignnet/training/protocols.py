@@ -99,6 +99,7 @@ class Protocol:
         self.model_channels = c.n_channels if self.matched else cfg.model_channels
         self.predictions: dict[str, dict[str, np.ndarray]] = {}  # for figures
         self.ceilings: dict[str, dict[str, float]] = {}  # per protocol: what the recorded counts themselves score
+        self._onsets: dict[str, np.ndarray] = {}  # per protocol: the test day's movement onset of each trial
 
     # ---- windows -----------------------------------------------------------------------------------------------
     def windows(self, day: int, trials=None) -> DayWindows:
@@ -226,8 +227,8 @@ class Protocol:
         seen = np.isfinite(pred[:, 0])
         truth = day.extra.get("truth_rate")
         observed = np.where(seen[:, None], day.counts, np.nan)
-        onsets = movement_onsets(day)
-        if tag not in self.ceilings:
+        if tag not in self.ceilings:  # once per protocol: the test day's movement onsets and reference PSTH
+            onsets = self._onsets[tag] = movement_onsets(day)
             ref = psth(np.where(seen[:, None], truth, np.nan) if truth is not None else observed, day, onsets, trials)
             self.predictions[f"{tag}/truth"] = {"psth": ref}
             if truth is not None:  # what the recorded counts score against the truth: their trial noise
@@ -237,7 +238,7 @@ class Protocol:
                 self.ceilings[tag] = {"psth_r_split_half": psth_r(psth(observed, day, onsets, trials[::2]),
                                                                   psth(observed, day, onsets, trials[1::2]))}
         ref = self.predictions[f"{tag}/truth"]["psth"]
-        model_psth = psth(pred, day, onsets, trials)
+        model_psth = psth(pred, day, self._onsets[tag], trials)
         rate_r = pearson(truth[seen], pred[seen]) if truth is not None else None
         return rate_r, psth_r(ref, model_psth), model_psth
 
