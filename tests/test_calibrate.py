@@ -42,18 +42,19 @@ def test_train_on_unmatched_days_carries_every_read_in_and_serves_the_last(tiny_
         onnx.decode(np.zeros((1, 16, 20), np.float32))  # the served day's own channel count, checked
 
 
-@pytest.mark.parametrize("zero_label", [False, True])
-def test_calibrate_a_new_day_writes_a_servable_artifact(tiny_dataset, tmp_path, zero_label, capsys):
+def test_calibrate_a_new_day_of_sorted_units_writes_a_servable_artifact(tiny_dataset, tmp_path, capsys):
     data, channels = _unmatched(tiny_dataset, tmp_path)
     run = tmp_path / "run"
     assert cli(["train", str(tiny_dataset / "train.yaml"), "--data", str(data), "--out", str(run),
                 "--set", "train.model_channels=16", "--set", "train.days=[day000,day001]"]) == 0
     out = tmp_path / "cal"
     args = ["calibrate", str(run / "artifact"), str(data), "--day", "day002", "--out", str(out), "--trials", "12",
-            "--set", "epochs=3", "--set", "progress=false"] + (["--zero-label"] if zero_label else [])
+            "--set", "epochs=3", "--set", "progress=false"]
+    assert cli(args + ["--zero-label"]) == 2  # sorted units of a new day match no training channel: refused
+    assert "matched channels" in capsys.readouterr().err and not out.exists()
     assert cli(args) == 0
     printed = capsys.readouterr().out
-    assert ("zero-label" if zero_label else "few-shot") in printed and "R² on the rest of the day" in printed
+    assert "few-shot" in printed and "R² on the rest of the day" in printed
     config = read_config(out)
     assert config["served_day"] == "cal_day002" and config["contract"]["n_channels"] == channels[2]
     assert config["metrics"]["calibration"]["trials"] == 12
@@ -62,6 +63,38 @@ def test_calibrate_a_new_day_writes_a_servable_artifact(tiny_dataset, tmp_path, 
     engine = load_engine(out, "onnx")
     counts = np.random.default_rng(1).poisson(0.5, (2, channels[2], 20)).astype(np.float32)
     assert np.isfinite(engine.decode(counts)).all()
+
+
+def test_zero_label_calibration_maps_each_channel_back_to_its_training_statistics(tiny_dataset, tmp_path):
+    """Matched channels whose gain and baseline changed overnight: the zero-label read-in is the per-channel affine
+    map that restores each model input channel's training mean and standard deviation."""
+    import torch
+
+    from alignnet.model.artifacts import load_artifact, model_contract
+    from alignnet.training.calibrate import block_windows, fit_readin
+
+    run = tmp_path / "run"
+    assert cli(["train", str(tiny_dataset / "train.yaml"), "--data", str(tiny_dataset / "D"), "--out", str(run),
+                "--set", "train.days=[0,1]"]) == 0
+    model, _, config = load_artifact(run / "artifact")
+    ref = config["channel_reference"]
+    mc = model_contract(config)
+    assert len(ref["mean"]) == len(ref["std"]) == mc.n_channels == 16
+    day = Dataset(tiny_dataset / "D").day(2)
+    counts = day.counts[:400].T.astype(np.float32)
+    counts = np.round(counts * np.linspace(0.5, 2.0, 16)[:, None] + (np.arange(16) % 3)[:, None])  # gains, baselines
+    counts[5] = 0  # a channel that went silent
+    w = block_windows(counts, np.zeros((2, counts.shape[1]), np.float32), mc.window_bins, "cal_d2")
+    fit = fit_readin(model, config, "cal_d2", w, zero_label=True)
+    assert fit["method"] == "channel statistics"
+    with torch.no_grad():
+        x = model.days["cal_d2"].read_in(torch.from_numpy(mc.preprocess_spikes(w.counts))).numpy()
+    flat = x.transpose(1, 0, 2).reshape(16, -1)
+    live = np.arange(16) != 5
+    np.testing.assert_allclose(flat.mean(1), ref["mean"], atol=1e-4)
+    np.testing.assert_allclose(flat.std(1)[live], np.asarray(ref["std"])[live], rtol=1e-3)
+    weight = model.days["cal_d2"].read_in.weight[:, :, 0].detach().numpy()
+    assert np.count_nonzero(weight - np.diag(np.diag(weight))) == 0 and weight[5, 5] == 0  # no mixing; silent: mean
 
 
 def test_calibration_input_errors_are_clear(tiny_dataset, tmp_path, capsys):
@@ -152,18 +185,26 @@ def test_post_calibrate_swaps_in_a_calibrated_model_and_survives_a_restart(tiny_
         assert client.get("/model").json()["artifact"] == str(tmp_path / "cal" / "d2")
 
 
-def test_post_calibrate_failure_keeps_the_serving_model(service_artifacts, tmp_path):
+def test_post_calibrate_failure_keeps_the_serving_model(service_artifacts, tmp_path, monkeypatch):
     from fastapi.testclient import TestClient
 
     from alignnet.service.app import create_app
     from alignnet.service.settings import Settings
 
+    def fails(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr("alignnet.training.calibrate.calibrate_block", fails)
     counts = np.random.default_rng(0).poisson(0.5, (16, 120)).astype(float)
+    beh = np.zeros((2, 120))
     with TestClient(create_app(Settings(artifact=service_artifacts[0], calibration_dir=tmp_path))) as client:
-        # zero-label needs the training days' latent reference, which this untrained artifact lacks
-        assert client.post("/calibrate", json={"day": "d", "spikes": counts.tolist()}).status_code == 202
+        # zero-label needs the training days' channel statistics, which this untrained artifact lacks: refused now
+        r = client.post("/calibrate", json={"day": "d", "spikes": counts.tolist()})
+        assert r.status_code == 422 and "channel_reference" in r.json()["detail"]
+        assert client.post("/calibrate", json={"day": "d", "spikes": counts.tolist(),
+                                               "behavior": beh.tolist()}).status_code == 202
         status = client.app.state.alignnet.calibrator.wait(120)
-        assert status["state"] == "failed" and "latent_reference" in status["error"]
+        assert status["state"] == "failed" and "disk full" in status["error"]
         assert client.get("/model").json()["artifact"] == str(service_artifacts[0])
         assert client.post("/decode", json={"spikes": counts[:, :20].tolist()}).status_code == 200
 

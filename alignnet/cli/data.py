@@ -120,7 +120,7 @@ def _print_days(ds: Dataset) -> None:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from alignnet.model.atomic import atomic_write_json
-    from alignnet.recordings.summary import day_summary, drift_summary, format_table
+    from alignnet.recordings.summary import day_summary, drift_summary, format_table, training_plan, why_missing
 
     ds = Dataset(args.dataset)
     c = ds.contract()
@@ -131,6 +131,11 @@ def cmd_info(args: argparse.Namespace) -> int:
     rows = [day_summary(ds.day(i), c.window_bins, hop, behavior)
             for i in tqdm(range(len(ds)), desc="summarising", unit="day", leave=False)]
     print(format_table(rows))
+    reasons = [r for r in (why_missing(ds.day(i), behavior) for i in range(len(ds))) if r]
+    if reasons:
+        print("\n'-' under ridge_r2: " + "; ".join(reasons))
+    print("\nwhat `alignnet train` (default config) and `alignnet evaluate` will use:")
+    print("\n".join(f"  {line}" for line in training_plan(ds)))
     drift = drift_summary(ds, behavior)
     if drift:
         print("\ndrift against the first day (fitted cosine tuning; a ridge decoder trained on day 0):")

@@ -70,7 +70,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from alignnet.service.engines import check_artifact
 
     settings = settings_from_args(args)
-    check_artifact(settings.artifact, settings.engine)  # a clear error now rather than a 503 later
+    config = check_artifact(settings.artifact, settings.engine)  # a clear error now rather than a 503 later
+    if settings.lsl_calibrate_seconds > 0:
+        from alignnet.service.calibration import zero_label_problem
+
+        if problem := zero_label_problem(config):
+            raise ValueError(f"--calibrate-seconds: {problem}")
     print(f"serving {settings.artifact} ({settings.engine}) on http://{args.host}:{args.port} "
           f"(docs: /docs, health: /health)" + ("; LSL bridge on" if settings.lsl_decode else ""), flush=True)
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
+
 from alignnet.cli.main import command_line
 from alignnet.recordings.dataset import DEFAULT_DATASET
 
@@ -18,7 +20,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "checkpoint.pt every epoch, and the artifact RUN/artifact. Multi-process: torchrun --standalone "
         "--nproc_per_node N -m alignnet train CONFIG.",
     )
-    p.add_argument("config", help="YAML file, or the name of one in configs/ (quick, paper)")
+    p.add_argument("config", nargs="?", default="quick",
+                   help="YAML file, or the name of one in configs/ (quick, paper, chewie; default: %(default)s)")
     p.add_argument("--data", type=Path, default=None, help="dataset folder (default: config's, else data/sim-default)")
     p.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<config name>)")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoints")
@@ -32,8 +35,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Train and test AlignNet and the baselines under the single-day, cross-day and pretrain "
         "protocols; writes results.json, results.md (Table 1 layout) and PNG figures into --out.",
     )
-    p.add_argument("--protocol", default="single-day,cross-day",
-                   help="comma-separated: single-day, cross-day, pretrain, or 'all' (default: %(default)s)")
+    p.add_argument("--protocol", default="auto",
+                   help="comma-separated: single-day, cross-day, pretrain, 'all', or 'auto' (single-day, plus "
+                   "cross-day when the dataset has two days or more) (default: %(default)s)")
     _evaluation_inputs(p, Path("runs/evaluate"), "cross_test_day=5")
     p.set_defaults(func=cmd_evaluate)
 
@@ -105,11 +109,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     if result["metrics"] is None:  # not rank 0 of a torchrun job
         return 0
     for stage, s in result["stages"].items():
-        wps = s.get("windows_per_s")
-        print(f"{stage}: {s['epochs']} epochs, best validation loss {s.get('best_val_loss', float('nan')):.4f}, "
-              f"{wps:.1f} windows/s" if wps is not None else f"{stage}: {s['epochs']} epochs (closed form)")
+        wps, loss = s.get("windows_per_s"), s.get("best_val_loss")
+        if wps is None or loss is None or not np.isfinite(loss) or not np.isfinite(wps):
+            print(f"{stage}: fitted in closed form")
+        else:
+            print(f"{stage}: {s['epochs']} epochs, best validation loss {loss:.4f}, {wps:.1f} windows/s")
     m = result["metrics"]
-    print(f"validation: S→B R² {m['val_s2b_r2']:.3f}, B→S r {m['val_b2s_r']:.3f}")
+    for split, label in (("val", "validation"), ("test", "held-out test")):
+        if m.get(f"{split}_s2b_r2") is None:
+            print(f"{label}: S→B R² - (no {split} windows with varying behavior)")
+        else:
+            print(f"{label}: S→B R² {m[f'{split}_s2b_r2']:.3f} (newest bin {m[f'{split}_newest_r2']:.3f}), "
+                  f"B→S r {m[f'{split}_b2s_r']:.3f}")
+    for day, how in result["split"].items():
+        print(f"  {day}: split {how}")
     print(f"artifact written to {result['artifact']}")
     return 0
 

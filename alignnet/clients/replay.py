@@ -150,9 +150,12 @@ def _check_against(config: dict, counts: np.ndarray, bin_s: float, what: str) ->
 def replay_day(day, *, name: str = "alignnet-replay", kind: str | None = None, speed: float = 1.0,
                start_s: float = 0.0, seconds: float | None = None, score: bool = False,
                artifact: Path | None = None, hop: int | None = None, offline_check: bool = False,
-               announce=print) -> dict:
+               calibrate_seconds: float = 0.0, announce=print) -> dict:
     """Stream a day (a ``Day``) over LSL in real time; with ``score`` (or ``artifact``: the service started here on
-    it) score the decoded stream online; with ``offline_check`` also decode the same windows offline."""
+    it) score the decoded stream online; with ``offline_check`` also decode the same windows offline. With
+    ``calibrate_seconds`` (and ``artifact``) the service calibrates the session without labels on its first seconds
+    and swaps the result in; the bins decoded after the swap are scored apart, online and offline with the
+    calibrated artifact."""
     from contextlib import nullcontext
 
     from alignnet.service.engines import check_artifact
@@ -169,8 +172,14 @@ def replay_day(day, *, name: str = "alignnet-replay", kind: str | None = None, s
         _check_against(config, counts, day.bin_s, f"day {day.name}")
     replayer = Replayer(counts, beh, day.bin_s, name, speed=speed)
     extra = ["--lsl", "--lsl-source", name] + (["--hop", str(hop)] if hop else [])
+    if calibrate_seconds > 0:
+        if artifact is None:
+            raise ValueError("--calibrate-seconds needs --serve (the service started here calibrates)")
+        import tempfile
+
+        extra += ["--calibrate-seconds", str(calibrate_seconds), "--calibration-dir", tempfile.mkdtemp("-alignnet")]
     result = {"day": day.name, "behavior_kind": kind}  # ("behavior" is the scorer's count of behavior samples)
-    with serving(artifact, extra) if artifact else nullcontext():
+    with serving(artifact, extra) if artifact else nullcontext() as url:
         scorer = OnlineScorer(name) if score or artifact else None
         announce(f"replaying {day.name}: {last - first} bins of {day.bin_s * 1e3:g} ms "
                  f"({(last - first) * day.bin_s:.1f} s at {speed:g}x) on LSL stream '{name}' (+ '{name}-behavior', "
@@ -180,14 +189,62 @@ def replay_day(day, *, name: str = "alignnet-replay", kind: str | None = None, s
             return {**result, "bins": replayer.sent}
         thread = threading.Thread(target=replayer.run, kwargs={"progress": True}, daemon=True)
         thread.start()
+        watch = SwapWatch(url) if calibrate_seconds > 0 else None
         while thread.is_alive():
             scorer.poll()
+            if watch is not None:
+                watch.poll()
         hop = hop or 1
         scorer.collect(replayer.sent - replayer.sent % hop)
         result.update({"bins": replayer.sent, **scorer.score()})
         if offline_check and artifact is not None:
             result.update(offline_comparison(artifact, scorer, replayer, counts, beh, hop))
+        if watch is not None:
+            result["calibration"] = watch.compare(scorer, replayer, counts, beh, hop)
     return result
+
+
+class SwapWatch:
+    """Watches a service's live calibration (``/health``) and notes the LSL time by which it had swapped in."""
+
+    def __init__(self, url: str) -> None:
+        import pylsl
+
+        self.url, self.clock, self.next = url, pylsl.local_clock, 0.0
+        self.status: dict = {}
+        self.swapped_at: float | None = None
+
+    def poll(self) -> None:
+        import httpx
+
+        if self.swapped_at is not None or time.monotonic() < self.next:
+            return
+        self.next = time.monotonic() + 0.25
+        try:
+            self.status = httpx.get(self.url + "/health", timeout=2.0).json().get("calibration", {})
+        except (httpx.HTTPError, ValueError):
+            return
+        if self.status.get("state") == "done":
+            self.swapped_at = self.clock() + 0.5  # the bridges pick the new engine up at their next hop
+
+    def compare(self, scorer: OnlineScorer, replayer: Replayer, counts: np.ndarray, beh: np.ndarray,
+                hop: int) -> dict:
+        """Online R² of the bins decoded after the swap, and the calibrated artifact's offline R² on them."""
+        if self.swapped_at is None:
+            return {"state": self.status.get("state", "not started"), "error": self.status.get("error")}
+        stamps, y, yhat = scorer.matched()
+        after = stamps > self.swapped_at
+        out = {"state": "done", "artifact": self.status.get("artifact"), "bins_after_swap": int(after.sum()),
+               "online_r2_after_swap": r2(y[after], yhat[after]) if after.sum() > 1 else None,
+               "online_r2_before_swap": r2(y[~after], yhat[~after]) if (~after).sum() > 1 else None}
+        if after.sum() > 1:
+            from alignnet.service.engines import load_engine
+
+            twin = engine_twin(load_engine(self.status["artifact"], "onnx"), counts[:replayer.sent], hop)
+            index = np.searchsorted(replayer.stamps, stamps[after])
+            out["offline_r2_after_swap"] = r2(beh[index], twin[index])
+            out["max_abs_diff_online_offline"] = float(np.abs(twin[index] - yhat[after]).max())
+        return out
 
 
 def offline_comparison(artifact: Path, scorer: OnlineScorer, replayer: Replayer, counts: np.ndarray,

@@ -60,7 +60,8 @@ def save_artifact(
     """Write (or update) an artifact folder. Exported files already there keep their hashes. ``extra``: more
     top-level entries (``served_day``: the day whose read-in the service decodes through; ``model_contract``: the
     model space's contract when ``contract`` is that day's; ``latent_reference``: the training days' latent
-    moments, for zero-label calibration and the drift monitor)."""
+    moments, for the drift monitor; ``channel_reference``: each model input channel's mean and standard deviation on the
+    training days, for zero-label calibration)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if not contract.is_fitted:
@@ -92,7 +93,7 @@ def save_artifact(
     return folder
 
 
-EXTRA_KEYS = ("served_day", "model_contract", "latent_reference")
+EXTRA_KEYS = ("served_day", "model_contract", "latent_reference", "channel_reference")
 
 
 def _config_dict(cfg: Any) -> dict[str, Any]:

@@ -8,6 +8,7 @@ weights, so it saves, loads and exports like every other model.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -71,6 +72,10 @@ class WienerConfig(BaselineConfig):
         super().__post_init__()
         if self.n_lags < 0:
             raise ValueError(f"n_lags must be >= 0, got {self.n_lags}")
+        if self.n_lags >= self.window_bins:  # short windows (e.g. 100-ms bins): the history fits inside the window
+            logging.getLogger(__name__).warning("Wiener filter: %d bins of history do not fit a %d-bin window; using "
+                                                "%d", self.n_lags, self.window_bins, self.window_bins - 1)
+            self.n_lags = self.window_bins - 1
         self.alphas = tuple(float(a) for a in self.alphas)
 
 

@@ -5,6 +5,7 @@ The functions the ``alignnet data`` command drives; every choice has a keyword w
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from alignnet.recordings.dynamics import DynamicsConfig
 from alignnet.recordings.importers import export_nwb, import_binned_npz, import_broadband, import_nwb, simday_to_day
 from alignnet.recordings.simulator import SPIKE_FS, SimConfig, simulate_days
 
+log = logging.getLogger(__name__)
 FORMATS = ("nwb", "binned", "broadband")
 
 
@@ -135,15 +137,13 @@ def import_day(path: Path, fmt: str = "auto", *, bin_ms: float | None = None, sm
 
 def window_defaults(days: list[Day], bin_s: float, window_bins: int | None = None,
                     hop_bins: int | None = None) -> tuple[int, int]:
-    """2-s windows for 20-ms bins; otherwise (short real trials) the median segment length, so most segments hold
-    a window. The hop defaults to a tenth of the window."""
+    """2-s windows (at most 100 bins), or the median segment length where segments are shorter (real recordings
+    that kept only each trial's movement), so most segments hold a window. The hop defaults to a tenth of the
+    window."""
     window = window_bins
     if window is None:
-        if abs(bin_s - 0.02) < 1e-9:
-            window = 100
-        else:
-            lengths = np.concatenate([np.bincount(d.segment_id) for d in days])
-            window = int(max(2, min(100, np.median(lengths))))
+        lengths = np.concatenate([np.unique(d.segment_id, return_counts=True)[1] for d in days])
+        window = int(max(2, min(100, round(2.0 / bin_s), np.median(lengths))))
     return window, hop_bins or max(1, window // 10)
 
 
@@ -157,6 +157,8 @@ def import_dataset(paths: list[Path], out: Path, *, fmt: str = "auto", pattern: 
     files = recording_files(paths, pattern)
     days = [import_day(f, fmt, bin_ms=bin_ms, smooth_ms=smooth_ms, behavior_name=behavior_name, threshold=threshold)
             for f in tqdm(files, desc="importing", unit="day")]
+    for f, d in zip(files, days):
+        check_behavior(d, f, behavior)
     bins = {d.bin_s for d in days}
     if len(bins) > 1:
         raise DataError(f"days have different bin widths ({', '.join(f'{b * 1000:g} ms' for b in sorted(bins))}): "
@@ -171,6 +173,24 @@ def import_dataset(paths: list[Path], out: Path, *, fmt: str = "auto", pattern: 
     return write_dataset(out, days, subject=subject or _common_prefix([f.stem for f in files]) or "unknown",
                          source=", ".join(str(f) for f in files), contract=contract, units_matched=units_matched,
                          overwrite=overwrite, extra={"default_hop_bins": hop})
+
+
+def check_behavior(day: Day, path: Path, behavior: str) -> None:
+    """Refuse a day whose decoded behavior never varies (nothing to learn, R² undefined); warn when only some of its
+    dimensions vary, or when the other kind is constant (e.g. an all-zero pos beside a real vel)."""
+    used = day.behavior(behavior)
+    flat = np.ptp(used, axis=0) == 0 if len(used) else np.ones(used.shape[1], bool)
+    if flat.all():
+        raise DataError(f"{path} (day {day.name}): behavior '{behavior}' is constant in every dimension; nothing to "
+                        "decode (is it the right --behavior?)")
+    if flat.any():
+        log.warning("%s (day %s): behavior '%s' dimension(s) %s never change", path, day.name, behavior,
+                    ", ".join(str(i) for i in np.flatnonzero(flat)))
+    other = "vel" if behavior == "pos" else "pos"
+    derived = set(day.extra.get("derived_behavior", np.zeros(0, str)).tolist())
+    if other not in derived and np.ptp(day.behavior(other), axis=0).max(initial=0) == 0:
+        log.warning("%s (day %s): '%s' is constant (all %g); only '%s' carries behavior", path, day.name, other,
+                    float(day.behavior(other).flat[0]) if day.behavior(other).size else 0.0, behavior)
 
 
 def _common_prefix(names: list[str]) -> str:

@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 DATASET_FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 DEFAULT_DATASET = Path("data/sim-default")  # where `alignnet data simulate` writes by default
+MIN_TRIALS = 10  # a day with fewer recorded trials is split by time: its bins are cut into TIME_BLOCKS blocks
+TIME_BLOCKS = 50  # pseudo-trials of a continuous session (each 2 % of it), so splits by "trial" split by time
 
 
 class DataError(ValueError):
@@ -61,6 +63,21 @@ class Day:
 
     def __post_init__(self) -> None:
         self.validate()
+        self._time_blocks()
+
+    @property
+    def split_by(self) -> str:
+        """"trial" when the day's own trials are its units of splitting, "time" when it had too few (see
+        MIN_TRIALS) and its bins were cut into contiguous time blocks."""
+        return "time" if "recorded_trial_id" in self.extra else "trial"
+
+    def _time_blocks(self) -> None:
+        """A continuous session (fewer than MIN_TRIALS trials) gets TIME_BLOCKS contiguous blocks of bins as its
+        trial ids, so every split by trials splits it by time; the recorded ids stay in ``extra``."""
+        if self.split_by == "time" or self.n_trials >= MIN_TRIALS or self.n_bins < 2 * TIME_BLOCKS:
+            return
+        self.extra["recorded_trial_id"] = self.trial_id
+        self.trial_id = (np.arange(self.n_bins) * TIME_BLOCKS // self.n_bins).astype(np.int32)
 
     @property
     def n_bins(self) -> int:
@@ -134,6 +151,7 @@ class Day:
         day.trial_id, day.segment_id = arrays["trial_id"], arrays["segment_id"]
         day.target, day.time_s, day.extra = arrays["target"], arrays["time_s"], extra
         day.validate(path)
+        day._time_blocks()
         return day
 
     # ---- windows -----------------------------------------------------------------------------------------------

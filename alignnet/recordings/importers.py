@@ -123,39 +123,69 @@ def simday_to_day(sd: SimDay, bin_s: float, smooth_s: float) -> Day:
 
 
 # ---- the binned NumPy layout of ../shared/data/real ------------------------------------------------------------
-CHEWIE_KEYS = ("spike_counts", "pos", "vel", "trial_id", "timestep", "target", "bin_size_s")
+BINNED_REQUIRED = ("spike_counts", "bin_size_s")  # plus pos or vel; trial_id, timestep, target are optional
 
 
 def import_binned_npz(path: str | Path, smooth_s: float = 0.0) -> Day:
     """A day in the binned layout of the real recordings (see ../shared/data/real/README.md).
 
-    Bins are already counted; a segment is a run of consecutive timesteps inside one trial (the 'moving' files keep
-    only bins with speed > 5, so a trial can hold several segments). Behavior is used as given unless smooth_s > 0.
+    Needed: ``spike_counts`` (bins, units), ``bin_size_s`` and ``pos`` or ``vel`` (bins, D). Optional: ``trial_id``
+    (without it the file is one continuous session, split by time downstream), ``timestep`` (bin index inside its
+    trial; without it bins of a trial are consecutive), ``target``. The missing one of pos / vel is derived: vel by
+    finite differences of pos, pos by integrating vel (from 0 at each segment's start). A segment is a run of
+    consecutive timesteps inside one trial (the 'moving' files keep only bins with speed > 5, so a trial can hold
+    several segments). Behavior is used as given unless smooth_s > 0.
     """
     path = Path(path)
     z = _load_npz(path)
-    missing = [k for k in CHEWIE_KEYS if k not in z]
+    missing = [k for k in BINNED_REQUIRED if k not in z] + ([] if "pos" in z or "vel" in z else ["pos or vel"])
     if missing:
         raise DataError(f"{path}: not in the binned layout: lacks {', '.join(missing)}")
     counts = z["spike_counts"]
+    if counts.ndim != 2 or counts.shape[0] == 0 or counts.shape[1] == 0:
+        raise DataError(f"{path}: spike_counts must be (bins, units) with at least one of each, got {counts.shape}")
     n = counts.shape[0]
     for k in ("pos", "vel", "trial_id", "timestep", "target"):
-        if z[k].shape[0] != n:
+        if k in z and z[k].shape[0] != n:
             raise DataError(f"{path}: spike_counts has {n} bins but {k} has {z[k].shape[0]}")
+    for k in ("pos", "vel"):
+        if k in z and (z[k].ndim != 2 or not np.all(np.isfinite(z[k]))):
+            raise DataError(f"{path}: {k} must be (bins, dims) of finite values, got shape {z[k].shape}")
     bin_s = float(z["bin_size_s"])
-    trial, step = z["trial_id"].astype(np.int64), z["timestep"].astype(np.int64)
+    if not 0 < bin_s <= 10:
+        raise DataError(f"{path}: bin_size_s must be in (0, 10] seconds, got {bin_s:g}")
+    trial = z["trial_id"].astype(np.int64) if "trial_id" in z else np.zeros(n, np.int64)
+    step = z["timestep"].astype(np.int64) if "timestep" in z else _steps_in_trials(trial)
     new_seg = np.ones(n, bool)
     new_seg[1:] = (trial[1:] != trial[:-1]) | (step[1:] != step[:-1] + 1)
     segment_id = np.cumsum(new_seg) - 1
-    pos = smooth_behavior(z["pos"], smooth_s / bin_s, segment_id) if smooth_s > 0 else z["pos"]
-    vel = smooth_behavior(z["vel"], smooth_s / bin_s, segment_id) if smooth_s > 0 else z["vel"]
+    pos = z["pos"] if "pos" in z else _integrate(z["vel"], bin_s, segment_id)
+    vel = z["vel"] if "vel" in z else velocity(pos, bin_s, segment_id)
+    if smooth_s > 0:
+        pos, vel = (smooth_behavior(b, smooth_s / bin_s, segment_id) for b in (pos, vel))
     # a global time axis for plotting and streaming: trial blocks laid end to end, one bin apart
     time_s = np.arange(n) * bin_s
+    derived = [k for k in ("pos", "vel") if k not in z]
     return Day(
         name=path.stem, bin_s=bin_s, counts=counts.astype(np.int64), pos=np.asarray(pos, np.float32),
         vel=np.asarray(vel, np.float32), trial_id=trial, segment_id=segment_id,
-        target=z["target"].astype(np.int64), time_s=time_s,
+        target=z["target"].astype(np.int64) if "target" in z else np.full(n, -1, np.int64), time_s=time_s,
+        extra={"derived_behavior": np.asarray(derived, dtype=str)} if derived else {},
     )
+
+
+def _steps_in_trials(trial: np.ndarray) -> np.ndarray:
+    """Bin index inside its trial, for files without ``timestep`` (each trial's bins consecutive)."""
+    start = np.r_[0, np.flatnonzero(trial[1:] != trial[:-1]) + 1]
+    return np.arange(trial.size) - np.repeat(start, np.diff(np.r_[start, trial.size]))
+
+
+def _integrate(vel: np.ndarray, bin_s: float, segment_id: np.ndarray) -> np.ndarray:
+    """Position from velocity: the running sum of vel * bin_s, from 0 at each segment's start."""
+    pos = np.cumsum(vel.astype(np.float64) * bin_s, axis=0)
+    start = np.r_[0, np.flatnonzero(np.diff(segment_id)) + 1]
+    offsets = np.repeat(pos[start] - vel[start] * bin_s, np.diff(np.r_[start, len(vel)]), axis=0)
+    return pos - offsets
 
 
 def _load_npz(path: Path) -> dict[str, np.ndarray]:

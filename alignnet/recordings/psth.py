@@ -38,8 +38,8 @@ def psth(values: np.ndarray, day: Day, onsets: np.ndarray | None = None, trials:
     before, after = int(round(BEFORE_S / day.bin_s)), int(round(AFTER_S / day.bin_s))
     ids = np.unique(day.trial_id)
     use = np.ones(ids.size, bool) if trials is None else np.isin(ids, trials)
-    target_of = {t: int(day.target[day.trial_id == t][0]) for t in ids[use]}
-    groups = sorted(set(target_of.values()))
+    target_of = {t: int(day.target[day.trial_id == t][0]) for t in ids}
+    groups = sorted(set(target_of.values()))  # every target of the day: PSTHs of any trial subsets line up
     sums = np.zeros((len(groups), before + after, values.shape[1]))
     counts = np.zeros_like(sums)
     rel = np.arange(-before, after)

@@ -35,6 +35,18 @@ def angle_diff_deg(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.rad2deg(np.abs(np.angle(np.exp(1j * (np.asarray(a) - np.asarray(b))))))
 
 
+RIDGE_MIN_TRIALS = 5  # the within-day ridge R² needs this many trials (or time blocks) to hold out the last 20 %
+
+
+def why_missing(day: Day, behavior: str) -> str | None:
+    """Why the day's within-day ridge R² cannot be given (None: it can)."""
+    if day.n_trials < RIDGE_MIN_TRIALS:
+        return f"{day.name}: fewer than {RIDGE_MIN_TRIALS} trials to hold out the last 20 % of"
+    if not np.ptp(day.behavior(behavior), axis=0).any():
+        return f"{day.name}: behavior '{behavior}' never changes, so R² is undefined"
+    return None
+
+
 def day_summary(day: Day, window_bins: int, hop_bins: int, behavior: str) -> dict[str, Any]:
     rates = day.counts.mean(axis=0) / day.bin_s
     n_lags = max(1, int(round(0.2 / day.bin_s)))
@@ -45,6 +57,7 @@ def day_summary(day: Day, window_bins: int, hop_bins: int, behavior: str) -> dic
         "bins": day.n_bins,
         "minutes": round(day.n_bins * day.bin_s / 60, 2),
         "channels": day.n_channels,
+        "split_by": day.split_by,
         "windows": int(day.window_starts(window_bins, hop_bins).size),
         "rate_hz_median": round(float(np.median(rates)), 2),
         "rate_hz_min": round(float(rates.min()), 2),
@@ -52,7 +65,7 @@ def day_summary(day: Day, window_bins: int, hop_bins: int, behavior: str) -> dic
         "silent_channels": int((rates < 0.5).sum()),
         f"ridge_r2_{behavior}_last20pct": round(
             within_day_r2(day.counts, day.behavior(behavior), day.trial_id, day.segment_id, n_lags), 3
-        ) if day.n_trials >= 5 else None,
+        ) if why_missing(day, behavior) is None else None,
     }
 
 
@@ -77,7 +90,8 @@ def drift_summary(ds: Dataset, behavior: str) -> list[dict[str, Any]]:
             "tuned_channels": int(tuned.sum()),
             "pd_change_deg_median": round(float(np.median(angle_diff_deg(pd[tuned], pd0[tuned]))), 1)
             if tuned.any() else None,
-            f"day0_ridge_r2_{behavior}": round(r2(day.behavior(behavior), pred), 3),
+            f"day0_ridge_r2_{behavior}": round(r2(day.behavior(behavior), pred), 3)
+            if np.ptp(day.behavior(behavior), axis=0).all() else None,
         }
         if "truth_channel_pd" in day.extra:  # simulated: the drift that was put in
             row["truth_pd_change_deg_median"] = round(float(np.median(angle_diff_deg(
@@ -89,6 +103,34 @@ def drift_summary(ds: Dataset, behavior: str) -> list[dict[str, Any]]:
                                                                 day.extra.get("truth_shift_y", 0.0))), 3)
         rows.append(row)
     return rows
+
+
+def training_plan(ds: Dataset, hop_bins: int = 20) -> list[str]:
+    """What `alignnet train` and `evaluate` will use on this dataset with the default config, and why."""
+    from alignnet.training.windows import fit_hop, short_segments
+
+    c = ds.contract()
+    w = c.window_bins
+    lengths = np.concatenate([np.unique(ds.day(i).segment_id, return_counts=True)[1] for i in range(len(ds))])
+    cross = short_segments(ds, w)
+    lines = [f"window {w} bins ({w * c.bin_s:g} s): " + (
+        "2 s of bins" if w == min(100, round(2.0 / c.bin_s)) else
+        f"the median segment ({np.median(lengths):g} bins)" if w < round(2.0 / c.bin_s)
+        else "as imported"),
+        f"training hop {fit_hop(hop_bins, w)} bins (the config's {hop_bins}; a fifth of the window where that is "
+        "more than half of it)",
+        "windows concatenate movement periods: " + (
+            f"yes (median segment {np.median(lengths):g} bins, under two windows)" if cross
+            else "no (segments hold windows)"),
+        f"Wiener filter history {min(10, w - 1)} bins (10, at most the window minus one)"]
+    by_time = [ds.day_names[i] for i in range(len(ds)) if ds.day(i).split_by == "time"]
+    lines.append("splits: by trial (70/10/20 % in recording order)" if not by_time else
+                 f"splits: by time for {', '.join(by_time)} (fewer than 10 trials: 50 contiguous blocks, 70/10/20 %, "
+                 "a window's gap before validation and test); by trial elsewhere")
+    lines.append("evaluate protocols: single-day" + (", cross-day" if len(ds) >= 2 else " (one day: no cross-day)"))
+    if not ds.units_matched:
+        lines.append(f"units differ by day: one read-in per day into a {64}-channel model space")
+    return lines
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:

@@ -273,10 +273,10 @@ class Bridge:
                 self.state, self.error = "refused", str(e)
                 log.error("LSL source refused: %s", e)
                 self._stop.wait(self.cfg.resolve_timeout_s)
-            except SourceLost:
+            except (SourceLost, pylsl.util.LostError):  # a source that ends (a replay's normal end) or dies
                 self._count("reconnects", 1, "reconnects")
-                self.state, self.error = "reconnecting", f"source '{self.source['name']}' lost; resolving again"
-                log.warning("LSL source %s lost; resolving again", self.source["name"])
+                self.state, self.error = "resolving", f"source '{self.source['name']}' ended or was lost"
+                log.info("LSL source %s ended or was lost; resolving again", self.source["name"])
             except Exception as e:  # keep the bridge alive whatever happens; the error is visible in /health
                 self.state, self.error = "error", f"{type(e).__name__}: {e}"
                 log.exception("LSL bridge error")

@@ -33,7 +33,15 @@ from alignnet.model.streaming import offline_twin
 from alignnet.recordings.dataset import Dataset
 from alignnet.recordings.psth import movement_onsets, per_bin, psth, psth_r
 from alignnet.training.trainer import TrainConfig, Trainer, seed_everything
-from alignnet.training.windows import DayWindows, first_trials, fit_contract, split_trials, windows_in_trials
+from alignnet.training.windows import (
+    DayWindows,
+    first_trials,
+    fit_contract,
+    fit_hop,
+    short_segments,
+    split_trials,
+    windows_in_trials,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +53,7 @@ TABLE_ROWS = ("wiener", "gru", "mlp", "resnet", "resnet-unet", "alignnet")
 class EvalConfig:
     hop_bins: int | None = None  # window hop (default: the dataset's)
     window_bins: int | None = None  # window length (default: the dataset's)
-    cross_segments: bool = False  # concatenate movement periods into windows (short real trials)
+    cross_segments: bool | None = None  # concatenate movement periods into windows (None: when segments are short)
     behavior: str | None = None  # pos | vel (default: the dataset's)
     single_day: int = 0  # day of the single-day protocol
     cross_train_days: list[int] = field(default_factory=lambda: [0, 1])  # labelled days of cross-day
@@ -93,9 +101,10 @@ class Protocol:
         self.ds, self.cfg, self.run_dir = ds, cfg, run_dir
         c = ds.contract()
         self.window = cfg.window_bins or c.window_bins
-        self.hop = cfg.hop_bins or ds.manifest.get("default_hop_bins", max(1, self.window // 10))
+        self.hop = fit_hop(cfg.hop_bins or ds.manifest.get("default_hop_bins", max(1, self.window // 10)), self.window)
         self.behavior = cfg.behavior or c.behavior_kind
         self.matched = ds.units_matched
+        self.cross = short_segments(ds, self.window) if cfg.cross_segments is None else bool(cfg.cross_segments)
         self.model_channels = c.n_channels if self.matched else cfg.model_channels
         self.predictions: dict[str, dict[str, np.ndarray]] = {}  # for figures
         self.ceilings: dict[str, dict[str, float]] = {}  # per protocol: what the recorded counts themselves score
@@ -103,13 +112,11 @@ class Protocol:
 
     # ---- windows -----------------------------------------------------------------------------------------------
     def windows(self, day: int, trials=None) -> DayWindows:
-        return windows_in_trials(self.ds.day(day), trials, self.window, self.hop, self.behavior,
-                                 self.cfg.cross_segments)
+        return windows_in_trials(self.ds.day(day), trials, self.window, self.hop, self.behavior, self.cross)
 
     def test_windows(self, day: int, trials=None) -> DayWindows:
         # test windows do not overlap, so every held-out bin counts once
-        return windows_in_trials(self.ds.day(day), trials, self.window, self.window, self.behavior,
-                                 self.cfg.cross_segments)
+        return windows_in_trials(self.ds.day(day), trials, self.window, self.window, self.behavior, self.cross)
 
     def contract(self):
         return self.ds.contract(n_channels=self.model_channels, window_bins=self.window, behavior_kind=self.behavior)
@@ -210,8 +217,9 @@ class Protocol:
         are kept under ``tag/name`` for the figures."""
         score_r2, score_r, beh, counts = self.test(model, test, contract, use_day)
         online = self.online_r2(model, day_index, trials, contract, use_day)
-        rate_r, psth_r_, psth_ = (self.simulation_scores(tag, counts, test, day_index, trials) if counts is not None
-                                  else (None, None, None))
+        trial_day = self.ds.day(day_index).split_by == "trial"  # a continuous session has no onsets to align on
+        rate_r, psth_r_, psth_ = (self.simulation_scores(tag, counts, test, day_index, trials)
+                                  if counts is not None and trial_day else (None, None, None))
         self.predictions[f"{tag}/{name}"] = {"behavior": beh, "counts": counts, "psth": psth_}
         return ModelResult(name, score_r2, score_r, info["train_s"], n_params(model), online,
                            bool(model.causal_decode), rate_r, psth_r_, dict(info))
@@ -246,7 +254,7 @@ class Protocol:
     def single_day(self, models: list[str]) -> list[ModelResult]:
         c = self.cfg
         day = self.ds.day(c.single_day)
-        split = split_trials(day, c.test_fraction, c.val_fraction)
+        split = split_trials(day, c.test_fraction, c.val_fraction, self.window)
         train, val = [self.windows(c.single_day, split["train"])], [self.windows(c.single_day, split["val"])]
         test = self.test_windows(c.single_day, split["test"])
         contract = fit_contract(self.contract(), train)
@@ -266,7 +274,7 @@ class Protocol:
         c = self.cfg
         train, val = [], []
         for d in train_days:
-            split = split_trials(self.ds.day(d), 0.0, c.val_fraction)
+            split = split_trials(self.ds.day(d), 0.0, c.val_fraction, self.window)
             train.append(self.windows(d, split["train"]))
             val.append(self.windows(d, split["val"]))
         day = self.ds.day(test_day)
@@ -329,20 +337,51 @@ def _closed_form(name: str) -> bool:
     return not model_class(name).needs_gradients
 
 
-def run(ds: Dataset, cfg: EvalConfig, protocols: list[str], models: list[str]) -> tuple[dict[str, Any], Protocol]:
-    """Run the protocols; returns the results (JSON-able) and the Protocol (predictions for figures)."""
+STOCK_CROSS = ([0, 1], 2)  # the configs' cross-day days; fitted to smaller datasets, any other choice is checked
+
+
+def fit_days(cfg: EvalConfig, n_days: int, protocols: list[str], matched: bool = True) -> tuple[list[str], list[str]]:
+    """Protocols and days that fit a dataset of ``n_days``: "auto" is single-day plus cross-day where there are two
+    days or more; the stock cross-day days (train 0, 1, test 2) shrink to train 0, test 1 on a two-day dataset.
+    Units that differ by day need a labelled slice of the new day for its read-in: the first 10 % of its trials
+    unless ``calib_fraction`` says otherwise. A protocol asked for by name that needs days the dataset lacks is a
+    clear error. Returns (protocols, notes)."""
+    notes = []
+    if protocols == ["auto"]:
+        protocols = ["single-day", "cross-day"] if n_days >= 2 else ["single-day"]
+        if n_days < 2:
+            notes.append("one recording day: single-day protocol only (cross-day needs two days or more)")
     for p in protocols:
         if p not in PROTOCOLS:
-            raise ValueError(f"unknown protocol {p!r}; choose from {', '.join(PROTOCOLS)}")
-    used = ([cfg.single_day] if "single-day" in protocols else []) + (
-        [cfg.cross_test_day, *cfg.cross_train_days] if "cross-day" in protocols else [])
-    needed = max(used, default=0)
-    if needed >= len(ds):
-        raise ValueError(f"the protocol uses day index {needed}, but the dataset has {len(ds)} days")
-    proto = Protocol(ds, copy.deepcopy(cfg))
+            raise ValueError(f"unknown protocol {p!r}; choose from auto, {', '.join(PROTOCOLS)}")
+    if n_days < 2 and {"cross-day", "pretrain"} & set(protocols):
+        raise ValueError(f"the cross-day and pretrain protocols need two recording days or more; this dataset has "
+                         f"{n_days} (use --protocol single-day)")
+    if "cross-day" in protocols and (cfg.cross_train_days, cfg.cross_test_day) == STOCK_CROSS and n_days == 2:
+        cfg.cross_train_days, cfg.cross_test_day = [0], 1
+        notes.append("two recording days: cross-day trains on day 0 and tests on day 1")
+    if not matched and cfg.calib_fraction <= 0 and {"cross-day", "pretrain"} & set(protocols):
+        cfg.calib_fraction = 0.1
+        notes.append("units differ by day: the new day's first 10 % of trials are labelled to fit its read-in")
+    if cfg.single_day >= n_days and "single-day" in protocols:
+        raise ValueError(f"single_day is day index {cfg.single_day}, but the dataset has {n_days} days")
+    used = [cfg.cross_test_day, *cfg.cross_train_days] if "cross-day" in protocols else []
+    if max(used, default=0) >= n_days:
+        raise ValueError(f"cross-day uses day index {max(used)} (cross_train_days {cfg.cross_train_days}, "
+                         f"cross_test_day {cfg.cross_test_day}), but the dataset has {n_days} days")
+    return protocols, notes
+
+
+def run(ds: Dataset, cfg: EvalConfig, protocols: list[str], models: list[str]) -> tuple[dict[str, Any], Protocol]:
+    """Run the protocols; returns the results (JSON-able) and the Protocol (predictions for figures)."""
+    cfg = copy.deepcopy(cfg)
+    protocols, notes = fit_days(cfg, len(ds), protocols, ds.units_matched)
+    for note in notes:
+        log.info("%s", note)
+    proto = Protocol(ds, cfg)
     if "pretrain" in protocols:
         proto.pretrain_test_day()  # a clear error before any training
-    results: dict[str, Any] = {"dataset": str(ds.root), "subject": ds.subject, "config": asdict(cfg),
+    results: dict[str, Any] = {"dataset": str(ds.root), "subject": ds.subject, "config": asdict(cfg), "notes": notes,
                                "window_bins": proto.window, "hop_bins": proto.hop, "behavior": proto.behavior,
                                "units_matched": ds.units_matched, "protocols": {}}
     for p in protocols:

@@ -30,7 +30,7 @@ from alignnet.recordings.dataset import (
     atomic_write_json,
 )
 from alignnet.training.trainer import TrainConfig, Trainer, is_rank0, seed_everything
-from alignnet.training.windows import fit_contract, split_trials, windows_in_trials
+from alignnet.training.windows import fit_contract, fit_hop, short_segments, split_trials, windows_in_trials
 
 log = logging.getLogger(__name__)
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -91,21 +91,34 @@ def init_distributed(device: str) -> None:
 
 
 # ---- train -----------------------------------------------------------------------------------------------------
-def _train_windows(ds: Dataset, train_cfg: dict[str, Any]) -> tuple[list, list, list[int], int, str]:
+def training_days(ds: Dataset, train_cfg: dict[str, Any]) -> list[int]:
+    days = train_cfg.get("days", "all")
+    return list(range(len(ds))) if days == "all" else [ds.day_index(d) for d in days]
+
+
+def _train_windows(ds: Dataset, train_cfg: dict[str, Any]) -> tuple[list, list, list, list[int], int, str]:
+    """Train, validation and held-out test windows of every training day (the last ``train.test_fraction`` of each
+    day's trials or time blocks is test, never seen in training or early stopping)."""
     c = ds.contract()
     window = int(train_cfg.get("window_bins", c.window_bins))
-    hop = int(train_cfg.get("hop_bins", ds.manifest.get("default_hop_bins", max(1, window // 10))))
+    hop = fit_hop(train_cfg.get("hop_bins", ds.manifest.get("default_hop_bins", max(1, window // 10))), window)
     behavior = train_cfg.get("behavior", c.behavior_kind)
-    days = train_cfg.get("days", "all")
-    day_idx = list(range(len(ds))) if days == "all" else [ds.day_index(d) for d in days]
-    trainw, valw = [], []
+    day_idx = training_days(ds, train_cfg)
+    cross = train_cfg.get("cross_segments")  # concatenate movement periods (short real trials); None: auto
+    cross = short_segments(ds, window, day_idx) if cross is None else bool(cross)
+    trainw, valw, testw = [], [], []
     for d in day_idx:
         day = ds.day(d)
-        split = split_trials(day, 0.0, float(train_cfg.get("val_fraction", 0.1)))
-        cross = bool(train_cfg.get("cross_segments", False))  # concatenate movement periods (short real trials)
+        split = split_trials(day, float(train_cfg.get("test_fraction", 0.2)),
+                             float(train_cfg.get("val_fraction", 0.1)), window)
         trainw.append(windows_in_trials(day, split["train"], window, hop, behavior, cross))
         valw.append(windows_in_trials(day, split["val"], window, hop, behavior, cross))
-    return trainw, valw, day_idx, window, behavior
+        testw.append(windows_in_trials(day, split["test"], window, hop, behavior, cross))
+        if len(trainw[-1]) == 0:
+            raise DataError(f"{ds.root}: day {day.name} has no training window of {window} bins ({day.n_bins} bins, "
+                            f"{day.n_trials} {'time blocks' if day.split_by == 'time' else 'trials'}); use a "
+                            "shorter train.window_bins or train.cross_segments: true")
+    return trainw, valw, testw, day_idx, window, behavior
 
 
 def train(cfg: dict[str, Any], config_path: Path, *, data: Path | None = None, out: Path | None = None,
@@ -122,19 +135,22 @@ def train(cfg: dict[str, Any], config_path: Path, *, data: Path | None = None, o
     if not model_class(cfg.get("model", "alignnet")).servable:
         raise DataError(f"{cfg.get('model')} is an evaluation yardstick (alignnet evaluate --models); it cannot be "
                         "trained into a servable artifact")
-    matched = ds.units_matched
+    # one training day: its own channels are the model's, whatever the units of other days (no read-in needed)
+    matched = ds.units_matched or len(set(training_days(ds, train_cfg))) == 1
     if not matched and not model_class(cfg.get("model", "alignnet")).needs_gradients:
         raise DataError(f"{data}: units differ across days, and {cfg.get('model')} is fitted in closed form on one "
                         "channel space; train it on one day (train.days: [NAME]) or choose a model with read-ins")
+    seed = int(train_cfg.get("seed", 0))
+    seed_everything(seed)
+    trainw, valw, testw, day_idx, window, behavior = _train_windows(ds, train_cfg)
     if is_rank0():
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(out / "config.yaml", yaml.safe_dump({**cfg, "resolved": {
-            "data": str(data), "device": device, "command": command}}).encode())
-    seed = int(train_cfg.get("seed", 0))
-    seed_everything(seed)
-    trainw, valw, day_idx, window, behavior = _train_windows(ds, train_cfg)
+            "data": str(data), "device": device, "command": command},
+            "split": split_report(ds, day_idx, testw)}).encode())
     # units that differ by day: one read-in per day into a shared model space of train.model_channels channels
-    space = {} if matched else {"n_channels": int(train_cfg.get("model_channels", 64))}
+    space = {} if ds.units_matched else {"n_channels": trainw[0].counts.shape[1] if matched
+                                         else int(train_cfg.get("model_channels", 64))}
     contract = fit_contract(ds.contract(window_bins=window, behavior_kind=behavior, **space), trainw)
     model = create_model(cfg.get("model", "alignnet"), **{"n_channels": contract.n_channels, "window_bins": window,
                                                           **cfg.get("model_config", {})})
@@ -154,8 +170,10 @@ def train(cfg: dict[str, Any], config_path: Path, *, data: Path | None = None, o
     metrics = None
     if is_rank0():
         model = model.cpu().eval()
-        metrics = validation_metrics(model, valw, contract, use_day=not matched)
-        extra = {"latent_reference": latent_reference(model, trainw, contract, not matched)}
+        metrics = {**split_metrics(model, valw, contract, "val", not matched),
+                   **split_metrics(model, testw, contract, "test", not matched)}
+        extra = {"latent_reference": latent_reference(model, trainw, contract, not matched),
+                 "channel_reference": channel_reference(trainw, contract) if matched else None}
         served = contract
         if not matched:  # served through the last day's read-in until a new day is calibrated
             extra.update(served_day=ds.day_names[day_idx[-1]], model_contract=contract.to_dict())
@@ -166,15 +184,22 @@ def train(cfg: dict[str, Any], config_path: Path, *, data: Path | None = None, o
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
-    return {"artifact": out / "artifact", "stages": summaries, "metrics": metrics}
+    return {"artifact": out / "artifact", "stages": summaries, "metrics": metrics,
+            "split": split_report(ds, day_idx, testw)}
+
+
+def split_report(ds: Dataset, day_idx: list[int], testw: list) -> dict[str, str]:
+    """How each training day was split (by its trials, or by time for a continuous session)."""
+    return {ds.day_names[d]: f"by {ds.day(d).split_by}, {len(w)} test windows" for d, w in zip(day_idx, testw)}
 
 
 @torch.no_grad()
-def validation_metrics(model, valw, contract, use_day: bool = False) -> dict[str, float]:
-    """S→B R² and B→S r on the validation windows, in data units (day by day through their read-ins when units
-    differ: the r is averaged over every day's channels)."""
+def split_metrics(model, windows, contract, prefix: str, use_day: bool = False) -> dict[str, float | None]:
+    """S→B R² (every bin of the windows, and the newest bin only: what a live decoder serves) and B→S r of one split,
+    in data units, day by day through their read-ins when units differ (r averaged over every day's channels).
+    None where the split is empty or its behavior does not vary."""
     dec, sim, beh, counts = [], [], [], []
-    for w in valw:
+    for w in windows:
         if len(w) == 0:
             continue
         day = w.day if use_day else None
@@ -184,8 +209,25 @@ def validation_metrics(model, valw, contract, use_day: bool = False) -> dict[str
         sim.append(pearson(w.counts, contract.postprocess_rates(model.simulate(b, day).numpy()), 1) * w.counts.shape[1])
         beh.append(w.behavior)
         counts.append(w.counts.shape[1])
-    return {"val_s2b_r2": r2(np.concatenate(beh), np.concatenate(dec), 1),
-            "val_b2s_r": float(np.sum(sim) / np.sum(counts))}
+    keys = [f"{prefix}_s2b_r2", f"{prefix}_newest_r2", f"{prefix}_b2s_r"]
+    if not beh:
+        return dict.fromkeys(keys)
+    true, pred = np.concatenate(beh), np.concatenate(dec)
+    if not np.ptp(true, axis=(0, 2)).all():
+        return {**dict.fromkeys(keys[:2]), keys[2]: float(np.sum(sim) / np.sum(counts))}
+    return {keys[0]: r2(true, pred, 1), keys[1]: r2(true[..., -1:], pred[..., -1:], 1),
+            keys[2]: float(np.sum(sim) / np.sum(counts))}
+
+
+def channel_reference(windows, contract) -> dict[str, list]:
+    """Mean and standard deviation of every model input channel (preprocessed counts) over the training windows:
+    what zero-label calibration maps a new day's channels back to (matched channels only)."""
+    total, sq, n = 0.0, 0.0, 0
+    for w in windows:
+        x = contract.preprocess_spikes(w.counts).astype(np.float64)
+        total, sq, n = total + x.sum(axis=(0, 2)), sq + (x ** 2).sum(axis=(0, 2)), n + x.shape[0] * x.shape[2]
+    mean = total / n
+    return {"mean": mean.tolist(), "std": np.sqrt(np.maximum(sq / n - mean ** 2, 0.0)).tolist()}
 
 
 @torch.no_grad()

@@ -20,7 +20,7 @@ import numpy as np
 
 from alignnet.model.registry import model_class
 from alignnet.recordings.dataset import Dataset
-from alignnet.training.protocols import EvalConfig, Protocol, _closed_form
+from alignnet.training.protocols import EvalConfig, Protocol, _closed_form, fit_days
 from alignnet.training.windows import fit_contract, split_trials
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,8 @@ def search_split(proto: Protocol, protocol: str):
         list(range(proto.pretrain_test_day())) if protocol == "pretrain" else c.cross_train_days)
     train, val, val_trials = [], [], {}
     for d in days:
-        split = split_trials(proto.ds.day(d), c.test_fraction if protocol == "single-day" else 0.0, c.val_fraction)
+        split = split_trials(proto.ds.day(d), c.test_fraction if protocol == "single-day" else 0.0, c.val_fraction,
+                             proto.window)
         train.append(proto.windows(d, split["train"]))
         val.append(proto.windows(d, split["val"]))
         val_trials[d] = split["val"]
@@ -61,6 +62,8 @@ def search(ds: Dataset, cfg: EvalConfig, models: list[str], protocol: str = "cro
     """Train every variant of every model on ``protocol``'s training days; returns every score and the winners."""
     if protocol not in ("single-day", "cross-day", "pretrain"):
         raise ValueError(f"unknown protocol {protocol!r}; choose from single-day, cross-day, pretrain")
+    cfg = copy.deepcopy(cfg)
+    fit_days(cfg, len(ds), [protocol], ds.units_matched)
     base = Protocol(ds, copy.deepcopy(cfg))
     train, val, val_trials = search_split(base, protocol)
     contract = fit_contract(base.contract(), train)

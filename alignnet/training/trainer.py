@@ -33,13 +33,12 @@ from alignnet.training.windows import DayWindows
 
 log = logging.getLogger(__name__)
 
-STAGES = ("pretrain", "decode", "simulate", "both", "align")
+STAGES = ("pretrain", "decode", "simulate", "both")
 
 
 @dataclass
 class TrainConfig:
-    stage: str = "both"  # pretrain (AlignNet: reconstructions + InfoNCE) | decode | simulate | both (two MSEs) |
-    #                      align (no labels: spike reconstruction + latent moments matched to a reference)
+    stage: str = "both"  # pretrain (AlignNet: reconstructions + InfoNCE) | decode | simulate | both (two MSEs)
     epochs: int = 20  # maximum epochs
     batch_size: int = 64  # windows per step (per process under DDP)
     lr: float = 2e-3  # peak AdamW learning rate
@@ -124,11 +123,9 @@ class Objective(nn.Module):
     """The training loss of a stage as a module, so DDP sees the forward that produces it (gradient sync) and
     torch.compile can compile it whole. forward -> (loss, parts)."""
 
-    def __init__(self, model: BidirectionalModel, stage: str, contrastive_weight: float,
-                 reference: dict[str, torch.Tensor] | None = None) -> None:
+    def __init__(self, model: BidirectionalModel, stage: str, contrastive_weight: float) -> None:
         super().__init__()
         self.model, self.stage, self.contrastive_weight = model, stage, contrastive_weight
-        self.reference = reference  # align: the pretrained days' latent mean (D,) and covariance (D, D)
 
     def forward(self, spikes: torch.Tensor, behavior: torch.Tensor, day: str | None,
                 starts: torch.Tensor | None = None):
@@ -138,8 +135,6 @@ class Objective(nn.Module):
             exclude = None if starts is None else overlapping(starts, spikes.shape[-1])
             return pretrain_loss(out, spikes, behavior, self.model.config.temperature, self.contrastive_weight,
                                  exclude=exclude)
-        if self.stage == "align":
-            return align_loss(self.model.pretrain_outputs(spikes, behavior, day), spikes, self.reference)
         parts, loss = {}, torch.zeros((), device=spikes.device)
         if self.stage in ("decode", "both"):
             dec = F.mse_loss(self.model.decode(spikes, day), behavior)
@@ -153,43 +148,20 @@ class Objective(nn.Module):
         return loss, parts
 
 
-def align_loss(out: dict[str, torch.Tensor], spikes: torch.Tensor, reference: dict[str, torch.Tensor]):
-    """Zero-label alignment of a new day's read-in: reconstruct the day's own spikes (through its read-in and
-    read-out) and match the first two moments of its spike latent to the pretrained days' — a diagonal Gaussian KL
-    (as NoMAD aligns latent distributions) plus the CORAL covariance term for the correlations. Written by hand:
-    a few tensor lines, no maintained library offers it for our latent."""
-    z = out["z_spike"]
-    mean, var = z.mean(0), z.var(0, unbiased=True) + 1e-4
-    ref_mean, ref_cov = reference["mean"], reference["cov"]
-    ref_var = torch.diagonal(ref_cov) + 1e-4
-    kl = 0.5 * (torch.log(ref_var / var) + (var + (mean - ref_mean) ** 2) / ref_var - 1).mean()
-    cov = torch.cov(z.T)
-    scale = torch.sqrt(torch.outer(ref_var, ref_var))
-    coral = ((cov - ref_cov) / scale).pow(2).mean()
-    recon = F.mse_loss(out["spike_recon"], spikes)
-    loss = recon + kl + coral
-    return loss, {"recon_mse": recon.item(), "latent_kl": kl.item(), "coral": coral.item(), "loss": loss.item()}
-
-
 class Trainer:
     def __init__(self, model: BidirectionalModel, cfg: TrainConfig, run_dir: str | Path | None = None,
-                 day_names_use_readin: bool = False, reference: dict[str, Any] | None = None) -> None:
+                 day_names_use_readin: bool = False) -> None:
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         self.model = model.to(self.device)
         self.run_dir = Path(run_dir) if run_dir else None
         self.use_readin = day_names_use_readin
-        if cfg.stage in ("pretrain", "align") and not hasattr(model, "pretrain_outputs"):
+        if cfg.stage == "pretrain" and not hasattr(model, "pretrain_outputs"):
             raise ValueError(f"stage {cfg.stage!r} needs AlignNet; {model.model_name} has no pretraining")
-        if cfg.stage == "align" and reference is None:
-            raise ValueError("stage 'align' needs the pretrained days' latent reference (the artifact's "
-                             "latent_reference)")
-        ref = None if reference is None else {k: torch.as_tensor(np.asarray(v), dtype=torch.float32,
-                                                                  device=self.device) for k, v in reference.items()}
         for n, p in model.named_parameters():
             p.requires_grad_(not cfg.train_only or any(n.startswith(pref) for pref in cfg.train_only))
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.net: nn.Module = Objective(model, cfg.stage, cfg.contrastive_weight, ref)
+        self.net: nn.Module = Objective(model, cfg.stage, cfg.contrastive_weight)
         if dist.is_initialized():
             from torch.nn.parallel import DistributedDataParallel
 

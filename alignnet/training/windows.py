@@ -30,14 +30,41 @@ class DayWindows:
                           None if self.starts is None else self.starts[idx])
 
 
-def split_trials(day: Day, test_fraction: float = 0.2, val_fraction: float = 0.1) -> dict[str, np.ndarray]:
+def split_trials(day: Day, test_fraction: float = 0.2, val_fraction: float = 0.1,
+                 gap_bins: int = 0) -> dict[str, np.ndarray]:
     """Trials in recording order: the last ``test_fraction`` are test, the last ``val_fraction`` of the rest are
-    validation (for early stopping and hyper-parameters), the remainder train."""
+    validation (for early stopping and hyper-parameters), the remainder train. A day split by time (a continuous
+    session cut into blocks) also leaves out the blocks that cover ``gap_bins`` at the start of validation and test,
+    so no train window touches the bins right before a validation or test window."""
     trials = np.unique(day.trial_id)
     n_test = int(round(len(trials) * test_fraction))
     rest = trials[: len(trials) - n_test]
     n_val = int(round(len(rest) * val_fraction))
-    return {"train": rest[: len(rest) - n_val], "val": rest[len(rest) - n_val:], "test": trials[len(trials) - n_test:]}
+    split = {"train": rest[: len(rest) - n_val], "val": rest[len(rest) - n_val:], "test": trials[len(trials) - n_test:]}
+    if day.split_by == "time" and gap_bins > 0:
+        gap = max(1, int(np.ceil(gap_bins * len(trials) / day.n_bins)))  # blocks are (nearly) equal in length
+        for key in ("val", "test"):
+            if len(split[key]) > gap:
+                split[key] = split[key][gap:]
+    return split
+
+
+def fit_hop(hop_bins: int, window_bins: int) -> int:
+    """A configured hop, unless it exceeds half the window: then a fifth of the window. The configs' 20-bin hop
+    suits 100-bin windows but would leave a recording with 5-bin windows almost no training windows."""
+    hop = int(hop_bins)
+    return hop if hop <= window_bins // 2 else max(1, window_bins // 5)
+
+
+def short_segments(data: Dataset | Day, window_bins: int, days: list[int] | None = None) -> bool:
+    """True when most segments (runs of bins without a gap) of the day or days hold less than two windows:
+    recordings that kept only each trial's movement, whose windows concatenate movement periods (a window still
+    never mixes training and test trials)."""
+    if isinstance(data, Day):
+        return bool(np.median(np.unique(data.segment_id, return_counts=True)[1]) < 2 * window_bins)
+    idx = range(len(data)) if days is None else days
+    lengths = np.concatenate([np.unique(data.day(d).segment_id, return_counts=True)[1] for d in idx])
+    return bool(np.median(lengths) < 2 * window_bins)
 
 
 def first_trials(day: Day, fraction: float) -> np.ndarray:
@@ -77,12 +104,12 @@ def dataset_contract(ds: Dataset, model_channels: int | None = None, window_bins
 
 def held_out_windows(data, contract: DataContract, n: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """Non-overlapping windows of the last 20 % of trials of a dataset's last day, as raw counts and behavior (at
-    most ``n``). They are held out only if training held them out (`alignnet train` uses every trial but its
-    validation slice)."""
+    most ``n``): the test split that `alignnet train` holds out of every day by default (``train.test_fraction``
+    0.2; artifacts trained before it held nothing out)."""
     ds = data if isinstance(data, Dataset) else Dataset(data)
     day = ds.day(len(ds) - 1)
-    w = windows_in_trials(day, split_trials(day)["test"], contract.window_bins, contract.window_bins,
-                          contract.behavior_kind)
+    test = split_trials(day, gap_bins=contract.window_bins)["test"]
+    w = windows_in_trials(day, test, contract.window_bins, contract.window_bins, contract.behavior_kind)
     if len(w) == 0:
         raise ValueError(f"{ds.root}: no held-out windows of {contract.window_bins} bins on the last day")
     return w.counts[:n], w.behavior[:n]
