@@ -204,3 +204,47 @@ def test_headless_demo_calibrates_live_and_reports_before_and_after(tmp_path):
     assert "drift_before" in cal and "drift_after" in cal
     assert report["before"]["trials"] == 1 and report["after"]["trials"] == 1
     assert cal["swapped_at_trial"] >= cal["started_trial"] >= 1
+
+
+@pytest.mark.parametrize("labels", ["none", "intended"])
+def test_live_calibration_sends_the_last_seconds_with_or_without_intention_labels(labels, monkeypatch):
+    """The demo's live calibration posts the last S seconds of binned spikes, and with labels="intended" the virtual
+    subject's intended positions over the same bins (ReFIT-style few-shot); it then waits for the swap."""
+    from collections import deque
+    from types import SimpleNamespace
+
+    from alignnet.clients import recalibrate
+
+    sent = {}
+
+    class Reply:
+        def __init__(self, code, body):
+            self.status_code, self.body = code, body
+
+        def json(self):
+            return self.body
+
+    def post(url, json, timeout):
+        sent.update(json)
+        return Reply(202, {"state": "running"})
+
+    def get(url, timeout):
+        return Reply(200, {"drift": None, "calibration": {"state": "done", "report": {"fit_s": 0.1}}})
+
+    monkeypatch.setattr(recalibrate.httpx, "post", post)
+    monkeypatch.setattr(recalibrate.httpx, "get", get)
+    spikes = [np.full(4, k, np.float32) for k in range(100)]
+    intended = [np.array([k, -k], float) for k in range(100)]
+    loop = SimpleNamespace(recent=deque(spikes), intended=deque(intended), bin_ms=20, day=7, calibration=None,
+                           task=SimpleNamespace(trials=3), stop_event=threading.Event())
+    status = recalibrate.LiveCalibration(loop, "http://x", seconds=1.0, labels=labels).run()
+    assert status["state"] == "done" and status["labels"] == labels
+    block = np.asarray(sent["spikes"])
+    assert block.shape == (4, 50) and block[0, 0] == 50 and block[0, -1] == 99  # the last 50 bins (1 s)
+    if labels == "intended":
+        beh = np.asarray(sent["behavior"])
+        assert beh.shape == (2, 50) and beh[0, 0] == 50 and beh[1, -1] == -99  # the same bins' intentions
+    else:
+        assert "behavior" not in sent
+    with pytest.raises(ValueError, match="labels"):
+        recalibrate.LiveCalibration(loop, "http://x", labels="target")

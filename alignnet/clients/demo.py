@@ -186,6 +186,7 @@ class ClosedLoop:
         self.trail: list[list[float]] = []
         self.stop_event = threading.Event()
         self.recent: deque = deque(maxlen=int(120_000 / self.bin_ms))  # the last 2 min of binned spikes (C,)
+        self.intended: deque = deque(maxlen=self.recent.maxlen)  # the subject's intended position at each bin's end
         self.calibration: dict | None = None  # status of a live calibration (clients/recalibrate.py)
         self.error: str | None = None
         self._lock = threading.Lock()
@@ -211,6 +212,7 @@ class ClosedLoop:
     def _push(self, goal: np.ndarray, t_next: float) -> float:
         spikes = self.subject.step(self.cursor, goal, self.bin_ms)
         self.recent.append(spikes.sum(axis=0))
+        self.intended.append(self.subject.pos.copy())
         now = self.pylsl.local_clock()
         stamps = now - (self.bin_ms - 1 - np.arange(self.bin_ms)) / 1000.0  # 1-ms samples ending now
         self.outlet.push_chunk(spikes, stamps.tolist())

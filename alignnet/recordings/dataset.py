@@ -238,6 +238,24 @@ class Dataset:
         return self._cache[i]
 
 
+def fit_hop(hop_bins: int, window_bins: int) -> int:
+    """A configured hop, unless it exceeds half the window: then a fifth of the window. The configs' 20-bin hop
+    suits 100-bin windows but would leave a recording with 5-bin windows almost no training windows."""
+    hop = int(hop_bins)
+    return hop if hop <= window_bins // 2 else max(1, window_bins // 5)
+
+
+def short_segments(data: Dataset | Day, window_bins: int, days: list[int] | None = None) -> bool:
+    """True when most segments (runs of bins without a gap) of the day or days hold less than two windows:
+    recordings that kept only each trial's movement, whose windows concatenate movement periods (a window still
+    never mixes training and test trials)."""
+    if isinstance(data, Day):
+        return bool(np.median(np.unique(data.segment_id, return_counts=True)[1]) < 2 * window_bins)
+    idx = range(len(data)) if days is None else days
+    lengths = np.concatenate([np.unique(data.day(d).segment_id, return_counts=True)[1] for d in idx])
+    return bool(np.median(lengths) < 2 * window_bins)
+
+
 def write_dataset(
     root: str | Path, days: Iterable[Day], *, subject: str, source: str, contract: DataContract, units_matched: bool,
     extra: dict[str, Any] | None = None, overwrite: bool = False,

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from alignnet.model.metrics import r2
-from alignnet.recordings.dataset import Dataset, Day
+from alignnet.recordings.dataset import Dataset, Day, fit_hop, short_segments
 from alignnet.recordings.linear import fit_ridge, lagged_features, predict_ridge, within_day_r2
 from alignnet.recordings.preprocess import smooth_behavior
 
@@ -107,8 +107,6 @@ def drift_summary(ds: Dataset, behavior: str) -> list[dict[str, Any]]:
 
 def training_plan(ds: Dataset, hop_bins: int = 20) -> list[str]:
     """What `alignnet train` and `evaluate` will use on this dataset with the default config, and why."""
-    from alignnet.training.windows import fit_hop, short_segments
-
     c = ds.contract()
     w = c.window_bins
     lengths = np.concatenate([np.unique(ds.day(i).segment_id, return_counts=True)[1] for i in range(len(ds))])
