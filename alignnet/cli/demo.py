@@ -26,9 +26,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calibrate", action="store_true",
                    help="headless: --trials trials, then a live zero-label calibration on the last "
                         "--calibrate-seconds of spikes (the loop keeps running), then --trials more; reports both")
-    p.add_argument("--calibrate-labels", choices=("none", "intended"), default="none",
-                   help="headless --calibrate: none (zero-label, the default) or intended (few-shot on the virtual "
-                        "subject's intended positions, as ReFIT recalibrates on intention)")
     p.add_argument("--calibrate-seconds", type=float, default=60.0,
                    help="spikes a live calibration fits on (default: %(default)s; the page's button too)")
     p.add_argument("--host", default="127.0.0.1", help="address of the page (default: %(default)s)")
@@ -51,7 +48,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         from alignnet.clients.recalibrate import run_headless_calibrated
 
         report = run_headless_calibrated(artifact, args.trials, args.day, args.seed, args.engine,
-                                         args.calibrate_seconds, labels=args.calibrate_labels)
+                                         args.calibrate_seconds)
     else:
         report = run_headless(artifact, args.trials, args.day, args.seed, args.engine)
     report = {"decoder": args.decoder, **report, "command": command_line(args)}

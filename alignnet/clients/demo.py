@@ -186,7 +186,6 @@ class ClosedLoop:
         self.trail: list[list[float]] = []
         self.stop_event = threading.Event()
         self.recent: deque = deque(maxlen=int(120_000 / self.bin_ms))  # the last 2 min of binned spikes (C,)
-        self.intended: deque = deque(maxlen=self.recent.maxlen)  # the subject's intended position at each bin's end
         self.calibration: dict | None = None  # status of a live calibration (clients/recalibrate.py)
         self.error: str | None = None
         self._lock = threading.Lock()
@@ -212,7 +211,6 @@ class ClosedLoop:
     def _push(self, goal: np.ndarray, t_next: float) -> float:
         spikes = self.subject.step(self.cursor, goal, self.bin_ms)
         self.recent.append(spikes.sum(axis=0))
-        self.intended.append(self.subject.pos.copy())
         now = self.pylsl.local_clock()
         stamps = now - (self.bin_ms - 1 - np.arange(self.bin_ms)) / 1000.0  # 1-ms samples ending now
         self.outlet.push_chunk(spikes, stamps.tolist())
@@ -339,10 +337,15 @@ def resolve_decoder(name: str) -> Path:
 @contextmanager
 def closed_loop(artifact: Path, day: int, seed: int, engine: str, port: int | None = None):
     """Start `alignnet serve --lsl` on ``artifact`` bridging a fresh LSL stream name; yield (the loop, built on the
-    served model's contract, and the service URL)."""
+    served model's contract, and the service URL). The session's live calibrations go to a folder of its own, removed
+    afterwards: a demo never changes what the artifact serves next time."""
+    import tempfile
+
     source = f"alignnet-demo-{uuid.uuid4().hex[:6]}"
-    with serving(artifact, ["--lsl", "--lsl-source", source, "--engine", engine], port=port or free_port()) as url:
-        yield ClosedLoop(source, served_contract(url), day=day, seed=seed), url
+    with tempfile.TemporaryDirectory(prefix="alignnet-demo-") as cal:
+        extra = ["--lsl", "--lsl-source", source, "--engine", engine, "--calibration-dir", cal]
+        with serving(artifact, extra, port=port or free_port()) as url:
+            yield ClosedLoop(source, served_contract(url), day=day, seed=seed), url
 
 
 def run_headless(artifact: Path, trials: int, day: int = 6, seed: int = 0, engine: str = "onnx",

@@ -1,7 +1,5 @@
-"""Calibrate the closed-loop demo's session live: the last S seconds of the virtual subject's spikes (binned as the
-service bins them) go to the service's ``POST /calibrate`` — without labels (zero-label), or with the subject's
-intended positions as labels (``labels="intended"``: few-shot on intention, as ReFIT recalibrates a closed-loop
-decoder on the movement the user meant rather than the one the decoder produced); the loop keeps running while
+"""Calibrate the closed-loop demo's session live, without labels: the last S seconds of the virtual subject's
+spikes (binned as the service bins them) go to the service's ``POST /calibrate``; the loop keeps running while
 the read-in is fitted and the calibrated model is swapped in. ``run_headless_calibrated`` reports the trials
 before and after, with the service's drift gauge at both points (``alignnet demo --headless --calibrate``).
 """
@@ -18,8 +16,7 @@ import numpy as np
 
 from alignnet.clients.demo import closed_loop
 
-DEFAULT_SECONDS = 60.0  # spikes the calibration fits the session's read-in on
-LABELS = ("none", "intended")  # zero-label, or few-shot on the subject's intended positions
+DEFAULT_SECONDS = 60.0  # spikes the zero-label calibration fits the session's read-in on
 
 
 def service_drift(url: str) -> dict[str, Any] | None:
@@ -33,11 +30,8 @@ def service_drift(url: str) -> dict[str, Any] | None:
 class LiveCalibration:
     """One zero-label calibration of the running loop's session; its status is the loop's ``calibration``."""
 
-    def __init__(self, loop, url: str, seconds: float = DEFAULT_SECONDS, timeout_s: float = 900.0,
-                 labels: str = "none") -> None:
-        if labels not in LABELS:
-            raise ValueError(f"labels must be one of {', '.join(LABELS)}, got {labels!r}")
-        self.loop, self.url, self.seconds, self.timeout_s, self.labels = loop, url, seconds, timeout_s, labels
+    def __init__(self, loop, url: str, seconds: float = DEFAULT_SECONDS, timeout_s: float = 900.0) -> None:
+        self.loop, self.url, self.seconds, self.timeout_s = loop, url, seconds, timeout_s
 
     def start(self) -> dict[str, Any]:
         if (self.loop.calibration or {}).get("state") in ("collecting", "running"):
@@ -53,13 +47,11 @@ class LiveCalibration:
         while len(loop.recent) < need and not loop.stop_event.is_set():
             time.sleep(0.2)
         block = np.stack(list(loop.recent)[-need:]).T  # (C, n) counts per bin
-        body = {"day": f"demo-day{loop.day}", "spikes": block.tolist()}
-        if self.labels == "intended":
-            body["behavior"] = np.stack(list(loop.intended)[-need:]).T.tolist()  # (2, n) positions
-        status = {"state": "running", "seconds": self.seconds, "labels": self.labels,
-                  "started_trial": loop.task.trials, "drift_before": (service_drift(self.url) or {}).get("gauge")}
+        status = {"state": "running", "seconds": self.seconds, "started_trial": loop.task.trials,
+                  "drift_before": (service_drift(self.url) or {}).get("gauge")}
         loop.calibration = status
-        r = httpx.post(self.url + "/calibrate", json=body, timeout=60.0)
+        r = httpx.post(self.url + "/calibrate", json={"day": f"demo-day{loop.day}", "spikes": block.tolist()},
+                       timeout=60.0)
         if r.status_code != 202:
             loop.calibration = {**status, "state": "failed", "error": r.json().get("detail")}
             return loop.calibration
@@ -84,11 +76,9 @@ def trial_stats(outcomes: list[tuple[bool, float | None]]) -> dict[str, Any]:
 
 
 def run_headless_calibrated(artifact: Path, trials: int, day: int = 6, seed: int = 0, engine: str = "onnx",
-                            seconds: float = DEFAULT_SECONDS, port: int | None = None,
-                            labels: str = "none") -> dict[str, Any]:
-    """``trials`` trials with the served model, a live calibration on the last ``seconds`` of spikes (zero-label,
-    or ``labels="intended"``; the loop keeps running), then ``trials`` trials with the calibrated model; the
-    report has both."""
+                            seconds: float = DEFAULT_SECONDS, port: int | None = None) -> dict[str, Any]:
+    """``trials`` trials with the served model, a live zero-label calibration on the last ``seconds`` of spikes
+    (the loop keeps running), then ``trials`` trials with the calibrated model; the report has both."""
     if trials < 1:
         raise ValueError("--trials must be >= 1")
     with closed_loop(artifact, day, seed, engine, port) as (loop, url):
@@ -97,7 +87,7 @@ def run_headless_calibrated(artifact: Path, trials: int, day: int = 6, seed: int
         thread.start()
         try:
             _wait(loop, lambda: loop.task.trials >= trials)
-            cal = LiveCalibration(loop, url, seconds, labels=labels).run()
+            cal = LiveCalibration(loop, url, seconds).run()
             first_after = loop.task.trials
             _wait(loop, lambda: loop.task.trials >= first_after + trials)
             drift_after = (service_drift(url) or {}).get("gauge")

@@ -27,8 +27,17 @@ CURRENT = "current.json"
 
 
 def calibration_dir(base: Path, configured: Path | None) -> Path:
-    base = Path(base)
-    return Path(configured) if configured else base.parent / f"{base.name}-calibrated"
+    """Where calibrated artifacts of ``base`` go: the configured folder, else ``<base>-calibrated`` next to it — except
+    for the default models inside the installed package, whose calibrations go to ~/.cache/alignnet (a package
+    folder may be read-only, and is not a place for a lab's data)."""
+    from alignnet.service.settings import DEFAULT_MODELS
+
+    base = Path(base).resolve()
+    if configured:
+        return Path(configured)
+    if base.parent == DEFAULT_MODELS.resolve():
+        return Path.home() / ".cache" / "alignnet" / f"{base.name}-calibrated"
+    return base.parent / f"{base.name}-calibrated"
 
 
 def zero_label_problem(config: dict[str, Any]) -> str | None:
