@@ -205,3 +205,7 @@ def test_headless_demo_calibrates_live_and_reports_before_and_after(tmp_path):
     assert report["before"]["trials"] == 1 and report["after"]["trials"] == 1
     assert cal["swapped_at_trial"] >= cal["started_trial"] >= 1
 
+    from alignnet.service.settings import DEFAULT_MODELS
+
+    # the session's calibration lived in a folder of its own: the packaged default model serves as before
+    assert not list(DEFAULT_MODELS.glob("*-calibrated")), list(DEFAULT_MODELS.glob("*-calibrated"))
