@@ -19,8 +19,8 @@ import torch.nn.functional as F
 
 from alignnet.model.artifacts import load_artifact, model_contract
 from alignnet.recordings.dataset import Dataset
-from alignnet.training.calibrate import _rest_r2, calibration_trials, day_name, match_channels
-from alignnet.training.windows import windows_in_trials
+from alignnet.training.calibrate import _rest_r2, calibration_trials, day_name, match_channels, rest_windows
+from alignnet.training.windows import short_segments, windows_in_trials
 
 
 def gauss_loss(z: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
@@ -46,7 +46,8 @@ def main(days: list[int], methods: list[str], steps: int = 150) -> None:
         x = torch.from_numpy(mc.preprocess_spikes(w.counts))
         name = day_name(d.name)
         ad = model.add_day(name, d.n_channels)
-        res = {"none": _rest_r2(model, d, calib, mc, mc, None, w_bins)}
+        rest = rest_windows(d, calib, w_bins, mc.behavior_kind, short_segments(d, w_bins))
+        res = {"none": _rest_r2(model, rest, mc, None)}
         for method in methods:
             with torch.no_grad():
                 ad.read_out.weight.copy_(torch.eye(d.n_channels)[:, :, None])
@@ -76,7 +77,7 @@ def main(days: list[int], methods: list[str], steps: int = 150) -> None:
                 opt.step()
             for p in ad.read_in.parameters():
                 p.requires_grad_(False)
-            res[method] = _rest_r2(model, d, calib, mc, mc, name, w_bins)
+            res[method] = _rest_r2(model, rest, mc, name)
             print(d.name, method, round(res[method], 3), flush=True)
         print(d.name, {k: round(v, 3) for k, v in res.items()}, flush=True)
 

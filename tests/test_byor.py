@@ -12,6 +12,7 @@ import json
 
 import numpy as np
 import pytest
+from recordings import make
 
 from alignnet.cli.main import main as cli
 from alignnet.model.artifacts import read_config
@@ -19,7 +20,6 @@ from alignnet.model.metrics import r2
 from alignnet.recordings.dataset import Dataset
 from alignnet.recordings.linear import fit_ridge, predict_ridge
 from alignnet.training.windows import split_trials
-from recordings import make
 
 MARGIN = 0.05
 WIENER = """

@@ -72,7 +72,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     config = check_artifact(settings.artifact, settings.engine)  # a clear error now rather than a 503 later
     if settings.lsl_calibrate_seconds > 0:
-        from alignnet.service.calibration import zero_label_problem
+        from alignnet.training.calibrate import zero_label_problem
 
         if problem := zero_label_problem(config):
             raise ValueError(f"--calibrate-seconds: {problem}")

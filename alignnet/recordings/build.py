@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from alignnet.model.contract import DataContract
 from alignnet.recordings.broadband import simulate_broadband
-from alignnet.recordings.dataset import MANIFEST, DataError, Dataset, Day, atomic_savez, write_dataset
+from alignnet.recordings.dataset import MANIFEST, DataError, Dataset, Day, atomic_savez, segment_lengths, write_dataset
 from alignnet.recordings.dynamics import DynamicsConfig
 from alignnet.recordings.importers import export_nwb, import_binned_npz, import_broadband, import_nwb, simday_to_day
 from alignnet.recordings.simulator import SPIKE_FS, SimConfig, simulate_days
@@ -142,8 +142,7 @@ def window_defaults(days: list[Day], bin_s: float, window_bins: int | None = Non
     window."""
     window = window_bins
     if window is None:
-        lengths = np.concatenate([np.unique(d.segment_id, return_counts=True)[1] for d in days])
-        window = int(max(2, min(100, round(2.0 / bin_s), np.median(lengths))))
+        window = int(max(2, min(100, round(2.0 / bin_s), np.median(segment_lengths(days)))))
     return window, hop_bins or max(1, window // 10)
 
 

@@ -245,15 +245,17 @@ def fit_hop(hop_bins: int, window_bins: int) -> int:
     return hop if hop <= window_bins // 2 else max(1, window_bins // 5)
 
 
+def segment_lengths(days: Iterable[Day]) -> np.ndarray:
+    """Bins of every segment (run of bins without a gap) of the days, pooled."""
+    return np.concatenate([np.unique(d.segment_id, return_counts=True)[1] for d in days])
+
+
 def short_segments(data: Dataset | Day, window_bins: int, days: list[int] | None = None) -> bool:
     """True when most segments (runs of bins without a gap) of the day or days hold less than two windows:
     recordings that kept only each trial's movement, whose windows concatenate movement periods (a window still
     never mixes training and test trials)."""
-    if isinstance(data, Day):
-        return bool(np.median(np.unique(data.segment_id, return_counts=True)[1]) < 2 * window_bins)
-    idx = range(len(data)) if days is None else days
-    lengths = np.concatenate([np.unique(data.day(d).segment_id, return_counts=True)[1] for d in idx])
-    return bool(np.median(lengths) < 2 * window_bins)
+    chosen = [data] if isinstance(data, Day) else [data.day(d) for d in (range(len(data)) if days is None else days)]
+    return bool(np.median(segment_lengths(chosen)) < 2 * window_bins)
 
 
 def write_dataset(

@@ -17,6 +17,7 @@ from alignnet.recordings.preprocess import (
     bin_spikes,
     detect_spikes,
     interpolate_behavior,
+    segment_bounds,
     smooth_behavior,
     velocity,
 )
@@ -176,16 +177,18 @@ def import_binned_npz(path: str | Path, smooth_s: float = 0.0) -> Day:
 
 def _steps_in_trials(trial: np.ndarray) -> np.ndarray:
     """Bin index inside its trial, for files without ``timestep`` (each trial's bins consecutive)."""
-    start = np.r_[0, np.flatnonzero(trial[1:] != trial[:-1]) + 1]
-    return np.arange(trial.size) - np.repeat(start, np.diff(np.r_[start, trial.size]))
+    steps = np.zeros(trial.size, np.int64)
+    for a, b in segment_bounds(trial):
+        steps[a:b] = np.arange(b - a)
+    return steps
 
 
 def _integrate(vel: np.ndarray, bin_s: float, segment_id: np.ndarray) -> np.ndarray:
-    """Position from velocity: the running sum of vel * bin_s, from 0 at each segment's start."""
-    pos = np.cumsum(vel.astype(np.float64) * bin_s, axis=0)
-    start = np.r_[0, np.flatnonzero(np.diff(segment_id)) + 1]
-    offsets = np.repeat(pos[start] - vel[start] * bin_s, np.diff(np.r_[start, len(vel)]), axis=0)
-    return pos - offsets
+    """Position from velocity: the running sum of vel * bin_s, restarted (from 0) at each segment's start."""
+    pos = np.zeros(vel.shape, np.float64)
+    for a, b in segment_bounds(segment_id):
+        pos[a:b] = np.cumsum(vel[a:b].astype(np.float64) * bin_s, axis=0)
+    return pos
 
 
 def _load_npz(path: Path) -> dict[str, np.ndarray]:

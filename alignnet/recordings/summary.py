@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from alignnet.model.metrics import r2
-from alignnet.recordings.dataset import Dataset, Day, fit_hop, short_segments
+from alignnet.recordings.dataset import Dataset, Day, fit_hop, segment_lengths, short_segments
 from alignnet.recordings.linear import fit_ridge, lagged_features, predict_ridge, within_day_r2
 from alignnet.recordings.preprocess import smooth_behavior
 
@@ -109,7 +109,7 @@ def training_plan(ds: Dataset, hop_bins: int = 20) -> list[str]:
     """What `alignnet train` and `evaluate` will use on this dataset with the default config, and why."""
     c = ds.contract()
     w = c.window_bins
-    lengths = np.concatenate([np.unique(ds.day(i).segment_id, return_counts=True)[1] for i in range(len(ds))])
+    lengths = segment_lengths(ds.day(i) for i in range(len(ds)))
     cross = short_segments(ds, w)
     lines = [f"window {w} bins ({w * c.bin_s:g} s): " + (
         "2 s of bins" if w == min(100, round(2.0 / c.bin_s)) else
@@ -127,7 +127,7 @@ def training_plan(ds: Dataset, hop_bins: int = 20) -> list[str]:
                  "a window's gap before validation and test); by trial elsewhere")
     lines.append("evaluate protocols: single-day" + (", cross-day" if len(ds) >= 2 else " (one day: no cross-day)"))
     if not ds.units_matched:
-        lines.append(f"units differ by day: one read-in per day into a {64}-channel model space")
+        lines.append("units differ by day: one read-in per day into a 64-channel model space")
     return lines
 
 

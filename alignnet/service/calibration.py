@@ -40,20 +40,9 @@ def calibration_dir(base: Path, configured: Path | None) -> Path:
     return base.parent / f"{base.name}-calibrated"
 
 
-def zero_label_problem(config: dict[str, Any]) -> str | None:
-    """Why a model cannot be calibrated without behavior (None: it can)."""
-    if not model_contract(config).units_matched:
-        return ("the model reads sorted units, which a new day does not share: zero-label calibration needs matched "
-                "channels; send behavior with the spikes (few-shot)")
-    if not config.get("channel_reference"):
-        return ("the artifact has no channel_reference (the training days' channel statistics); zero-label "
-                "calibration needs a model trained by this version of `alignnet train`")
-    return None
-
-
 def check_block(config: dict[str, Any], day: str, counts: np.ndarray, behavior: np.ndarray | None) -> None:
     """Refuse calibration input that cannot fit a read-in, naming the problem (ValueError -> 422)."""
-    from alignnet.training.calibrate import MIN_WINDOWS
+    from alignnet.training.calibrate import MIN_WINDOWS, zero_label_problem
 
     mc = model_contract(config)
     if behavior is None and (problem := zero_label_problem(config)):

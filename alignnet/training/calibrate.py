@@ -59,9 +59,8 @@ def calibrate(base: Path, data: Path, day: str | int, out: Path, *, trials: int 
     Returns a report: slice, fit, and the R² of the rest of the day (when it has behavior) before and after."""
     model, _, config = load_artifact(base)
     mc = model_contract(config)
-    if zero_label and not mc.units_matched:
-        raise DataError(f"{base}: trained on sorted units; zero-label calibration needs matched channels — use "
-                        "--trials N or --seconds S with the day's behavior")
+    if zero_label and (problem := zero_label_problem(config)):  # before reading any data
+        raise DataError(f"{base}: {problem}")
     ds = Dataset(data)
     d = ds.day(ds.day_index(day))
     if mc.units_matched and d.n_channels != mc.n_channels:
@@ -75,16 +74,30 @@ def calibrate(base: Path, data: Path, day: str | int, out: Path, *, trials: int 
     w = windows_in_trials(d, calib, window, max(1, window // 10), behavior, cross_segments=cross)
     name = day_name(d.name)
     served = mc.for_day(d.n_channels)
+    rest = rest_windows(d, calib, window, behavior, cross)
     # before: the base as it is (matched channels only: sorted units of a new day cannot be read without a read-in)
-    before = _rest_r2(model, d, calib, served, mc, config.get("served_day"), window) if mc.units_matched else None
+    before = _rest_r2(model, rest, served, config.get("served_day")) if mc.units_matched else None
     fit = fit_readin(model, config, name, w, zero_label, train)
-    after = _rest_r2(model, d, calib, served, mc, name, window)
+    after = _rest_r2(model, rest, served, name)
     report = {"base": str(base), "data": str(data), "day": d.name, "served_day": name,
               "mode": "zero-label" if zero_label else "few-shot", "trials": int(len(calib)),
               "seconds": float(np.isin(d.trial_id, calib).sum() * d.bin_s), "windows": len(w),
               **fit, "rest_r2_before": before, "rest_r2_after": after}
     write_calibrated(out, model, config, name, d.n_channels, base, report, export)
     return report
+
+
+def zero_label_problem(config: dict[str, Any]) -> str | None:
+    """Why a model cannot be calibrated without behavior (None: it can): `calibrate --zero-label`,
+    ``POST /calibrate`` without behavior and ``serve --calibrate-seconds`` all ask this."""
+    if not model_contract(config).units_matched:
+        return ("the model reads sorted units, which a new day does not share: zero-label calibration needs matched "
+                "channels (the same electrode every day); calibrate with a few labelled trials instead (--trials N, "
+                "or behavior with the spikes in POST /calibrate)")
+    if not config.get("channel_reference"):
+        return ("the artifact has no channel_reference (the training days' channel statistics); zero-label "
+                "calibration needs a model trained by this version of `alignnet train`")
+    return None
 
 
 def day_name(name: str) -> str:
@@ -103,13 +116,8 @@ def fit_readin(model, config: dict[str, Any], name: str, w: DayWindows, zero_lab
     if mc.units_matched and n_channels != mc.n_channels:
         raise DataError(f"the calibration spikes have {n_channels} channels; the model reads {mc.n_channels} "
                         "matched channels")
-    if zero_label and not mc.units_matched:
-        raise DataError("zero-label calibration needs a model trained on matched channels (the same electrode on "
-                        "every day); a new day's sorted units match none of the training days' — calibrate with a "
-                        "few labelled trials instead (--trials N, or behavior in POST /calibrate)")
-    if zero_label and not config.get("channel_reference"):
-        raise DataError("zero-label calibration needs the training days' channel statistics (channel_reference), "
-                        "which artifacts trained by this version of `alignnet train` carry; retrain the model")
+    if zero_label and (problem := zero_label_problem(config)):
+        raise DataError(problem)
     if len(w) < MIN_WINDOWS:
         raise DataError(f"the calibration data holds {len(w)} windows of {mc.window_bins} bins; at least "
                         f"{MIN_WINDOWS} are needed — give more trials or seconds")
@@ -199,11 +207,15 @@ def calibrate_block(base: Path, counts: np.ndarray, behavior: np.ndarray | None,
     return report
 
 
+def rest_windows(d: Day, calib: np.ndarray, window: int, behavior: str, cross: bool) -> DayWindows:
+    """Whole non-overlapping windows of the day's trials after the calibration slice: what calibration is scored on."""
+    return windows_in_trials(d, np.setdiff1d(np.unique(d.trial_id), calib), window, window, behavior, cross)
+
+
 @torch.no_grad()
-def _rest_r2(model, d: Day, calib: np.ndarray, served, mc, day_name: str | None, window: int) -> float | None:
-    """R² of whole non-overlapping windows of the day after the calibration slice (None without any)."""
-    rest = np.setdiff1d(np.unique(d.trial_id), calib)
-    w = windows_in_trials(d, rest, window, window, mc.behavior_kind, cross_segments=short_segments(d, window))
+def _rest_r2(model, w: DayWindows, served, day_name: str | None) -> float | None:
+    """R² of ``model`` (through ``day_name``'s read-in) on the rest windows ``w`` (None without any, or where the
+    behavior does not vary)."""
     if len(w) == 0 or not np.ptp(w.behavior, axis=(0, 2)).any():
         return None
     x = torch.from_numpy(served.preprocess_spikes(w.counts))

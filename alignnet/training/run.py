@@ -143,11 +143,12 @@ def train(cfg: dict[str, Any], config_path: Path, *, data: Path | None = None, o
     seed = int(train_cfg.get("seed", 0))
     seed_everything(seed)
     trainw, valw, testw, day_idx, window, behavior = _train_windows(ds, train_cfg)
+    split = split_report(ds, day_idx, testw)
     if is_rank0():
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(out / "config.yaml", yaml.safe_dump({**cfg, "resolved": {
             "data": str(data), "device": device, "command": command},
-            "split": split_report(ds, day_idx, testw)}).encode())
+            "split": split}).encode())
     # units that differ by day: one read-in per day into a shared model space of train.model_channels channels
     space = {} if ds.units_matched else {"n_channels": trainw[0].counts.shape[1] if matched
                                          else int(train_cfg.get("model_channels", 64))}
@@ -184,8 +185,7 @@ def train(cfg: dict[str, Any], config_path: Path, *, data: Path | None = None, o
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
-    return {"artifact": out / "artifact", "stages": summaries, "metrics": metrics,
-            "split": split_report(ds, day_idx, testw)}
+    return {"artifact": out / "artifact", "stages": summaries, "metrics": metrics, "split": split}
 
 
 def split_report(ds: Dataset, day_idx: list[int], testw: list) -> dict[str, str]:
