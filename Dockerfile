@@ -26,6 +26,11 @@ RUN pip install . \
     && useradd --create-home --uid 10001 alignnet
 USER 10001
 
+# 0.0.0.0 so the published port reaches the service. What guards it, from the environment (README, "What it serves,
+# and to whom"): ALIGNNET_ALLOWED_HOSTS (Host names answered; default localhost,127.0.0.1,::1: add the name clients
+# use), ALIGNNET_ADMIN_TOKEN (without it /reload and /calibrate refuse every client outside the container),
+# ALIGNNET_CORS_ORIGINS (browser origins allowed), ALIGNNET_ARTIFACT_KEY (serve only signed artifacts). Put TLS in
+# front (a reverse proxy) if it leaves the lab network.
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import urllib.request, sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=4).status != 200)"]

@@ -112,3 +112,11 @@ def wait_until(cond, timeout: float = 10.0, every: float = 0.02) -> bool:
             return True
         time.sleep(every)
     return False
+
+
+def service_client(app, **kwargs):
+    """A TestClient that speaks to the app as a local client would: Host localhost, from 127.0.0.1 (the service
+    answers only the hosts it is configured for, and its admin routes only loopback clients without a token)."""
+    from fastapi.testclient import TestClient
+
+    return TestClient(app, base_url="http://localhost", client=("127.0.0.1", 50000), **kwargs)

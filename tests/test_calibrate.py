@@ -151,7 +151,7 @@ def test_drift_command_measures_every_day(tiny_dataset, tmp_path, capsys):
 
 
 def test_post_calibrate_swaps_in_a_calibrated_model_and_survives_a_restart(tiny_dataset, tmp_path):
-    from fastapi.testclient import TestClient
+    from conftest import service_client
 
     from alignnet.service.app import create_app
     from alignnet.service.settings import Settings
@@ -163,7 +163,7 @@ def test_post_calibrate_swaps_in_a_calibrated_model_and_survives_a_restart(tiny_
     day = Dataset(tiny_dataset / "D").day(2)
     counts, beh = day.counts[:200].T.astype(float), day.pos[:200].T.astype(float)
     settings = dict(artifact=run / "artifact", calibration_dir=tmp_path / "cal")
-    with TestClient(create_app(Settings(**settings))) as client:
+    with service_client(create_app(Settings(**settings))) as client:
         bad = [({"day": "d2", "spikes": counts[:15].tolist()}, "16 matched channels"),
                ({"day": "d2", "spikes": counts[:, :30].tolist()}, "too few"),
                ({"day": "d2", "spikes": (-counts).tolist()}, "non-negative"),
@@ -172,21 +172,21 @@ def test_post_calibrate_swaps_in_a_calibrated_model_and_survives_a_restart(tiny_
         for body, expect in bad:
             r = client.post("/calibrate", json=body)
             assert r.status_code == 422 and expect in r.json()["detail"], (expect, r.json())
-        assert client.get("/model").json()["artifact"] == str(run / "artifact")  # untouched
+        assert client.get("/model").json()["artifact"] == "artifact"  # untouched
         r = client.post("/calibrate", json={"day": "d2", "spikes": counts.tolist(), "behavior": beh.tolist()})
         assert r.status_code == 202 and r.json()["state"] == "running"
         status = client.app.state.alignnet.calibrator.wait(300)
         assert status["state"] == "done", status
         assert client.get("/health").json()["calibration"]["state"] == "done"
-        assert client.get("/model").json()["artifact"] == str(tmp_path / "cal" / "d2")
+        assert client.get("/model").json()["artifact"] == "d2"
         r = client.post("/decode", json={"spikes": counts[:, :20].tolist()})
         assert r.status_code == 200
-    with TestClient(create_app(Settings(**settings))) as client:  # a restart serves the calibrated day again
-        assert client.get("/model").json()["artifact"] == str(tmp_path / "cal" / "d2")
+    with service_client(create_app(Settings(**settings))) as client:  # a restart serves the calibrated day again
+        assert client.get("/model").json()["artifact"] == "d2"
 
 
 def test_post_calibrate_failure_keeps_the_serving_model(service_artifacts, tmp_path, monkeypatch):
-    from fastapi.testclient import TestClient
+    from conftest import service_client
 
     from alignnet.service.app import create_app
     from alignnet.service.settings import Settings
@@ -197,7 +197,7 @@ def test_post_calibrate_failure_keeps_the_serving_model(service_artifacts, tmp_p
     monkeypatch.setattr("alignnet.training.calibrate.calibrate_block", fails)
     counts = np.random.default_rng(0).poisson(0.5, (16, 120)).astype(float)
     beh = np.zeros((2, 120))
-    with TestClient(create_app(Settings(artifact=service_artifacts[0], calibration_dir=tmp_path))) as client:
+    with service_client(create_app(Settings(artifact=service_artifacts[0], calibration_dir=tmp_path))) as client:
         # zero-label needs the training days' channel statistics, which this untrained artifact lacks: refused now
         r = client.post("/calibrate", json={"day": "d", "spikes": counts.tolist()})
         assert r.status_code == 422 and "channel_reference" in r.json()["detail"]
@@ -205,12 +205,12 @@ def test_post_calibrate_failure_keeps_the_serving_model(service_artifacts, tmp_p
                                                "behavior": beh.tolist()}).status_code == 202
         status = client.app.state.alignnet.calibrator.wait(120)
         assert status["state"] == "failed" and "disk full" in status["error"]
-        assert client.get("/model").json()["artifact"] == str(service_artifacts[0])
+        assert client.get("/model").json()["artifact"] == service_artifacts[0].name
         assert client.post("/decode", json={"spikes": counts[:, :20].tolist()}).status_code == 200
 
 
 def test_drift_monitor_watches_the_served_latent_and_resets_on_a_new_model(tiny_dataset, tmp_path):
-    from fastapi.testclient import TestClient
+    from conftest import service_client
 
     from alignnet.service.app import create_app
     from alignnet.service.drift_monitor import MIN_LATENTS, DriftMonitor
@@ -235,7 +235,7 @@ def test_drift_monitor_watches_the_served_latent_and_resets_on_a_new_model(tiny_
     assert gauges["silent channels"] > 2 * gauges["training day"], gauges
     monitor.observe(load_engine(run / "artifact", "onnx"), windows[:1])  # another engine: a fresh history
     assert monitor.status()["latents"] == 1 < MIN_LATENTS and monitor.status()["gauge"] is None
-    with TestClient(create_app(Settings(artifact=run / "artifact"))) as client:
+    with service_client(create_app(Settings(artifact=run / "artifact"))) as client:
         assert client.post("/decode", json={"spikes": windows[:3].tolist()}).status_code == 200
         assert client.get("/health").json()["drift"]["latents"] == 1
         assert "alignnet_drift" in client.get("/metrics").text

@@ -60,7 +60,7 @@ def test_client_sync_and_async_equal_the_engine(service_artifacts):
     import asyncio
 
     import httpx
-    from fastapi.testclient import TestClient
+    from conftest import service_client
 
     from alignnet.clients import AsyncClient, Client, ServiceError
     from alignnet.service.app import create_app
@@ -69,8 +69,8 @@ def test_client_sync_and_async_equal_the_engine(service_artifacts):
     engine = load_engine(service_artifacts[0], "onnx")
     counts = np.random.default_rng(0).poisson(1.0, (3, 16, 20)).astype(np.float32)
     app = create_app(Settings(artifact=service_artifacts[0]))
-    with TestClient(app) as http:  # runs the app's lifespan; the client speaks to it in-process
-        c = Client("http://testserver", http=http)
+    with service_client(app) as http:  # runs the app's lifespan; the client speaks to it in-process
+        c = Client("http://localhost", http=http)
         np.testing.assert_allclose(c.decode(counts), engine.decode(counts), atol=1e-6)
         assert c.decode(counts[0]).shape == (1, 2, 20)
         spikes = c.simulate(np.zeros((2, 20)), sample=True, seed=1)
@@ -82,8 +82,8 @@ def test_client_sync_and_async_equal_the_engine(service_artifacts):
             c.decode(np.array(["a"]))
 
         async def run():
-            async with AsyncClient("http://testserver", http=httpx.AsyncClient(
-                    transport=httpx.ASGITransport(app=app), base_url="http://testserver")) as ac:
+            async with AsyncClient("http://localhost", http=httpx.AsyncClient(
+                    transport=httpx.ASGITransport(app=app), base_url="http://localhost")) as ac:
                 return await ac.decode(counts), (await ac.model())["model"]
 
         y, name = asyncio.run(run())

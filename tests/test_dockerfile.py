@@ -23,7 +23,8 @@ def test_dockerfile_promises():
     text = (ROOT / "Dockerfile").read_text()
     assert "download.pytorch.org/whl/cpu" in text and "torch==2.13.0" in text  # CPU torch, the pinned version
     assert "\nUSER " in text and "USER root" not in text  # non-root
-    for needle in ("HEALTHCHECK", "EXPOSE 8000", 'ENTRYPOINT ["alignnet", "serve"', "--network host"):
+    for needle in ("HEALTHCHECK", "EXPOSE 8000", 'ENTRYPOINT ["alignnet", "serve"', "--network host",
+                   "ALIGNNET_ALLOWED_HOSTS", "ALIGNNET_ADMIN_TOKEN"):  # 0.0.0.0 only with its guards documented
         assert needle in text
     for copied in ("alignnet", "configs"):  # everything `pip install .` needs
         assert f"COPY {copied} ./{copied}" in text and (ROOT / copied).is_dir()

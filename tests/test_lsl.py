@@ -196,7 +196,7 @@ def test_reverse_direction_simulates_spikes(engine):
 
 
 def test_app_runs_the_bridge_and_reports_it(service_artifacts):
-    from fastapi.testclient import TestClient
+    from conftest import service_client
 
     from alignnet.service.app import create_app
     from alignnet.service.settings import Settings
@@ -205,7 +205,7 @@ def test_app_runs_the_bridge_and_reports_it(service_artifacts):
     src = _source(name)
     settings = Settings(artifact=service_artifacts[0], lsl_decode=True, lsl_source_name=name,
                         lsl_resolve_timeout_s=1.0)
-    with TestClient(create_app(settings)) as client:
+    with service_client(create_app(settings)) as client:
         assert wait_until(lambda: client.get("/health").json()["lsl"]["state"] == "streaming")
         out = _consumer(f"{name}-decoded")
         for _ in range(5):
@@ -246,7 +246,7 @@ def test_a_backlog_is_skipped_so_lag_cannot_grow(engine):
 def test_bridge_calibrates_the_session_without_labels_on_its_first_seconds(tiny_dataset, tmp_path):
     """`serve --lsl --calibrate-seconds S`: the first S seconds are decoded with the base model and collected; a
     zero-label calibration then swaps in the session's calibrated model, which goes on decoding the stream."""
-    from fastapi.testclient import TestClient
+    from conftest import service_client
 
     from alignnet.cli.main import main as cli
     from alignnet.service.app import create_app
@@ -261,7 +261,7 @@ def test_bridge_calibrates_the_session_without_labels_on_its_first_seconds(tiny_
     settings = Settings(artifact=run / "artifact", lsl_decode=True, lsl_source_name=name, lsl_resolve_timeout_s=1.0,
                         lsl_calibrate_seconds=1.2, calibration_dir=tmp_path / "cal", lsl_max_lag_bins=200)
     counts = np.random.default_rng(0).poisson(0.8, (120, 16)).astype(np.float32)
-    with TestClient(create_app(settings)) as client:
+    with service_client(create_app(settings)) as client:
         assert wait_until(lambda: client.get("/health").json()["lsl"]["state"] == "streaming")
         out = _consumer(f"{name}-decoded")
         t0 = pylsl.local_clock()
@@ -274,7 +274,8 @@ def test_bridge_calibrates_the_session_without_labels_on_its_first_seconds(tiny_
             str(client.get("/health").json()["lsl"]["bridges"][0])
         status = client.app.state.alignnet.calibrator.wait(120)
         assert status["state"] == "done" and status["mode"] == "zero-label" and status["bins"] == 60, status
-        assert client.get("/model").json()["artifact"].startswith(str(tmp_path / "cal"))
+        assert client.get("/model").json()["artifact"].startswith("lsl-")
+        assert client.app.state.alignnet.engine.folder.parent == tmp_path / "cal"
         block = client.get("/health").json()["lsl"]["bridges"][0]["calibration_block"]
         assert block["state"] == "handed over"
         src.push_chunk(counts[70:80], (t0 + 0.02 * np.arange(70, 80)).tolist())

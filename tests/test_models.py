@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from alignnet.model import DataContract, create_model, list_models
-from alignnet.model.artifacts import ArtifactError, load_artifact, save_artifact
+from alignnet.model.artifacts import ArtifactError, load_artifact, save_artifact, write_config
 from alignnet.model.losses import info_nce, pretrain_loss
 from alignnet.model.registry import model_class
 
@@ -142,6 +142,9 @@ def test_corrupted_or_mismatched_artifacts_are_refused(tmp_path):
     cfg["format_version"] = 1
     cfg["model_config"]["widths"] = [8, 8]
     (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ArtifactError, match="changed after it was written"):  # its integrity record
+        load_artifact(folder)
+    write_config(folder, cfg)  # the same edit, re-sealed: the weights still do not fit
     with pytest.raises(ArtifactError, match="do not match the architecture"):
         load_artifact(folder)
     with pytest.raises(ArtifactError, match="not found"):

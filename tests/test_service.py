@@ -2,7 +2,7 @@ import io
 
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
+from conftest import service_client
 
 from alignnet.service.app import NPY, create_app
 from alignnet.service.engines import load_engine
@@ -17,7 +17,7 @@ def artifacts(service_artifacts):
 @pytest.fixture
 def client(artifacts):
     app = create_app(Settings(artifact=artifacts[0], max_batch=8, max_body_bytes=200_000))
-    with TestClient(app) as c:
+    with service_client(app) as c:
         yield c
 
 
@@ -71,17 +71,18 @@ def test_health_model_metrics(client):
 def test_hot_reload_and_failed_reload_keeps_the_old_model(client, artifacts, tmp_path):
     counts = np.ones((1, 16, 20)).tolist()
     before = client.post("/decode", json={"spikes": counts}).json()["behavior"]
-    r = client.post("/reload", json={"artifact": str(tmp_path / "missing")})
+    r = client.post("/reload", json={"artifact": str(artifacts[0].parent / "missing")})
     assert r.status_code == 409 and "still serving" in r.json()["detail"]
+    assert str(artifacts[0].parent) not in r.json()["detail"]  # no absolute paths in answers
     assert client.post("/decode", json={"spikes": counts}).json()["behavior"] == before
-    r = client.post("/reload", json={"artifact": str(artifacts[1])})
-    assert r.status_code == 200
+    r = client.post("/reload", json={"artifact": artifacts[1].name})  # relative to the artifact root
+    assert r.status_code == 200 and r.json()["artifact"] == artifacts[1].name
     after = client.post("/decode", json={"spikes": counts}).json()["behavior"]
     assert after != before
 
 
 def test_no_model_answers_503_with_the_reason(tmp_path):
-    with TestClient(create_app(Settings(artifact=tmp_path / "none"))) as c:
+    with service_client(create_app(Settings(artifact=tmp_path / "none"))) as c:
         assert c.get("/health").json()["model_loaded"] is False
         r = c.post("/decode", json={"spikes": [[0]]})
         assert r.status_code == 503 and "not found" in r.json()["detail"]

@@ -10,10 +10,9 @@ import logging
 import signal
 import sys
 
-from alignnet.model.artifacts import ArtifactError
+from alignnet.model.artifacts import ArtifactError, ExportError
 from alignnet.recordings.dataset import DataError
 from alignnet.service.launcher import ServiceUnavailable
-from alignnet.training.export import ExportError
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -23,6 +23,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "(default: seeded random windows)")
     p.set_defaults(func=cmd_export)
 
+    p = sub.add_parser("seal", help="record an artifact's config.json hash (and sign it with ALIGNNET_ARTIFACT_KEY)",
+                       description="Check every file of the artifact against the hashes in its config.json, then "
+                       "record config.json's own SHA-256 in it, signed with an HMAC-SHA256 when the environment "
+                       "holds ALIGNNET_ARTIFACT_KEY. `alignnet serve` refuses artifacts without this record; a "
+                       "service started with a key refuses artifacts not signed with it. Artifacts written by this "
+                       "alignnet are sealed already: this is for older ones, or to sign one.")
+    p.add_argument("run", type=Path, help="artifact folder, or a run folder holding artifact/")
+    p.set_defaults(func=cmd_seal)
+
 
 def artifact_dir(path: Path) -> Path:
     """An artifact folder, or a run folder holding artifact/."""
@@ -40,6 +49,16 @@ def cmd_models(args: argparse.Namespace) -> int:
         m = create_model(name)
         c = m.config
         print(f"{name:<20} {n_params(m):>12,}  {f'{c.n_channels} x {c.window_bins}':<16} {model_kind(m)}")
+    return 0
+
+
+def cmd_seal(args: argparse.Namespace) -> int:
+    from alignnet.model.artifacts import seal_artifact
+
+    folder = artifact_dir(args.run)
+    record = seal_artifact(folder)["integrity"]
+    print(f"sealed {folder}: config.json sha256 {record['sha256'][:16]}…"
+          + (" (signed)" if "hmac_sha256" in record else " (not signed: ALIGNNET_ARTIFACT_KEY is not set)"))
     return 0
 
 

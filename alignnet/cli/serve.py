@@ -70,7 +70,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from alignnet.service.engines import check_artifact
 
     settings = settings_from_args(args)
-    config = check_artifact(settings.artifact, settings.engine)  # a clear error now rather than a 503 later
+    key = settings.artifact_key.get_secret_value() if settings.artifact_key else None
+    config = check_artifact(settings.artifact, settings.engine, key)  # a clear error now rather than a 503 later
     if settings.lsl_calibrate_seconds > 0:
         from alignnet.training.calibrate import zero_label_problem
 
@@ -78,5 +79,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise ValueError(f"--calibrate-seconds: {problem}")
     print(f"serving {settings.artifact} ({settings.engine}) on http://{args.host}:{args.port} "
           f"(docs: /docs, health: /health)" + ("; LSL bridge on" if settings.lsl_decode else ""), flush=True)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"bound to {args.host}: answering Host names {settings.allowed_hosts} (ALIGNNET_ALLOWED_HOSTS); /reload "
+              "and /calibrate " + ("need the admin token" if settings.admin_token else "answer this machine only (set "
+                                   "ALIGNNET_ADMIN_TOKEN to allow others)"), flush=True)
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning")
     return 0

@@ -24,7 +24,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="YAML file, or the name of one in configs/ (quick, paper, chewie; default: %(default)s)")
     p.add_argument("--data", type=Path, default=None, help="dataset folder (default: config's, else data/sim-default)")
     p.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<config name>)")
-    p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoints")
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoints (refused if "
+                   "the settings differ from the run's recorded config.yaml)")
+    p.add_argument("--force", action="store_true", help="with --resume: continue although settings changed (the "
+                   "new ones are written to config.resumed.yaml)")
     p.add_argument("--device", default=None, help="auto | cpu | cuda (default: config's, else auto)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config entry, e.g. --set finetune.epochs=3 (repeatable)")
@@ -105,7 +108,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg, path = load_config(args.config)
     result = train(apply_overrides(cfg, args.set), path, data=args.data, out=args.out, device=args.device,
-                   resume=args.resume, command=command_line(args))
+                   resume=args.resume, force=args.force, command=command_line(args))
     if result["metrics"] is None:  # not rank 0 of a torchrun job
         return 0
     for stage, s in result["stages"].items():

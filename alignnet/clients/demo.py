@@ -345,7 +345,12 @@ def closed_loop(artifact: Path, day: int, seed: int, engine: str, port: int | No
     with tempfile.TemporaryDirectory(prefix="alignnet-demo-") as cal:
         extra = ["--lsl", "--lsl-source", source, "--engine", engine, "--calibration-dir", cal]
         with serving(artifact, extra, port=port or free_port()) as url:
-            yield ClosedLoop(source, served_contract(url), day=day, seed=seed), url
+            loop = ClosedLoop(source, served_contract(url), day=day, seed=seed)
+            try:
+                yield loop, url
+            finally:  # the loop's inlet closes before the service stops
+                if loop.decoded is not None:
+                    loop.decoded.close()
 
 
 def run_headless(artifact: Path, trials: int, day: int = 6, seed: int = 0, engine: str = "onnx",

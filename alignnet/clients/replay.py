@@ -95,6 +95,19 @@ class OnlineScorer:
         self.data: dict[str, dict[float, np.ndarray]] = {"decoded": {}, "behavior": {}}
         self.latency: list[float] = []
 
+    def close(self) -> None:
+        """Close the inlets before the service they read from stops (an inlet left open reports the outlet's end as
+        an error and tries to reconnect)."""
+        for inlet in self.inlets.values():
+            inlet.close_stream()
+        self.inlets = {}
+
+    def __enter__(self) -> OnlineScorer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def poll(self, timeout: float = 0.05) -> int:
         got = 0
         for key, inlet in self.inlets.items():
@@ -179,8 +192,8 @@ def replay_day(day, *, name: str = "alignnet-replay", kind: str | None = None, s
 
         extra += ["--calibrate-seconds", str(calibrate_seconds), "--calibration-dir", tempfile.mkdtemp("-alignnet")]
     result = {"day": day.name, "behavior_kind": kind}  # ("behavior" is the scorer's count of behavior samples)
-    with serving(artifact, extra) if artifact else nullcontext() as url:
-        scorer = OnlineScorer(name) if score or artifact else None
+    with serving(artifact, extra) if artifact else nullcontext() as url, \
+            OnlineScorer(name) if score or artifact else nullcontext() as scorer:  # closed before the service
         announce(f"replaying {day.name}: {last - first} bins of {day.bin_s * 1e3:g} ms "
                  f"({(last - first) * day.bin_s:.1f} s at {speed:g}x) on LSL stream '{name}' (+ '{name}-behavior', "
                  f"{kind})")

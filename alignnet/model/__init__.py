@@ -1,11 +1,22 @@
-"""AlignNet-BCI models: networks, baselines, data contract and artifacts. Pure: no optimizers, datasets or HTTP."""
+"""AlignNet-BCI models: networks, baselines, data contract and artifacts. Pure: no optimizers, datasets or HTTP.
 
-from alignnet.model import alignnet, baselines, yardsticks  # noqa: F401  (registers the models)
-from alignnet.model.base import BidirectionalModel, DecodePath, SimulatePath
-from alignnet.model.contract import DataContract
-from alignnet.model.registry import create_model, list_models, model_config, register_model
+The names below load on first use (PEP 562): the networks import torch, which a service on ONNX Runtime never needs
+(importing it cost that process ~250 MB and a second at start)."""
 
-__all__ = [
-    "BidirectionalModel", "DataContract", "DecodePath", "SimulatePath", "create_model", "list_models",
-    "model_config", "register_model",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_WHERE = {"BidirectionalModel": "alignnet.model.base", "DecodePath": "alignnet.model.base",
+          "SimulatePath": "alignnet.model.base", "DataContract": "alignnet.model.contract",
+          "create_model": "alignnet.model.registry", "list_models": "alignnet.model.registry",
+          "model_config": "alignnet.model.registry", "register_model": "alignnet.model.registry"}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'alignnet.model' has no attribute {name!r}")
+    return getattr(importlib.import_module(_WHERE[name]), name)

@@ -15,16 +15,14 @@ import shutil
 from dataclasses import asdict, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
-
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from typing import TYPE_CHECKING, Any
 
 from alignnet.model.atomic import atomic_path, atomic_write_json
-from alignnet.model.base import BidirectionalModel
 from alignnet.model.contract import DataContract
-from alignnet.model.registry import create_model
+from alignnet.model.integrity import IntegrityError, check, env_key, seal
+
+if TYPE_CHECKING:  # torch is imported where weights are read or written, not by a service on ONNX Runtime
+    from alignnet.model.base import BidirectionalModel
 
 ARTIFACT_FORMAT_VERSION = 1
 CONFIG = "config.json"
@@ -33,6 +31,10 @@ WEIGHTS = "model.safetensors"
 
 class ArtifactError(RuntimeError):
     """An artifact is missing, corrupt or of another version; the message says what to do."""
+
+
+class ExportError(RuntimeError):  # raised by training.export; defined here, where the CLI finds it without torch
+    """Export failed or did not reproduce eager PyTorch; nothing was written."""
 
 
 def sha256(path: Path) -> str:
@@ -62,13 +64,18 @@ def save_artifact(
     model space's contract when ``contract`` is that day's; ``latent_reference``: the training days' latent
     moments, for the drift monitor; ``channel_reference``: each model input channel's mean and standard deviation on the
     training days, for zero-label calibration)."""
+    import torch
+    from safetensors.torch import save_file
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if not contract.is_fitted:
         raise ValueError("the data contract has no normalisation statistics: fit it on training data first")
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     with atomic_path(folder / WEIGHTS) as tmp:
-        save_file(state, str(tmp), metadata={"format": "pt", "model": model.model_name})
+        # one metadata entry: safetensors writes its metadata map in hash order, so two entries made identical
+        # weights hash differently from run to run (the model's name is in config.json)
+        save_file(state, str(tmp), metadata={"format": "pt"})
     previous = read_config(folder) if (folder / CONFIG).is_file() else {}
     files = {name: digest for name, digest in previous.get("files", {}).items()
              if name != WEIGHTS and (folder / name).is_file()}
@@ -102,7 +109,8 @@ def _config_dict(cfg: Any) -> dict[str, Any]:
 
 
 def write_config(folder: Path, config: dict[str, Any]) -> None:
-    atomic_write_json(Path(folder) / CONFIG, config)
+    """Write config.json with its integrity record (signed when ``ALIGNNET_ARTIFACT_KEY`` is set)."""
+    atomic_write_json(Path(folder) / CONFIG, seal(config, env_key()))
 
 
 def add_file(folder: str | Path, name: str, src: Path) -> None:
@@ -115,7 +123,9 @@ def add_file(folder: str | Path, name: str, src: Path) -> None:
     write_config(folder, config)
 
 
-def read_config(folder: str | Path) -> dict[str, Any]:
+def read_config(folder: str | Path, *, required: bool = False, key: str | None = None) -> dict[str, Any]:
+    """config.json, checked against its integrity record (``required``: refuse one without a record; ``key``: and
+    without a matching signature)."""
     folder = Path(folder)
     path = folder / CONFIG
     if not folder.is_dir():
@@ -132,9 +142,17 @@ def read_config(folder: str | Path) -> dict[str, Any]:
             f"{path}: artifact format version {version!r}, this alignnet reads version {ARTIFACT_FORMAT_VERSION}; "
             "re-export it with a matching alignnet version"
         )
-    for key in ("model", "model_config", "contract", "files"):
-        if key not in config:
-            raise ArtifactError(f"{path}: lacks '{key}'; re-export the artifact")
+    if not isinstance(config, dict):
+        raise ArtifactError(f"{path}: not an artifact's config (a JSON object is expected); re-export the artifact")
+    for entry in ("model", "model_config", "contract", "files"):
+        if entry not in config:
+            raise ArtifactError(f"{path}: lacks '{entry}'; re-export the artifact")
+    if not isinstance(config["files"], dict):
+        raise ArtifactError(f"{path}: 'files' must map file names to SHA-256 hashes; re-export the artifact")
+    try:
+        check(config, str(path), required=required, key=key)
+    except IntegrityError as e:
+        raise ArtifactError(str(e)) from None
     return config
 
 
@@ -143,12 +161,14 @@ def model_contract(config: dict[str, Any]) -> DataContract:
     return DataContract.from_dict(config.get("model_contract", config["contract"]))
 
 
-def verify_files(folder: str | Path, names: list[str] | None = None) -> dict[str, Any]:
-    """Check the SHA-256 of the artifact's files (or of ``names``); returns the config."""
+def verify_files(folder: str | Path, names: list[str] | None = None, *, required: bool = False,
+                 key: str | None = None) -> dict[str, Any]:
+    """Check the SHA-256 of the artifact's files (or of ``names``) and config.json's own record (``read_config``'s
+    ``required`` and ``key``); returns the config."""
     folder = Path(folder)
-    config = read_config(folder)
+    config = read_config(folder, required=required, key=key)
     for name in names or list(config["files"]):
-        if name not in config["files"]:
+        if name not in config["files"] or name != Path(name).name:
             raise ArtifactError(f"{folder}: {name} is not part of this artifact (files: {', '.join(config['files'])})")
         path = folder / name
         if not path.is_file():
@@ -161,18 +181,29 @@ def verify_files(folder: str | Path, names: list[str] | None = None) -> dict[str
     return config
 
 
+def seal_artifact(folder: str | Path) -> dict[str, Any]:
+    """Record config.json's integrity (signed with ``ALIGNNET_ARTIFACT_KEY`` if set) after checking every file it
+    lists against its hash: for artifacts written before records existed, or to sign one."""
+    config = verify_files(folder)
+    write_config(Path(folder), config)
+    return read_config(folder, required=True, key=env_key())
+
+
 def load_artifact(
     folder: str | Path, *, lif_impl: str | None = None, map_location: str = "cpu",
 ) -> tuple[BidirectionalModel, DataContract, dict[str, Any]]:
     """Load (model in eval mode, contract, config). ``lif_impl='plain'`` builds the exportable twin."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from alignnet.model.registry import create_model, registered
+
     folder = Path(folder)
     config = verify_files(folder, [WEIGHTS])
     overrides = dict(config["model_config"])
-    from alignnet.model.registry import _REGISTRY
-
-    if config["model"] not in _REGISTRY:
+    if config["model"] not in registered():
         raise ArtifactError(f"{folder}: unknown model {config['model']!r}; is this alignnet too old?")
-    valid = {f.name for f in fields(_REGISTRY[config["model"]][0].config_class)}
+    valid = {f.name for f in fields(registered()[config["model"]][0].config_class)}
     if lif_impl is not None and "lif_impl" in valid:
         overrides["lif_impl"] = lif_impl
     try:

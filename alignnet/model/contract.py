@@ -14,6 +14,10 @@ from typing import Any
 import numpy as np
 
 CONTRACT_VERSION = 1
+# What a served contract may describe: beyond these a config.json is not a recording of a brain (bins from 0.1 ms to
+# 1 s, windows of at most 10,000 bins and 10 minutes, at most 100,000 channels and 64 behavior variables).
+LIMITS = {"bin_s": (1e-4, 1.0), "window_bins": (1, 10_000), "window_s": (1e-3, 600.0), "n_channels": (1, 100_000),
+          "behavior_dims": (1, 64)}
 
 
 @dataclass
@@ -43,6 +47,10 @@ class DataContract:
             raise ValueError(f"window_bins must be a positive int, got {self.window_bins!r}")
         if not isinstance(self.behavior_dims, int) or self.behavior_dims < 1:
             raise ValueError(f"behavior_dims must be a positive int, got {self.behavior_dims!r}")
+        for name, (lo, hi) in LIMITS.items():
+            value = self.window_s if name == "window_s" else getattr(self, name)
+            if not lo <= value <= hi:
+                raise ValueError(f"{name} of {value:g} is outside the plausible range {lo:g} to {hi:g}")
         self.behavior_names = tuple(self.behavior_names)
         if len(self.behavior_names) != self.behavior_dims:
             raise ValueError(
@@ -55,6 +63,8 @@ class DataContract:
                 arr = np.asarray(value, dtype=np.float64)
                 if arr.shape != (n,) or not np.all(np.isfinite(arr)):
                     raise ValueError(f"{name} must be {n} finite numbers, got shape {arr.shape}")
+                if name != "behavior_mean" and not np.all(arr > 0):
+                    raise ValueError(f"{name} must be positive (it divides the data), got {arr.min():g}")
                 setattr(self, name, [float(v) for v in arr])
         if not isinstance(self.units_matched, bool):
             raise ValueError(f"units_matched must be true or false, got {self.units_matched!r}")

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
+if TYPE_CHECKING:
+    from torch import nn
 
 _REGISTRY: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {}
 
@@ -25,22 +26,32 @@ def register_model(name: str, **defaults: Any) -> Callable[[type[nn.Module]], ty
     return wrap
 
 
+def registered() -> dict[str, tuple[type[nn.Module], dict[str, Any]]]:
+    """The registry, with the built-in models registered: their modules import torch, so they are loaded on first
+    use (a service on ONNX Runtime never imports torch)."""
+    import alignnet.model.alignnet  # noqa: F401
+    import alignnet.model.baselines  # noqa: F401
+    import alignnet.model.yardsticks  # noqa: F401
+
+    return _REGISTRY
+
+
 def list_models() -> list[str]:
-    return sorted(_REGISTRY)
+    return sorted(registered())
 
 
 def model_class(name: str) -> type[nn.Module]:
     """The class behind a registered name (e.g. to ask ``needs_gradients`` before building it)."""
-    if name not in _REGISTRY:
+    if name not in registered():
         raise ValueError(f"unknown model {name!r}; registered models: {', '.join(list_models())}")
-    return _REGISTRY[name][0]
+    return registered()[name][0]
 
 
 def model_config(name: str, **overrides: Any):
     """The resolved config dataclass of a registered model."""
-    if name not in _REGISTRY:
+    if name not in registered():
         raise ValueError(f"unknown model {name!r}; registered models: {', '.join(list_models())}")
-    cls, defaults = _REGISTRY[name]
+    cls, defaults = registered()[name]
     valid = {f.name for f in fields(cls.config_class)}
     unknown = sorted(set(overrides) - valid)
     if unknown:
@@ -50,7 +61,7 @@ def model_config(name: str, **overrides: Any):
 
 def create_model(name: str, **overrides: Any) -> nn.Module:
     """Build a registered model: ``create_model("alignnet", n_channels=96)``."""
-    cls, _ = _REGISTRY[name] if name in _REGISTRY else (None, None)
+    cls, _ = registered()[name] if name in registered() else (None, None)
     cfg = model_config(name, **overrides)
     model = cls(cfg)
     model.model_name = name

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
-import zipfile
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +26,7 @@ import numpy as np
 
 from alignnet.model.atomic import atomic_path, atomic_write_bytes, atomic_write_json  # noqa: F401  (re-exported)
 from alignnet.model.contract import DataContract
+from alignnet.recordings.checks import DataError, check_counts, check_manifest, read_npz, scalar_seconds
 from alignnet.recordings.preprocess import gather_windows, window_starts
 
 log = logging.getLogger(__name__)
@@ -35,10 +36,6 @@ MANIFEST = "manifest.json"
 DEFAULT_DATASET = Path("data/sim-default")  # where `alignnet data simulate` writes by default
 MIN_TRIALS = 10  # a day with fewer recorded trials is split by time: its bins are cut into TIME_BLOCKS blocks
 TIME_BLOCKS = 50  # pseudo-trials of a continuous session (each 2 % of it), so splits by "trial" split by time
-
-
-class DataError(ValueError):
-    """Bad or missing input data; the message names the file and the problem."""
 
 
 def atomic_savez(path: Path, **arrays: np.ndarray) -> None:
@@ -115,8 +112,10 @@ class Day:
             arr = getattr(self, key)
             if arr.shape != (n,):
                 raise DataError(f"{where}'{key}' must have one value per bin ({n}), got shape {arr.shape}")
-        if not np.all(np.isfinite(self.counts)) or np.any(self.counts < 0):
-            raise DataError(f"{where}spike counts must be finite and non-negative")
+        if n == 0 or self.counts.shape[1] == 0:
+            raise DataError(f"{where}the day holds no bins or no channels (spike counts of shape "
+                            f"{self.counts.shape})")
+        check_counts(self.counts, self.bin_s, where)
 
     # ---- I/O ---------------------------------------------------------------------------------------------------
     def save(self, path: Path) -> None:
@@ -135,18 +134,14 @@ class Day:
         path = Path(path)
         if not path.is_file():
             raise DataError(f"{path}: day file not found")
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
-        except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
-            raise DataError(f"{path}: not a readable day file ({e})") from e
+        arrays = read_npz(path)
         required = ("counts", "pos", "vel", "trial_id", "segment_id", "target", "time_s", "bin_s", "name")
         missing = [k for k in required if k not in arrays]
         if missing:
             raise DataError(f"{path}: day file lacks {', '.join(missing)}")
         extra = {k: v for k, v in arrays.items() if k not in required}
         day = cls.__new__(cls)
-        day.name, day.bin_s = str(arrays["name"]), float(arrays["bin_s"])
+        day.name, day.bin_s = str(arrays["name"]), scalar_seconds(arrays["bin_s"], f"{path}: bin_s")
         day.counts, day.pos, day.vel = arrays["counts"], arrays["pos"], arrays["vel"]
         day.trial_id, day.segment_id = arrays["trial_id"], arrays["segment_id"]
         day.target, day.time_s, day.extra = arrays["target"], arrays["time_s"], extra
@@ -182,14 +177,17 @@ class Dataset:
             raise DataError(f"{path}: no dataset manifest here{hint}")
         try:
             self.manifest = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise DataError(f"{path}: manifest is not valid JSON ({e})") from e
+        if not isinstance(self.manifest, dict):
+            raise DataError(f"{path}: the manifest must be a JSON object, got a {type(self.manifest).__name__}")
         version = self.manifest.get("format_version")
         if version != DATASET_FORMAT_VERSION:
             raise DataError(
                 f"{path}: dataset format version {version!r} is not supported (this alignnet reads "
                 f"{DATASET_FORMAT_VERSION}); re-import or re-simulate the data"
             )
+        check_manifest(self.manifest, self.root, path)
         self._cache: dict[int, Day] = {}
 
     @property
@@ -234,7 +232,15 @@ class Dataset:
     def day(self, key: int | str) -> Day:
         i = self.day_index(key)
         if i not in self._cache:
-            self._cache[i] = Day.load(self.root / self.days[i]["file"])
+            path = self.root / self.days[i]["file"]
+            day = Day.load(path)
+            c = self.manifest["contract"]
+            if self.units_matched and day.n_channels != c["n_channels"]:
+                raise DataError(f"{path}: holds {day.n_channels} channels but the manifest's contract says "
+                                f"{c['n_channels']} matched channels; re-import the dataset")
+            if not math.isclose(day.bin_s, c["bin_s"], rel_tol=1e-6):
+                raise DataError(f"{path}: bins of {day.bin_s:g} s but the manifest's contract says {c['bin_s']:g} s")
+            self._cache[i] = day
         return self._cache[i]
 
 

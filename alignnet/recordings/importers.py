@@ -5,12 +5,12 @@ and raw broadband arrays. Every path ends in ``bin_day`` so the same spikes give
 from __future__ import annotations
 
 import logging
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from alignnet.recordings.checks import check_counts, read_npz, scalar_seconds
 from alignnet.recordings.dataset import DataError, Day
 from alignnet.recordings.preprocess import (
     bin_index,
@@ -138,7 +138,7 @@ def import_binned_npz(path: str | Path, smooth_s: float = 0.0) -> Day:
     several segments). Behavior is used as given unless smooth_s > 0.
     """
     path = Path(path)
-    z = _load_npz(path)
+    z = read_npz(path)
     missing = [k for k in BINNED_REQUIRED if k not in z] + ([] if "pos" in z or "vel" in z else ["pos or vel"])
     if missing:
         raise DataError(f"{path}: not in the binned layout: lacks {', '.join(missing)}")
@@ -152,9 +152,8 @@ def import_binned_npz(path: str | Path, smooth_s: float = 0.0) -> Day:
     for k in ("pos", "vel"):
         if k in z and (z[k].ndim != 2 or not np.all(np.isfinite(z[k]))):
             raise DataError(f"{path}: {k} must be (bins, dims) of finite values, got shape {z[k].shape}")
-    bin_s = float(z["bin_size_s"])
-    if not 0 < bin_s <= 10:
-        raise DataError(f"{path}: bin_size_s must be in (0, 10] seconds, got {bin_s:g}")
+    bin_s = scalar_seconds(z["bin_size_s"], f"{path}: bin_size_s")
+    check_counts(counts, bin_s, f"{path}: ")  # before the cast to integers, which would truncate fractions
     trial = z["trial_id"].astype(np.int64) if "trial_id" in z else np.zeros(n, np.int64)
     step = z["timestep"].astype(np.int64) if "timestep" in z else _steps_in_trials(trial)
     new_seg = np.ones(n, bool)
@@ -191,16 +190,6 @@ def _integrate(vel: np.ndarray, bin_s: float, segment_id: np.ndarray) -> np.ndar
     return pos
 
 
-def _load_npz(path: Path) -> dict[str, np.ndarray]:
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
-        raise DataError(f"{path}: not a readable .npz archive ({e})") from e
-
-
 # ---- raw broadband ---------------------------------------------------------------------------------------------
 def import_broadband(
     path: str | Path, bin_s: float, smooth_s: float, threshold: float = 4.5, refractory_s: float = 1e-3,
@@ -209,7 +198,7 @@ def import_broadband(
     """An .npz with ``broadband`` (n_samples, C) volts, ``fs``, ``behavior`` (m, D), ``behavior_fs`` and optionally
     ``trial_start_s``/``trial_stop_s``/``target``: threshold-crossing detection, then binning."""
     path = Path(path)
-    z = _load_npz(path)
+    z = read_npz(path)
     missing = [k for k in ("broadband", "fs", "behavior", "behavior_fs") if k not in z]
     if missing:
         raise DataError(f"{path}: a broadband archive needs {', '.join(missing)}")

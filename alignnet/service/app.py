@@ -7,58 +7,40 @@ import asyncio
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from pydantic import BaseModel, ValidationError
+from starlette.middleware.cors import CORSMiddleware
 
 from alignnet.model.artifacts import ArtifactError
 from alignnet.service.binning import BlockCollector
+from alignnet.service.bodies import body_schema, parse, respond, run_engine, validate
 from alignnet.service.calibration import Calibrator, resume_artifact
-from alignnet.service.codec import NPY, from_npy, to_npy
+from alignnet.service.codec import NPY  # noqa: F401  (re-exported for clients and tests)
 from alignnet.service.drift_monitor import DriftMonitor
 from alignnet.service.engines import Engine, load_engine
+from alignnet.service.errors import (
+    BadInput,
+    Conflict,
+    error_responses,
+    install_handlers,
+)
+from alignnet.service.guard import Guard, public, require_admin, under_root
 from alignnet.service.lsl import Bridge, BridgeConfig, BridgeMetrics, Bridges
+from alignnet.service.openapi import contract_openapi
+from alignnet.service.pool import EnginePool
 from alignnet.service.schemas import CalibrateRequest, DecodeRequest, ReloadRequest, SimulateRequest
 from alignnet.service.settings import Settings
 
 log = logging.getLogger(__name__)
-
-class ClientError(ValueError):
-    """A request the service refuses: answered with ``status`` and ``{"detail": detail}`` by one handler."""
-
-    status = 422
-
-    def __init__(self, detail: Any) -> None:
-        super().__init__(detail if isinstance(detail, str) else "request does not match the schema")
-        self.detail = detail
-
-
-class BadInput(ClientError):
-    """Input that does not fit the served contract (422)."""
-
-
-class RequestInvalid(ClientError):
-    """A JSON body that does not match the request schema: pydantic's error list, as FastAPI answers it (422)."""
-
-
-class TooLarge(ClientError):
-    """A body over the size limit."""
-
-    status = 413
-
-
-class UnsupportedMedia(ClientError):
-    """A body in a format the service does not read."""
-
-    status = 415
-
 
 class Metrics:
     def __init__(self) -> None:
@@ -87,15 +69,32 @@ class State:
         self.bridges = Bridges()
         self.calibrator = Calibrator()
         self.drift = DriftMonitor(self.metrics.drift)
+        self.pool = EnginePool(settings.workers, settings.queue)
+        self.root = Path(settings.artifact_root or Path(settings.artifact).resolve().parent)
+        self.max_windows = settings.max_batch
+        self.on_swap: list = []  # called with each new engine (the OpenAPI schema follows the served contract)
 
     def load(self, artifact=None) -> Engine:
-        path = artifact or self.settings.artifact
-        if artifact is None and self.settings.resume_calibrated:  # a restart serves the last calibrated day
-            path = resume_artifact(self.settings.artifact, self.settings.calibration_dir) or path
-        engine = load_engine(path, self.settings.engine, self.settings.threads)  # may raise: old engine stays
+        """Open, verify whole (every file's hash, config.json's record and, with a key, signature), probe with a
+        trial decode and simulate, and only then swap in. On any failure the served engine stays."""
+        s = self.settings
+        path = artifact or s.artifact
+        if artifact is None and s.resume_calibrated:  # a restart serves the last calibrated day
+            path = resume_artifact(s.artifact, s.calibration_dir) or path
+        key = s.artifact_key.get_secret_value() if s.artifact_key else None
+        try:
+            engine = load_engine(path, s.engine, s.threads, key=key, chunk=s.engine_chunk)
+        except (ArtifactError, OSError, ValueError) as e:
+            if path == s.artifact or artifact is not None:
+                raise
+            log.error("the last calibrated artifact %s cannot be served (%s); serving %s", path, e, s.artifact)
+            engine = load_engine(s.artifact, s.engine, s.threads, key=key, chunk=s.engine_chunk)
         with self.lock:
             self.engine, self.error = engine, None
-            self.settings.artifact = engine.folder
+            self.max_windows = windows_within(engine, s.max_batch, s.request_memory_mb)
+            s.artifact = engine.folder
+        for hook in self.on_swap:
+            hook(engine)
         return engine
 
     def reload(self, artifact=None) -> Engine:
@@ -117,6 +116,15 @@ class State:
             log.error("SIGHUP: reload failed, still serving the previous model: %s", e)
 
 
+def windows_within(engine: Engine, max_batch: int, memory_mb: float) -> int:
+    """The most windows one request may hold: ``max_batch``, or fewer where a request of that many would need more
+    than ``memory_mb`` (a JSON window costs about 3 x 32 bytes per number as Python objects: the request's numbers,
+    and the answer's rates and sampled spikes; the engine runs in chunks, so its activations do not grow with it)."""
+    c = engine.contract
+    per_window = 3 * 32 * (c.n_channels + c.behavior_dims) * c.window_bins
+    return max(1, min(max_batch, int(memory_mb * 2**20 // per_window)))
+
+
 def get_state(request: Request) -> State:
     return request.app.state.alignnet
 
@@ -132,108 +140,60 @@ StateDep = Annotated[State, Depends(get_state)]
 EngineDep = Annotated[Engine, Depends(get_engine)]
 
 
-def _run(fn, x: np.ndarray) -> tuple[np.ndarray, str]:
-    """The engine call, and its duration as a Server-Timing header value (lets clients split network from compute).
-    The engine applies the served contract (shape, dtype, NaN/inf/float32 overflow, negative counts: its one set of
-    checks); a refusal is the input's fault, not the server's."""
-    t = time.perf_counter()
+async def _in_worker(request: Request, state: State, work) -> Response:
+    """Admit the request to the engine pool (503 when full), read its body (size-limited and on a deadline), and run
+    ``work(body, content type, accept)`` in a worker thread."""
+    state.pool.admit()
     try:
-        y = fn(x)
-    except ValueError as e:
-        raise BadInput(str(e)) from None
-    return y, f"engine;dur={(time.perf_counter() - t) * 1e3:.3f}"
+        body = await request.body()
+        ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+        return await state.pool.run(work, body, ctype, request.headers.get("accept", ""), trim=len(body) > 1 << 16)
+    finally:
+        state.pool.release()
 
 
-def _body_schema(model: type[BaseModel], npy: str) -> dict[str, Any]:
-    return {"requestBody": {"required": True, "content": {
-        "application/json": {"schema": model.model_json_schema()},
-        NPY: {"schema": {"type": "string", "format": "binary"}, "description": npy}}}}
-
-
-async def _body(request: Request) -> bytes:
-    """The request body, refused (413) beyond the size limit (a chunked body has no content-length for the
-    middleware to check)."""
-    body = await request.body()
-    limit = request.app.state.alignnet.settings.max_body_bytes
-    if len(body) > limit:
-        raise TooLarge(f"request body of {len(body)} bytes exceeds {limit}")
-    return body
-
-
-def _validate(model: type[BaseModel], body: bytes) -> BaseModel:
-    """A JSON body validated by its pydantic model; pydantic's error list as the 422 answer."""
-    try:
-        return model.model_validate_json(body)
-    except ValidationError as e:
-        raise RequestInvalid(e.errors(include_url=False, include_context=False, include_input=False)) from None
-
-
-async def _parse(request: Request, model: type[BaseModel], field: str) -> tuple[BaseModel | None, np.ndarray]:
-    """JSON (validated by the pydantic model) or a NumPy .npy body -> (the request, its array). JSON numbers are
-    cast to float32 here, once; the contract checks shape and values."""
-    body = await _body(request)
-    settings = request.app.state.alignnet.settings
-    ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
-    if ctype == NPY:
-        try:
-            req, arr = None, from_npy(body)
-        except ValueError as e:
-            raise BadInput(str(e)) from None
-    elif ctype == "application/json":
-        req = _validate(model, body)
-        try:
-            with np.errstate(over="ignore"):  # beyond float32 becomes inf, which the contract refuses
-                arr = np.asarray(getattr(req, field), dtype=np.float32)
-        except ValueError:
-            raise BadInput(f"{field} is ragged: every window needs the same number of rows and bins") from None
-        except OverflowError:
-            raise BadInput(f"{field} holds a number too large for float32") from None
-    else:
-        raise UnsupportedMedia(f"content-type {ctype!r} is not supported; send application/json or {NPY}")
-    if arr.ndim == 3 and not 1 <= arr.shape[0] <= settings.max_batch:
-        raise BadInput(f"batch of {arr.shape[0]} windows: send 1 to {settings.max_batch} (the limit of "
-                       f"{settings.max_batch})")
-    return req, arr
-
-
-def _respond(request: Request, arrays: dict[str, np.ndarray], extra: dict[str, Any], timing: str) -> Response:
-    """JSON by default; the first array as .npy when the client accepts application/x-npy."""
-    headers = {"Server-Timing": timing}
-    if NPY in request.headers.get("accept", ""):
-        return Response(to_npy(next(iter(arrays.values())), dtype=None), media_type=NPY, headers=headers)
-    return JSONResponse({**{k: v.tolist() for k, v in arrays.items()}, **extra}, headers=headers)
-
-
+INFERENCE_ERRORS = error_responses(408, 413, 415, 422, 503)
 inference = APIRouter(tags=["inference"])
 
 
-@inference.post("/decode", openapi_extra=_body_schema(DecodeRequest, "float array (C, T) or (B, C, T) of counts"),
-                responses={200: {"description": "behavior (B, D, T); JSON, or .npy with Accept: application/x-npy"}})
+@inference.post("/decode", openapi_extra=body_schema(DecodeRequest, "float array (C, T) or (B, C, T) of counts"),
+                responses={200: {"description": "behavior (B, D, T); JSON, or .npy with Accept: application/x-npy"},
+                           **INFERENCE_ERRORS})
 async def decode(request: Request, engine: EngineDep, state: StateDep):
     """Spike counts per bin -> behavior. JSON ``{"spikes": ...}`` or a ``.npy`` body."""
-    _, x = await _parse(request, DecodeRequest, "spikes")
-    y, timing = _run(engine.decode, x)
-    state.metrics.windows.labels("decode").inc(len(y))
-    state.drift.observe_request(engine, x if x.ndim == 3 else x[None])
-    c = engine.contract
-    return _respond(request, {"behavior": y}, {"names": list(c.behavior_names), "bin_s": c.bin_s}, timing)
+
+    def work(body: bytes, ctype: str, accept: str) -> Response:
+        _, x = parse(body, ctype, DecodeRequest, "spikes", state.max_windows)
+        y, timing = run_engine(engine.decode, x)
+        state.metrics.windows.labels("decode").inc(len(y))
+        state.drift.observe_request(engine, x if x.ndim == 3 else x[None])
+        c = engine.contract
+        return respond(accept, {"behavior": y}, {"names": list(c.behavior_names), "bin_s": c.bin_s}, timing)
+
+    return await _in_worker(request, state, work)
 
 
-@inference.post("/simulate", openapi_extra=_body_schema(SimulateRequest, "float array (D, T) or (B, D, T)"),
-                responses={200: {"description": "rates (B, C, T); JSON, or .npy with Accept: application/x-npy"}})
+@inference.post("/simulate", openapi_extra=body_schema(SimulateRequest, "float array (D, T) or (B, D, T)"),
+                responses={200: {"description": "rates (B, C, T); JSON, or .npy with Accept: application/x-npy"},
+                           **INFERENCE_ERRORS})
 async def simulate(request: Request, engine: EngineDep, state: StateDep, sample: bool = False,
                    seed: Annotated[int | None, Query(ge=0, le=2**63 - 1)] = None):
     """Behavior -> expected spike counts per bin (and sampled counts with ``sample``). JSON or a ``.npy`` body
     (then ``sample`` and ``seed`` are query parameters; the .npy answer holds the sampled counts when sampling)."""
-    req, y = await _parse(request, SimulateRequest, "behavior")
-    if req is not None:
-        sample, seed = req.sample, req.seed
-    rates, timing = _run(engine.simulate, y)
-    state.metrics.windows.labels("simulate").inc(len(rates))
-    arrays = {"rates": rates}
-    if sample:
-        arrays = {"spikes": np.random.default_rng(seed).poisson(rates).astype(np.float32), **arrays}
-    return _respond(request, arrays, {"bin_s": engine.contract.bin_s}, timing)
+
+    def work(body: bytes, ctype: str, accept: str) -> Response:
+        req, y = parse(body, ctype, SimulateRequest, "behavior", state.max_windows)
+        draw, rng_seed = (sample, seed) if req is None else (req.sample, req.seed)
+        rates, timing = run_engine(engine.simulate, y)
+        state.metrics.windows.labels("simulate").inc(len(rates))
+        arrays = {"rates": rates}
+        if draw:  # drawn a chunk at a time, so the GIL is released in between (/health stays quick)
+            rng, k = np.random.default_rng(rng_seed), engine.chunk
+            spikes = np.concatenate([rng.poisson(rates[i:i + k]).astype(np.float32) for i in range(0, len(rates), k)])
+            arrays = {"spikes": spikes, **arrays}
+        return respond(accept, arrays, {"bin_s": engine.contract.bin_s}, timing)
+
+    return await _in_worker(request, state, work)
 
 
 meta = APIRouter(tags=["metadata"])
@@ -242,16 +202,18 @@ meta = APIRouter(tags=["metadata"])
 @meta.get("/health")
 def health(state: StateDep) -> dict[str, Any]:
     return {"status": "ok" if state.engine is not None else "no model", "model_loaded": state.engine is not None,
-            "error": state.error, "lsl": state.bridges.status(), "calibration": state.calibrator.status,
-            "drift": state.drift.status(), "pid": os.getpid()}
+            "error": state.error and public(state.error, state.root), "lsl": state.bridges.status(),
+            "calibration": state.calibrator.status, "drift": state.drift.status(), "engine_pool": state.pool.status(),
+            "pid": os.getpid()}
 
 
-@meta.get("/model")
-def model_info(engine: EngineDep) -> dict[str, Any]:
+@meta.get("/model", responses=error_responses(503))
+def model_info(engine: EngineDep, state: StateDep) -> dict[str, Any]:
     cfg = engine.config
-    return {"model": cfg["model"], "engine": engine.kind, "artifact": str(engine.folder),
-            "contract": engine.contract.to_dict(), "versions": cfg.get("versions", {}),
-            "metrics": cfg.get("metrics", {}), "export": cfg.get("export", {})}
+    return {"model": cfg["model"], "engine": engine.kind, "artifact": engine.folder.name,
+            "config_sha256": cfg.get("integrity", {}).get("sha256"), "signed": "hmac_sha256" in cfg.get(
+                "integrity", {}), "max_windows": state.max_windows, "contract": engine.contract.to_dict(),
+            "versions": cfg.get("versions", {}), "metrics": cfg.get("metrics", {}), "export": cfg.get("export", {})}
 
 
 @meta.get("/metrics", response_class=PlainTextResponse)
@@ -259,75 +221,47 @@ def metrics(state: StateDep) -> PlainTextResponse:
     return PlainTextResponse(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-admin = APIRouter(tags=["admin"])
+admin = APIRouter(tags=["admin"], dependencies=[Depends(require_admin)])
 
 
-@admin.post("/reload")
-def reload(req: ReloadRequest, state: StateDep) -> dict[str, Any]:
+@admin.post("/reload", openapi_extra=body_schema(ReloadRequest, None, required=False),
+            responses=error_responses(401, 403, 408, 409, 413, 422))
+async def reload(request: Request, state: StateDep) -> dict[str, Any]:
+    """Swap in another artifact (a folder under the service's artifact root, relative to it), or re-read the
+    served one: verified whole and probed before the swap; on any failure the served model stays (409)."""
+    body = await request.body()
+    req = validate(ReloadRequest, body or b"{}")
+    path = under_root(req.artifact, state.root) if req.artifact else None
     try:
-        engine = state.reload(req.artifact)
+        engine = await asyncio.get_running_loop().run_in_executor(None, state.reload, path)
     except (ArtifactError, OSError, ValueError) as e:
-        return JSONResponse(status_code=409, content={"detail": f"reload failed, still serving the previous model: "
-                                                                f"{e}"})
-    return {"reloaded": True, "artifact": str(engine.folder), "model": engine.config["model"]}
+        raise Conflict(f"reload failed, still serving the previous model: {public(str(e), state.root)}") from None
+    return {"reloaded": True, "artifact": engine.folder.name, "model": engine.config["model"]}
 
 
-@admin.post("/calibrate", status_code=202)
+@admin.post("/calibrate", status_code=202, openapi_extra=body_schema(CalibrateRequest, None),
+            responses=error_responses(401, 403, 408, 409, 413, 422, 503))
 async def calibrate(request: Request, engine: EngineDep, state: StateDep) -> JSONResponse:
     """Fit a new day's read-in on a block of its binned spikes (few-shot with ``behavior``, zero-label without) in a
     worker; the current model keeps serving until the calibrated one is swapped in. Progress in ``/health``."""
-    req = _validate(CalibrateRequest, await _body(request))
-    try:
-        with np.errstate(over="ignore"):
-            counts = np.asarray(req.spikes, dtype=np.float32)
-            behavior = None if req.behavior is None else np.asarray(req.behavior, dtype=np.float32)
-    except (ValueError, OverflowError):
-        raise BadInput("spikes and behavior must be rectangular arrays of numbers within float32") from None
-    try:
-        status = state.calibrator.start(state, counts, behavior, req.day)
-    except ValueError as e:
-        raise BadInput(str(e)) from None
-    except RuntimeError as e:
-        return JSONResponse(status_code=409, content={"detail": str(e)})
-    return JSONResponse(status_code=202, content=status)
 
-
-class LimitsAndMetrics:
-    """Body-size limit and per-route request metrics, as plain ASGI middleware (with Starlette's BaseHTTPMiddleware a
-    /health round trip measured 2.4 ms, with this 1.75 ms, in one pair of runs of scripts/http_overhead.py)."""
-
-    ROUTES = {"/decode", "/simulate", "/health", "/model", "/metrics", "/reload", "/calibrate", "/docs",
-              "/openapi.json"}
-
-    def __init__(self, app, state: State) -> None:
-        self.app, self.state = app, state
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        metrics, limit = self.state.metrics, self.state.settings.max_body_bytes
-        route = scope["path"] if scope["path"] in self.ROUTES else "other"  # bounded label values
-        length = dict(scope["headers"]).get(b"content-length", b"0").decode("latin-1")
-        if not length.isdigit() or int(length) > limit:
-            metrics.requests.labels(route, "413").inc()
-            response = JSONResponse(status_code=413, content={"detail": f"request body of {length} bytes exceeds "
-                                                                        f"{limit}"})
-            await response(scope, receive, send)
-            return
-        status = {"code": 500}
-
-        async def send_and_note(message) -> None:
-            if message["type"] == "http.response.start":
-                status["code"] = message["status"]
-            await send(message)
-
-        t = time.perf_counter()
+    def work(body: bytes, ctype: str, accept: str) -> JSONResponse:
+        req = validate(CalibrateRequest, body)
         try:
-            await self.app(scope, receive, send_and_note)
-        finally:
-            metrics.latency.labels(route).observe(time.perf_counter() - t)
-            metrics.requests.labels(route, str(status["code"])).inc()
+            with np.errstate(over="ignore"):
+                counts = np.asarray(req.spikes, dtype=np.float32)
+                behavior = None if req.behavior is None else np.asarray(req.behavior, dtype=np.float32)
+        except (ValueError, OverflowError):
+            raise BadInput("spikes and behavior must be rectangular arrays of numbers within float32") from None
+        try:
+            status = state.calibrator.start(state, counts, behavior, req.day)
+        except ValueError as e:
+            raise BadInput(str(e)) from None
+        except RuntimeError as e:
+            raise Conflict(str(e)) from None
+        return JSONResponse(status_code=202, content=status)
+
+    return await _in_worker(request, state, work)
 
 
 def start_bridges(state: State) -> Bridges:
@@ -336,11 +270,12 @@ def start_bridges(state: State) -> Bridges:
     items = []
     if s.lsl_decode:
         items.append(BridgeConfig("decode", s.lsl_source_name, s.lsl_source_type, s.lsl_output_name,
-                                  s.lsl_resolve_timeout_s, s.lsl_hop_bins, max(s.lsl_max_lag_bins, s.lsl_hop_bins)))
+                                  s.lsl_resolve_timeout_s, s.lsl_hop_bins, max(s.lsl_max_lag_bins, s.lsl_hop_bins),
+                                  stall_s=s.lsl_stall_s))
     if s.lsl_simulate:
         items.append(BridgeConfig("simulate", s.lsl_behavior_name, s.lsl_behavior_type, None,
                                   s.lsl_resolve_timeout_s, s.lsl_hop_bins, max(s.lsl_max_lag_bins, s.lsl_hop_bins),
-                                  sample=s.lsl_sample))
+                                  stall_s=s.lsl_stall_s, sample=s.lsl_sample))
     collector = None
     if s.lsl_decode and s.lsl_calibrate_seconds > 0:  # zero-label calibration on the session's first seconds
         day = "lsl-" + time.strftime("%Y%m%d-%H%M%S")
@@ -371,21 +306,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             state.bridges.stop()
+            state.pool.shutdown()
 
+    # the event loop asks for the GIL often and briefly; a 1-ms switch interval (Python's default is 5 ms) lets it in
+    # sooner while a worker runs Python code, so /health and /metrics answer in milliseconds under load
+    sys.setswitchinterval(0.001)
     app = FastAPI(title="AlignNet-BCI", version="0.1.0", lifespan=lifespan,
-                  description="Decode spikes into behavior and simulate spikes from behavior.")
+                  description="Decode spikes into behavior and simulate spikes from behavior. Array shapes and "
+                  "limits in this schema are those of the model served when it was fetched.")
     app.state.alignnet = state
-
-    app.add_middleware(LimitsAndMetrics, state=state)
-
-    @app.exception_handler(ClientError)
-    async def client_error(_: Request, exc: ClientError):
-        return JSONResponse(status_code=exc.status, content={"detail": exc.detail})
-
-    @app.exception_handler(ArtifactError)
-    async def no_model(_: Request, exc: ArtifactError):
-        return JSONResponse(status_code=503, content={"detail": str(exc)})
-
+    app.add_middleware(Guard, state=state)
+    if settings.cors_origin_list:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origin_list, allow_methods=["GET", "POST"],
+                           allow_headers=["content-type", "accept", "authorization"])
+    install_handlers(app)
     for router in (inference, meta, admin):
         app.include_router(router)
+    contract_openapi(app, state)
     return app

@@ -40,9 +40,17 @@ def calibration_dir(base: Path, configured: Path | None) -> Path:
     return base.parent / f"{base.name}-calibrated"
 
 
+def min_calibration_bins(config: dict[str, Any]) -> int:
+    """The fewest contiguous bins a calibration block must hold for ``config``'s model."""
+    from alignnet.training.calibrate import MIN_WINDOWS
+
+    window = model_contract(config).window_bins
+    return window + (MIN_WINDOWS - 1) * max(1, window // 10)
+
+
 def check_block(config: dict[str, Any], day: str, counts: np.ndarray, behavior: np.ndarray | None) -> None:
     """Refuse calibration input that cannot fit a read-in, naming the problem (ValueError -> 422)."""
-    from alignnet.training.calibrate import MIN_WINDOWS, zero_label_problem
+    from alignnet.training.calibrate import zero_label_problem
 
     mc = model_contract(config)
     if behavior is None and (problem := zero_label_problem(config)):
@@ -53,7 +61,7 @@ def check_block(config: dict[str, Any], day: str, counts: np.ndarray, behavior: 
         raise ValueError(f"spikes must be channels x bins, got shape {counts.shape}")
     if mc.units_matched and counts.shape[0] != mc.n_channels:
         raise ValueError(f"spikes have {counts.shape[0]} channels; the model reads {mc.n_channels} matched channels")
-    need = mc.window_bins + (MIN_WINDOWS - 1) * max(1, mc.window_bins // 10)
+    need = min_calibration_bins(config)
     if counts.shape[1] < need:
         raise ValueError(f"{counts.shape[1]} bins are too few to calibrate: send at least {need} "
                          f"({need * mc.bin_s:.1f} s)")
@@ -100,7 +108,7 @@ class Calibrator:
             report = calibrate_block(base, counts, behavior, day, out)
             state.reload(out)  # atomic swap; the bridges pick the new engine up at their next hop
             atomic_write_json(out.parent / CURRENT, {"artifact": str(out), "base": str(base), "day": day})
-            result = {"state": "done", "artifact": str(out), "report": report}
+            result = {"state": "done", "artifact": out.name, "report": report}
         except Exception as e:  # any failure leaves the serving model as it was, and is reported
             log.exception("calibration of day %s failed", day)
             result = {"state": "failed", "error": f"{type(e).__name__}: {e}"}

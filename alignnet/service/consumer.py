@@ -30,6 +30,10 @@ class DecodedStream:
         self.last: np.ndarray | None = None
         self.received = 0
 
+    def close(self) -> None:
+        """Close the inlet before the service stops (an open inlet reports the outlet's end as an error)."""
+        self.inlet.close_stream()
+
     def receive(self, until: float) -> int:
         """Take the samples that arrive before ``until`` (monotonic clock; in the past: only those already here).
         Returns how many arrived."""

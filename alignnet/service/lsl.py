@@ -23,8 +23,8 @@ A source that vanishes is resolved again (``/health`` and ``alignnet_lsl_reconne
 from __future__ import annotations
 
 import logging
-import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,24 +33,22 @@ import numpy as np
 import pylsl
 
 from alignnet.model.contract import DataContract
-from alignnet.service.binning import EventBinner, RegularBinner, Ring, sanitize
+from alignnet.service.binning import Ring
+from alignnet.service.lsl_io import (  # noqa: F401
+    Direction,
+    Feed,
+    SourceLost,
+    StreamMismatch,
+    check_source,
+    direction_for,
+    open_inlet,
+    read_chunk,
+    resolve,
+)
 
 log = logging.getLogger(__name__)
 
 DIRECTIONS = ("decode", "simulate")
-
-# LSL channel formats the bridge reads, and the numpy type liblsl writes for each
-LSL_DTYPES = {pylsl.cf_float32: np.float32, pylsl.cf_double64: np.float64, pylsl.cf_int8: np.int8,
-              pylsl.cf_int16: np.int16, pylsl.cf_int32: np.int32, pylsl.cf_int64: np.int64}
-
-
-class StreamMismatch(ValueError):
-    """A source stream that does not fit the served contract."""
-
-
-class SourceLost(RuntimeError):
-    """The source stream went away (liblsl reported the loss)."""
-
 
 @dataclass
 class BridgeConfig:
@@ -63,6 +61,7 @@ class BridgeConfig:
     max_lag_bins: int = 10  # when more bins than this wait at once, only the newest hop is decoded
     buffer_s: int = 1  # inlet buffer (seconds; liblsl's default of 360 s lets lag grow)
     event_lateness_s: float = 0.04  # spike-event streams: a bin closes this long after its end
+    stall_s: float = 1.0  # a regular source silent this long is "stalled": another of the same name is looked for
     sample: bool = False  # simulate: push Poisson counts drawn from the rates instead of the rates
     seed: int | None = None  # seed of that sampling
 
@@ -73,116 +72,10 @@ class BridgeConfig:
             raise ValueError(f"hop_bins must be >= 1, got {self.hop_bins}")
         if self.max_lag_bins < self.hop_bins:
             raise ValueError(f"max_lag_bins ({self.max_lag_bins}) must be >= hop_bins ({self.hop_bins})")
-        if self.resolve_timeout_s <= 0 or self.buffer_s < 1:
-            raise ValueError("resolve_timeout_s must be > 0 and buffer_s >= 1")
+        if self.resolve_timeout_s <= 0 or self.buffer_s < 1 or self.stall_s <= 0:
+            raise ValueError("resolve_timeout_s and stall_s must be > 0 and buffer_s >= 1")
         if self.source_type is None:
             self.source_type = "Spikes" if self.direction == "decode" else "Behavior"
-
-
-@dataclass(frozen=True)
-class Direction:
-    """Everything that differs between decode and simulate, decided once per stream."""
-
-    name: str  # decode | simulate
-    n_in: int  # input channels the contract expects
-    n_out: int  # output channels
-    counts: bool  # the input is spike counts (bad values -> 0, re-binning sums) rather than behavior (held, mean)
-    fill: np.ndarray  # the ring buffer's value at rest (no spikes; behavior at its mean)
-    out_type: str  # LSL type of the output stream
-    out_suffix: str  # output stream name: "<source>-<suffix>"
-    out_labels: list[str]
-    out_units: str
-
-
-def direction_for(cfg: BridgeConfig, c: DataContract) -> Direction:
-    if cfg.direction == "decode":
-        return Direction("decode", c.n_channels, c.behavior_dims, True, np.zeros(c.n_channels, np.float32),
-                         "DecodedBehavior", "decoded", list(c.behavior_names), c.behavior_kind)
-    return Direction("simulate", c.behavior_dims, c.n_channels, False, np.asarray(c.behavior_mean, np.float32),
-                     "SimulatedSpikes", "simulated", [f"ch{i}" for i in range(c.n_channels)],
-                     "spike counts per bin" if cfg.sample else "expected spike counts per bin")
-
-
-# ---- the steps of one sample's path ------------------------------------------------------------------------------
-def resolve(cfg: BridgeConfig) -> tuple[Any | None, str]:
-    """The first stream matching the config's name and/or type within the timeout, or (None, why)."""
-    parts = [f"name='{cfg.source_name}'" if cfg.source_name else "",
-             f"type='{cfg.source_type}'" if cfg.source_type else ""]
-    pred = " and ".join(p for p in parts if p)
-    found = pylsl.resolve_bypred(pred, 1, cfg.resolve_timeout_s)
-    if not found:
-        return None, f"no LSL stream with {pred} found within {cfg.resolve_timeout_s:g} s; still looking"
-    return found[0], ""
-
-
-def check_source(info, d: Direction, c: DataContract) -> tuple[bool, int, type]:
-    """(spike events?, samples per bin, numpy dtype) of a source that fits the contract; StreamMismatch otherwise."""
-    rate, n_in, name = info.nominal_srate(), info.channel_count(), info.name()
-    events = d.counts and rate == pylsl.IRREGULAR_RATE
-    factor = 1
-    if events and n_in != 1:
-        raise StreamMismatch(f"stream '{name}' is irregular (spike events) with {n_in} channels; an event stream "
-                             "carries one channel: the channel index of each spike")
-    if not events:
-        if n_in != d.n_in:
-            raise StreamMismatch(f"stream '{name}' has {n_in} channels; the model expects {d.n_in} "
-                                 f"({'spike channels' if d.counts else 'behavior dims'})")
-        ratio = rate * c.bin_s
-        if rate <= 0 or ratio < 1 - 1e-6 or abs(ratio - round(ratio)) > 1e-6:
-            raise StreamMismatch(f"stream '{name}' runs at {rate:g} Hz; the model needs {1 / c.bin_s:g} Hz or an "
-                                 "integer multiple of it (re-binned)")
-        factor = int(round(ratio))
-    dtype = LSL_DTYPES.get(info.channel_format())
-    if dtype is None:
-        raise StreamMismatch(f"stream '{name}' carries {info.channel_format()!r}-typed values; the bridge reads "
-                             "numbers (float32, double64, int8/16/32/64)")
-    return events, factor, dtype
-
-
-def open_inlet(info, cfg: BridgeConfig):
-    """A bounded inlet. Another host's stamps are mapped to this clock by liblsl (``proc_clocksync``); on the same
-    host they stay exactly as sent, so consumers can match outputs to inputs by stamp."""
-    same_host = info.hostname() == socket.gethostname()
-    flags = pylsl.proc_none if same_host else pylsl.proc_clocksync
-    inlet = pylsl.StreamInlet(info, max_buflen=cfg.buffer_s, recover=False, processing_flags=flags)
-    inlet.open_stream(timeout=cfg.resolve_timeout_s)
-    return inlet
-
-
-def read_chunk(inlet, buf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Pull what is there (waiting up to 50 ms for one sample) into ``buf``; (samples, stamps), or SourceLost."""
-    try:
-        x, stamps = inlet.pull_chunk(timeout=0.05, max_samples=len(buf), dest_obj=buf, min_samples=1, as_numpy=True)
-    except pylsl.util.LostError as e:
-        raise SourceLost(str(e)) from None
-    n = len(stamps)
-    return x[:n], np.asarray(stamps, np.float64)
-
-
-class Feed:
-    """Samples of one source -> clean bins with their stamps: regular streams re-binned by ``factor``, spike events
-    binned on their stamps. ``drop(n, reason)`` is told about every bad sample."""
-
-    def __init__(self, d: Direction, c: DataContract, events: bool, factor: int, lateness_s: float,
-                 drop: Callable[[int, str], None]) -> None:
-        self.d, self.events, self.drop = d, events, drop
-        self.binner = EventBinner(c.bin_s, c.n_channels, lateness_s) if events else \
-            RegularBinner(factor, d.n_in, "sum" if d.counts else "mean")
-        self.last_good: np.ndarray | None = None
-
-    def bins(self, x: np.ndarray, stamps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if self.events:
-            bins, out_stamps, bad = self.binner.feed(x[:, 0] if len(x) else np.zeros(0), stamps, pylsl.local_clock())
-            if bad:
-                self.drop(bad, "bad event")
-            return bins, out_stamps
-        if not len(x):
-            return np.zeros((0, self.d.n_in), np.float32), stamps
-        clean, bad = sanitize(x.astype(np.float32), counts=self.d.counts, last=self.last_good)
-        if bad:
-            self.drop(bad, "bad value")
-        self.last_good = clean[-1]
-        return self.binner.feed(clean, stamps)
 
 
 # ---- the bridge --------------------------------------------------------------------------------------------------
@@ -200,6 +93,7 @@ class BridgeMetrics:
                                 "reason")
         self.hops = labelled(Counter, "alignnet_lsl_hops_total", "engine runs of the LSL bridge")
         self.reconnects = labelled(Counter, "alignnet_lsl_reconnects_total", "LSL source losses")
+        self.stalls = labelled(Counter, "alignnet_lsl_stalls_total", "LSL sources that stopped sending (frozen)")
         self.lag = labelled(Histogram, "alignnet_lsl_lag_seconds", "input time stamp -> output pushed",
                             buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0))
         self.connected = labelled(Gauge, "alignnet_lsl_connected", "1 while the source stream is connected")
@@ -217,7 +111,7 @@ class Bridge:
         self.state = "starting"
         self.error: str | None = None
         self.source: dict[str, Any] | None = None
-        self.counts = {"samples": 0, "bins": 0, "hops": 0, "pushed": 0, "dropped": 0, "reconnects": 0}
+        self.counts = {"samples": 0, "bins": 0, "hops": 0, "pushed": 0, "dropped": 0, "reconnects": 0, "stalls": 0}
         self.last_lag_s: float | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -268,7 +162,8 @@ class Bridge:
                 if info is None:
                     self.error = why
                     continue
-                self._stream(info, engine)
+                while info is not None and not self._stop.is_set():  # a stalled source's replacement follows
+                    info = self._stream(info, engine)
             except StreamMismatch as e:
                 self.state, self.error = "refused", str(e)
                 log.error("LSL source refused: %s", e)
@@ -283,8 +178,9 @@ class Bridge:
                 self._stop.wait(1.0)
         self.state = "stopped"
 
-    def _stream(self, info, engine) -> None:
-        """Stream from one resolved source until it is lost, the model changes or the bridge stops."""
+    def _stream(self, info, engine) -> Any:
+        """Stream from one resolved source until it is lost, the model changes or the bridge stops (None), or until
+        it stalls and another source of the same name and type appears (that source's info)."""
         c = engine.contract
         d = direction_for(self.cfg, c)
         events, factor, dtype = check_source(info, d, c)
@@ -300,15 +196,18 @@ class Bridge:
         pending: list[float] = []
         self.state, self.error = "streaming", None
         self._set_connected(1)
+        watch = StallWatch(self, info, events)
         try:
             while not self._stop.is_set():
                 current = self.get_engine()
                 if current is not engine:  # hot reload: the source must be checked against the new contract
                     if current is None or current.contract.to_dict() != c.to_dict():
                         log.info("model changed: re-checking the LSL source")
-                        return
+                        return None
                     engine = current
                 x, stamps = read_chunk(inlet, buf)
+                if (other := watch.after_pull(len(stamps))) is not None:
+                    return other
                 self._count("samples", len(stamps), "samples")
                 bins, bin_stamps = feed.bins(x, stamps)
                 if len(bins):
@@ -316,6 +215,7 @@ class Bridge:
         finally:
             self._set_connected(0)
             inlet.close_stream()
+        return None
 
     def _advance(self, engine, d: Direction, ring: Ring, bins: np.ndarray, stamps: np.ndarray,
                  pending: list[float]) -> list[float]:
@@ -375,6 +275,47 @@ class Bridge:
         desc.append_child_value("stamps", "LSL time of the input bin each sample was computed from")
         desc.append_child_value("units", d.out_units)
         self._outlet = pylsl.StreamOutlet(info, chunk_size=1, max_buffered=max(1, int(self.cfg.buffer_s)))
+
+
+class StallWatch:
+    """A source that stops sending without going away (a frozen process, a stuck acquisition loop) is never reported
+    lost by liblsl. After ``stall_s`` of silence (five times more, at least 5 s, for spike-event streams, which go
+    quiet at rest) the bridge says "stalled" in /health, counts it, and looks twice a second for another source of
+    the same name and type; it keeps listening to the silent one meanwhile, and streams on if it resumes."""
+
+    def __init__(self, bridge: Bridge, info, events: bool) -> None:
+        self.bridge, self.info = bridge, info
+        self.limit = max(5.0, 5 * bridge.cfg.stall_s) if events else bridge.cfg.stall_s
+        self.last = time.monotonic()
+        self.stalled, self.next_look = False, 0.0
+
+    def after_pull(self, n: int) -> Any:
+        """Told how many samples a pull brought; returns a replacement source's info, or None."""
+        b, now = self.bridge, time.monotonic()
+        if n:
+            self.last = now
+            if self.stalled:
+                self.stalled = False
+                b.state, b.error = "streaming", None
+                log.info("LSL source %s sends again", self.info.name())
+            return None
+        if now - self.last < self.limit:
+            return None
+        if not self.stalled:
+            self.stalled = True
+            b.state = "stalled"
+            b.error = (f"source '{self.info.name()}' has sent nothing for {self.limit:g} s; looking for another "
+                       "source of the same name (still listening to this one)")
+            b._count("stalls", 1, "stalls")
+            log.warning("LSL %s", b.error)
+        if now < self.next_look:
+            return None
+        other, _ = resolve(b.cfg, exclude_uid=self.info.uid(), timeout=0.2)
+        self.next_look = time.monotonic() + 0.5
+        if other is not None:
+            log.warning("LSL: switching from the stalled source to %s on %s", other.name(), other.hostname())
+            b._count("reconnects", 1, "reconnects")
+        return other
 
 
 @dataclass

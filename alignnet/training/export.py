@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from alignnet.model.artifacts import add_file, load_artifact, read_config, write_config
+from alignnet.model.artifacts import ExportError, add_file, load_artifact, read_config, write_config  # noqa: F401
 from alignnet.model.base import DecodePath, EmbedPath, SimulatePath
 
 log = logging.getLogger(__name__)
@@ -33,10 +33,6 @@ FORMATS = ("onnx", "torchscript")
 PARITY_ATOL = 1e-4
 MAX_FLIP_RATE = 1e-5
 OPSET = 17
-
-
-class ExportError(RuntimeError):
-    """Export failed or did not reproduce eager PyTorch; nothing was written."""
 
 
 class SpikeProbe(nn.Module):

@@ -121,8 +121,36 @@ def _train_windows(ds: Dataset, train_cfg: dict[str, Any]) -> tuple[list, list, 
     return trainw, valw, testw, day_idx, window, behavior
 
 
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}."))
+    return out if out or not prefix else {prefix[:-1]: {}}
+
+
+def check_resume(path: Path, new: dict[str, Any], force: bool) -> None:
+    """``--resume`` continues the recorded run: a changed setting (seed, learning rate, epochs, data, ...) is refused
+    (DataError naming each) unless ``force``, then logged."""
+    try:
+        old = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise DataError(f"{path}: the run's recorded config cannot be read ({e}); resume needs it") from None
+    ignore = ("resolved.command", "resolved.device")
+    a, b = _flat(old), _flat(new)
+    changed = [f"{k}: {a.get(k, '(unset)')!r} -> {b.get(k, '(unset)')!r}" for k in sorted(set(a) | set(b))
+               if a.get(k) != b.get(k) and not k.startswith(ignore)]
+    if changed and not force:
+        raise DataError(f"--resume: the run in {path.parent} was started with other settings ({'; '.join(changed[:8])}"
+                        f"{'; …' if len(changed) > 8 else ''}); resume with the same ones, or add --force to continue "
+                        "with the new ones (the recorded config.yaml is kept)")
+    if changed:
+        log.warning("--resume --force: continuing with changed settings: %s", "; ".join(changed))
+
+
 def train(cfg: dict[str, Any], config_path: Path, *, data: Path | None = None, out: Path | None = None,
-          device: str | None = None, resume: bool = False, command: str = "") -> dict[str, Any]:
+          device: str | None = None, resume: bool = False, force: bool = False, command: str = "") -> dict[str, Any]:
     """Pretrain (AlignNet) and fine-tune per ``cfg`` on every day of ``data``; writes OUT/config.yaml, OUT/<stage>/
     metrics and checkpoints, and the artifact OUT/artifact. Returns the artifact folder, a summary per stage and
     the validation metrics (None on ranks other than 0)."""
@@ -146,9 +174,12 @@ def train(cfg: dict[str, Any], config_path: Path, *, data: Path | None = None, o
     split = split_report(ds, day_idx, testw)
     if is_rank0():
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(out / "config.yaml", yaml.safe_dump({**cfg, "resolved": {
-            "data": str(data), "device": device, "command": command},
-            "split": split}).encode())
+        recorded = {**cfg, "resolved": {"data": str(data), "device": device, "command": command}, "split": split}
+        name = "config.yaml"
+        if resume and (out / name).is_file():  # the run's recorded config is never overwritten
+            check_resume(out / name, recorded, force)
+            name = "config.resumed.yaml"
+        atomic_write_bytes(out / name, yaml.safe_dump(recorded).encode())
     # units that differ by day: one read-in per day into a shared model space of train.model_channels channels
     space = {} if ds.units_matched else {"n_channels": trainw[0].counts.shape[1] if matched
                                          else int(train_cfg.get("model_channels", 64))}

@@ -1,0 +1,138 @@
+"""The steps of one LSL sample's path before the engine: find the source, check it against the contract, open a
+bounded inlet, pull chunks, clean and bin them (see ``alignnet.service.lsl`` for the whole path)."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pylsl
+
+from alignnet.model.contract import DataContract
+from alignnet.service.binning import EventBinner, RegularBinner, sanitize
+
+# LSL channel formats the bridge reads, and the numpy type liblsl writes for each
+LSL_DTYPES = {pylsl.cf_float32: np.float32, pylsl.cf_double64: np.float64, pylsl.cf_int8: np.int8,
+              pylsl.cf_int16: np.int16, pylsl.cf_int32: np.int32, pylsl.cf_int64: np.int64}
+
+
+class StreamMismatch(ValueError):
+    """A source stream that does not fit the served contract."""
+
+
+class SourceLost(RuntimeError):
+    """The source stream went away (liblsl reported the loss)."""
+
+
+@dataclass(frozen=True)
+class Direction:
+    """Everything that differs between decode and simulate, decided once per stream."""
+
+    name: str  # decode | simulate
+    n_in: int  # input channels the contract expects
+    n_out: int  # output channels
+    counts: bool  # the input is spike counts (bad values -> 0, re-binning sums) rather than behavior (held, mean)
+    fill: np.ndarray  # the ring buffer's value at rest (no spikes; behavior at its mean)
+    out_type: str  # LSL type of the output stream
+    out_suffix: str  # output stream name: "<source>-<suffix>"
+    out_labels: list[str]
+    out_units: str
+
+
+def direction_for(cfg, c: DataContract) -> Direction:
+    if cfg.direction == "decode":
+        return Direction("decode", c.n_channels, c.behavior_dims, True, np.zeros(c.n_channels, np.float32),
+                         "DecodedBehavior", "decoded", list(c.behavior_names), c.behavior_kind)
+    return Direction("simulate", c.behavior_dims, c.n_channels, False, np.asarray(c.behavior_mean, np.float32),
+                     "SimulatedSpikes", "simulated", [f"ch{i}" for i in range(c.n_channels)],
+                     "spike counts per bin" if cfg.sample else "expected spike counts per bin")
+
+
+# ---- the steps of one sample's path ------------------------------------------------------------------------------
+def resolve(cfg, exclude_uid: str | None = None, timeout: float | None = None) -> tuple[Any | None, str]:
+    """The first stream matching the config's name and/or type within the timeout (other than the stream
+    ``exclude_uid``: a stalled one), or (None, why)."""
+    parts = [f"name='{cfg.source_name}'" if cfg.source_name else "",
+             f"type='{cfg.source_type}'" if cfg.source_type else "",
+             f"uid!='{exclude_uid}'" if exclude_uid else ""]
+    pred = " and ".join(p for p in parts if p)
+    timeout = cfg.resolve_timeout_s if timeout is None else timeout
+    found = pylsl.resolve_bypred(pred, 1, timeout)
+    if not found:
+        return None, f"no LSL stream with {pred} found within {timeout:g} s; still looking"
+    return found[0], ""
+
+
+def check_source(info, d: Direction, c: DataContract) -> tuple[bool, int, type]:
+    """(spike events?, samples per bin, numpy dtype) of a source that fits the contract; StreamMismatch otherwise."""
+    rate, n_in, name = info.nominal_srate(), info.channel_count(), info.name()
+    events = d.counts and rate == pylsl.IRREGULAR_RATE
+    factor = 1
+    if events and n_in != 1:
+        raise StreamMismatch(f"stream '{name}' is irregular (spike events) with {n_in} channels; an event stream "
+                             "carries one channel: the channel index of each spike")
+    if not events:
+        if n_in != d.n_in:
+            raise StreamMismatch(f"stream '{name}' has {n_in} channels; the model expects {d.n_in} "
+                                 f"({'spike channels' if d.counts else 'behavior dims'})")
+        ratio = rate * c.bin_s
+        if rate <= 0 or ratio < 1 - 1e-6 or abs(ratio - round(ratio)) > 1e-6:
+            raise StreamMismatch(f"stream '{name}' runs at {rate:g} Hz; the model needs {1 / c.bin_s:g} Hz or an "
+                                 "integer multiple of it (re-binned)")
+        factor = int(round(ratio))
+    dtype = LSL_DTYPES.get(info.channel_format())
+    if dtype is None:
+        raise StreamMismatch(f"stream '{name}' carries {info.channel_format()!r}-typed values; the bridge reads "
+                             "numbers (float32, double64, int8/16/32/64)")
+    return events, factor, dtype
+
+
+def open_inlet(info, cfg):
+    """A bounded inlet. Another host's stamps are mapped to this clock by liblsl (``proc_clocksync``); on the same
+    host they stay exactly as sent, so consumers can match outputs to inputs by stamp."""
+    same_host = info.hostname() == socket.gethostname()
+    flags = pylsl.proc_none if same_host else pylsl.proc_clocksync
+    inlet = pylsl.StreamInlet(info, max_buflen=cfg.buffer_s, recover=False, processing_flags=flags)
+    inlet.open_stream(timeout=cfg.resolve_timeout_s)
+    return inlet
+
+
+def read_chunk(inlet, buf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pull what is there (waiting up to 50 ms for one sample) into ``buf``; (samples, stamps), or SourceLost."""
+    try:
+        x, stamps = inlet.pull_chunk(timeout=0.05, max_samples=len(buf), dest_obj=buf, min_samples=1, as_numpy=True)
+    except pylsl.util.LostError as e:
+        raise SourceLost(str(e)) from None
+    n = len(stamps)
+    return x[:n], np.asarray(stamps, np.float64)
+
+
+class Feed:
+    """Samples of one source -> clean bins with their stamps: regular streams re-binned by ``factor``, spike events
+    binned on their stamps. ``drop(n, reason)`` is told about every bad sample."""
+
+    def __init__(self, d: Direction, c: DataContract, events: bool, factor: int, lateness_s: float,
+                 drop: Callable[[int, str], None]) -> None:
+        self.d, self.events, self.drop = d, events, drop
+        self.binner = EventBinner(c.bin_s, c.n_channels, lateness_s) if events else \
+            RegularBinner(factor, d.n_in, "sum" if d.counts else "mean")
+        self.last_good: np.ndarray | None = None
+
+    def bins(self, x: np.ndarray, stamps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.events:
+            bins, out_stamps, bad = self.binner.feed(x[:, 0] if len(x) else np.zeros(0), stamps, pylsl.local_clock())
+            if bad:
+                self.drop(bad, "bad event")
+            return bins, out_stamps
+        if not len(x):
+            return np.zeros((0, self.d.n_in), np.float32), stamps
+        clean, bad = sanitize(x.astype(np.float32), counts=self.d.counts, last=self.last_good)
+        if bad:
+            self.drop(bad, "bad value")
+        self.last_good = clean[-1]
+        return self.binner.feed(clean, stamps)
+
+
