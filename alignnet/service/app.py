@@ -312,6 +312,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # sooner while a worker runs Python code, so /health and /metrics answer in milliseconds under load
     sys.setswitchinterval(0.001)
     app = FastAPI(title="AlignNet-BCI", version="0.1.0", lifespan=lifespan,
+                  responses=error_responses(400, 403),  # any route: a Host or a web origin the settings do not allow
                   description="Decode spikes into behavior and simulate spikes from behavior. Array shapes and "
                   "limits in this schema are those of the model served when it was fetched.")
     app.state.alignnet = state

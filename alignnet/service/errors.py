@@ -89,11 +89,17 @@ class Busy(ClientError):
     headers = {"Retry-After": "1"}
 
 
-DESCRIPTIONS = {400: "malformed request (e.g. an unparseable body)", 401: "admin token missing or wrong",
-                403: "not allowed by the service's settings", 408: "the body did not arrive in time",
-                409: "could not be done now; the served model is unchanged", 413: "body over the size limit",
-                415: "content type not read here", 422: "input does not fit the schema or the served contract",
-                503: "no model loaded, or every engine worker busy (retry)"}
+DESCRIPTIONS = {
+    400: "a Host the service does not answer to (ALIGNNET_ALLOWED_HOSTS)",
+    401: "admin token missing or wrong",
+    403: "not allowed by the service's settings (a web origin, an admin route, a path outside the artifact root)",
+    408: "the body did not arrive in time",
+    409: "could not be done now; the served model is unchanged",
+    413: "body over the size limit",
+    415: "content type not read here",
+    422: "input does not fit the schema or the served contract",
+    503: "no model loaded, or every engine worker busy (retry)",
+}
 
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
