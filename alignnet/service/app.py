@@ -22,7 +22,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from alignnet.model.artifacts import ArtifactError
 from alignnet.service.binning import BlockCollector
-from alignnet.service.bodies import body_schema, parse, respond, run_engine, validate
+from alignnet.service.bodies import as_float32, body_schema, parse, respond, run_engine, validate
 from alignnet.service.calibration import Calibrator, resume_artifact
 from alignnet.service.codec import NPY  # noqa: F401  (re-exported for clients and tests)
 from alignnet.service.drift_monitor import DriftMonitor
@@ -188,9 +188,8 @@ async def simulate(request: Request, engine: EngineDep, state: StateDep, sample:
         state.metrics.windows.labels("simulate").inc(len(rates))
         arrays = {"rates": rates}
         if draw:  # drawn a chunk at a time, so the GIL is released in between (/health stays quick)
-            rng, k = np.random.default_rng(rng_seed), engine.chunk
-            spikes = np.concatenate([rng.poisson(rates[i:i + k]).astype(np.float32) for i in range(0, len(rates), k)])
-            arrays = {"spikes": spikes, **arrays}
+            rng = np.random.default_rng(rng_seed)
+            arrays = {"spikes": engine.in_chunks(lambda r: rng.poisson(r).astype(np.float32), rates), **arrays}
         return respond(accept, arrays, {"bin_s": engine.contract.bin_s}, timing)
 
     return await _in_worker(request, state, work)
@@ -247,12 +246,8 @@ async def calibrate(request: Request, engine: EngineDep, state: StateDep) -> JSO
 
     def work(body: bytes, ctype: str, accept: str) -> JSONResponse:
         req = validate(CalibrateRequest, body)
-        try:
-            with np.errstate(over="ignore"):
-                counts = np.asarray(req.spikes, dtype=np.float32)
-                behavior = None if req.behavior is None else np.asarray(req.behavior, dtype=np.float32)
-        except (ValueError, OverflowError):
-            raise BadInput("spikes and behavior must be rectangular arrays of numbers within float32") from None
+        counts = as_float32(req.spikes, "spikes")
+        behavior = None if req.behavior is None else as_float32(req.behavior, "behavior")
         try:
             status = state.calibrator.start(state, counts, behavior, req.day)
         except ValueError as e:

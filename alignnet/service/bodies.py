@@ -42,6 +42,18 @@ def validate(model: type[BaseModel], body: bytes) -> BaseModel:
         raise RequestInvalid(e.errors(include_url=False, include_context=False, include_input=False)) from None
 
 
+def as_float32(values: list, field: str) -> np.ndarray:
+    """Validated JSON lists -> a float32 array, cast once; BadInput for ragged lists or numbers beyond any float.
+    Beyond float32 becomes inf, which the contract refuses."""
+    try:
+        with np.errstate(over="ignore"):
+            return np.asarray(values, dtype=np.float32)
+    except ValueError:
+        raise BadInput(f"{field} is ragged: every row (and every window) needs the same number of bins") from None
+    except OverflowError:
+        raise BadInput(f"{field} holds a number too large for float32") from None
+
+
 def parse(body: bytes, ctype: str, model: type[BaseModel], field: str, limit: int) -> tuple[BaseModel | None,
                                                                                               np.ndarray]:
     """JSON (validated by the pydantic model) or a NumPy .npy body -> (the request, its array). JSON numbers are
@@ -53,13 +65,7 @@ def parse(body: bytes, ctype: str, model: type[BaseModel], field: str, limit: in
             raise BadInput(str(e)) from None
     elif ctype == "application/json":
         req = validate(model, body)
-        try:
-            with np.errstate(over="ignore"):  # beyond float32 becomes inf, which the contract refuses
-                arr = np.asarray(getattr(req, field), dtype=np.float32)
-        except ValueError:
-            raise BadInput(f"{field} is ragged: every window needs the same number of rows and bins") from None
-        except OverflowError:
-            raise BadInput(f"{field} holds a number too large for float32") from None
+        arr = as_float32(getattr(req, field), field)
     else:
         raise UnsupportedMedia(f"content-type {ctype!r} is not supported; send application/json or {NPY}")
     if arr.ndim == 3 and not 1 <= arr.shape[0] <= limit:

@@ -45,16 +45,17 @@ class Engine:
     def decode(self, counts: np.ndarray) -> np.ndarray:
         """(B, C, T) spike counts -> (B, D, T) behavior in data units."""
         x = self.contract.preprocess_spikes(counts)
-        return self.contract.postprocess_behavior(self._chunked(self._decode, x))
+        return self.contract.postprocess_behavior(self.in_chunks(self._decode, x))
 
     def simulate(self, behavior: np.ndarray) -> np.ndarray:
         """(B, D, T) behavior in data units -> (B, C, T) non-negative expected spike counts per bin."""
         y = self.contract.preprocess_behavior(behavior)
-        return self.contract.postprocess_rates(self._chunked(self._simulate, y))
+        return self.contract.postprocess_rates(self.in_chunks(self._simulate, y))
 
-    def _chunked(self, fn, x: np.ndarray) -> np.ndarray:
+    def in_chunks(self, fn, x: np.ndarray) -> np.ndarray:
         """``fn`` on at most ``chunk`` windows at a time: a network's activations grow with the batch (a 256-window
-        simulate in one call took the service from 0.4 to 4.3 GB), its answers do not."""
+        simulate in one call took the service from 0.4 to 4.3 GB), its answers do not; work on many windows in one C
+        call also holds the GIL (the service draws its Poisson samples through this too)."""
         if len(x) <= self.chunk:
             return fn(x)
         return np.concatenate([fn(x[i:i + self.chunk]) for i in range(0, len(x), self.chunk)])
@@ -211,8 +212,12 @@ def check_artifact(folder: str | Path, kind: str, key: str | None = None) -> dic
     missing = [f for f in files if not (folder / f).is_file()]
     if missing and (folder / "config.json").is_file():
         raise ArtifactError(f"{folder}: no {', '.join(missing)}; run `alignnet export {folder}` first")
-    config = verify_files(folder, files, required=True, key=key)
-    return verify_files(folder, list(config["files"]))
+    config = verify_files(folder, required=True, key=key)  # every file it lists, once; config.json's record
+    unlisted = [f for f in files if f not in config["files"]]
+    if unlisted:
+        raise ArtifactError(f"{folder}: {', '.join(unlisted)} is not part of this artifact (files: "
+                            f"{', '.join(config['files'])})")
+    return config
 
 
 def load_engine(folder: str | Path, kind: str = "onnx", threads: int = 1, key: str | None = None,

@@ -38,6 +38,7 @@ class Guard:
 
     def __init__(self, app, state) -> None:
         self.app, self.state = app, state
+        self.hosts, self.origins = state.settings.allowed_host_list, state.settings.cors_origin_list  # once
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -55,10 +56,10 @@ class Guard:
         t = time.perf_counter()
         try:
             headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-            if problem := unknown_host(headers, settings.allowed_host_list):
+            if problem := unknown_host(headers, self.hosts):
                 await answer(400, problem)(scope, receive, send_and_note)
                 return
-            if problem := foreign_origin(headers, settings.cors_origin_list):
+            if problem := foreign_origin(headers, self.origins):
                 await answer(403, problem)(scope, receive, send_and_note)
                 return
             length, limit = headers.get("content-length", "0"), settings.max_body_bytes
