@@ -12,6 +12,7 @@ model, same load:
     .venv/bin/python scripts/hardening_bench.py --out runs/hardening [--baseline /tmp/base] [--quick]
     .venv/bin/python scripts/hardening_bench.py --out runs/hardening --only-fuzz --fuzz-examples 1500 1000 200
     .venv/bin/python scripts/hardening_bench.py --out runs/hardening --only-health --baseline /tmp/base
+    .venv/bin/python scripts/hardening_bench.py --out runs/hardening --engine-choices
 """
 
 from __future__ import annotations
@@ -179,6 +180,34 @@ def fuzz(url: str, examples: dict[str, int]) -> dict:
     return out
 
 
+def batch_cost(repeats: int = 5) -> dict:
+    """Decode time per window of the default model by batch size: ONNX Runtime, one thread, in this process."""
+    from alignnet.service.engines import load_engine
+    from alignnet.service.settings import DEFAULT_ARTIFACT
+
+    engine = load_engine(DEFAULT_ARTIFACT, chunk=64)
+    x = np.random.default_rng(0).poisson(0.4, (64, 64, 100)).astype(np.float32)
+    out = {}
+    for b in (1, 8, 16, 32, 64):
+        engine.decode(x[:b])
+        t = time.perf_counter()
+        for _ in range(repeats):
+            engine.decode(x[:b])
+        out[b] = round((time.perf_counter() - t) / repeats / b * 1e3, 2)
+    return {"ms_per_window": out}
+
+
+def workers_compare(tree: Path, seconds: float) -> dict:
+    """64 clients against services with one and two engine worker threads."""
+    out = {}
+    for workers in (1, 2):
+        with server(tree, env={"ALIGNNET_WORKERS": str(workers)}) as (url, _):
+            r = __import__("asyncio").run(_load(url, 64, seconds, "json", (64, 100)))
+        out[workers] = {"throughput_rps": r["throughput_rps"], "p99_ms": r["latency"].get("p99_ms"),
+                        "errors": r["error_count"]}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=Path("runs/hardening"))
@@ -188,10 +217,18 @@ def main() -> None:
                     help="schemathesis examples per operation of the three fuzz runs (default: 400 60 40)")
     ap.add_argument("--only-fuzz", action="store_true", help="run the fuzz part alone")
     ap.add_argument("--only-health", action="store_true", help="run the /health-during-simulate part alone")
+    ap.add_argument("--engine-choices", action="store_true",
+                    help="alone: decode cost per window by batch size, and 64 clients with 1 vs 2 engine workers")
     args = ap.parse_args()
     seconds = 5 if args.quick else 60
     trees = {"now": ROOT, **({"baseline": args.baseline} if args.baseline else {})}
     result = {}
+    if args.engine_choices:
+        result = {"batch_cost": batch_cost(), "workers": workers_compare(ROOT, 15)}
+        print(json.dumps(result, indent=1), flush=True)
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "engine_choices.json").write_text(json.dumps(result, indent=1))
+        return
     for label, tree in trees.items():
         r = {}
         if args.only_health:

@@ -27,7 +27,8 @@ class Settings(BaseSettings):
     resume_calibrated: bool = Field(True, description="serve the last calibrated artifact of the base on start")
     # the engine pool and request bounds
     workers: int = Field(1, ge=1, le=64, description="engine worker threads (requests decoded at once; on 2 cores "
-                         "one gave 201 req/s and p99 0.40 s under 64 clients, two 117 req/s and 2.5 s)")
+                         "one gave 200 req/s and p99 0.41 s under 64 clients, two 122 req/s and 2.3 s: "
+                         "scripts/hardening_bench.py --engine-choices)")
     queue: int = Field(64, ge=0, le=10_000, description="requests waiting for a worker beyond which 503 is answered "
                        "(each holds its body: at most (workers + queue) x max_body_bytes in memory)")
     engine_chunk: int = Field(16, ge=1, le=4096, description="most windows the network runs at once (bounds memory)")
