@@ -10,4 +10,6 @@ PY=${PYTHON:-python3}
 .venv/bin/python -m pip install -q "torch==2.13.0"
 .venv/bin/python -m pip install -q --no-deps "spikingjelly==2.0.0"
 .venv/bin/python -m pip install -q -e ".[dev]"
+# the FALCON benchmark's evaluator (alignnet.clients.falcon); its own requirements are in the "falcon" extra
+.venv/bin/python -m pip install -q --no-deps "falcon-challenge==1.0.2"
 echo "AlignNet-BCI installed in .venv — activate with: source .venv/bin/activate"

@@ -43,19 +43,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_simulate)
 
     p = dsub.add_parser(
-        "import", help="import recordings (NWB, binned .npz, broadband .npz) into a canonical dataset",
+        "import", help="import recordings (NWB, XDF, binned .npz, broadband .npz) into a canonical dataset",
         description="Import one recording per day. Formats: 'nwb' (Units table or threshold-crossing TimeSeries + "
         "a behavior SpatialSeries/TimeSeries), 'binned' (the layout of ../shared/data/real: spike_counts, pos, "
         "vel, trial_id, timestep, target, bin_size_s), 'broadband' (.npz with broadband, fs, behavior, "
-        "behavior_fs). A folder imports every file in it that matches --pattern.",
+        "behavior_fs), 'xdf' (an LSL session recorded by LabRecorder: a spike stream of counts or spike events and a "
+        "behavior stream, aligned on their synchronised stamps), 'falcon-m2' (and -m1, -h1: FALCON benchmark NWB "
+        "files, read by FALCON's own loader; the target becomes vel). A folder imports every file in it that matches "
+        "--pattern.",
     )
     p.add_argument("paths", nargs="+", type=Path, help="files (one per day) or folders")
     p.add_argument("--out", type=Path, required=True, help="dataset folder to write")
-    p.add_argument("--format", choices=("auto", "nwb", "binned", "broadband"), default="auto",
+    p.add_argument("--format", choices=("auto", "nwb", "binned", "broadband", "xdf", "falcon-m1", "falcon-m2",
+                                        "falcon-h1"), default="auto",
                    help="input format; auto decides from the extension and keys (default: auto)")
     p.add_argument("--pattern", default="*", help="glob for files inside folders (default: all .nwb/.npz)")
     p.add_argument("--subject", default=None, help="subject name for the manifest (default: from the files)")
     p.add_argument("--behavior-name", default=None, help="NWB: name of the behavior TimeSeries to use")
+    p.add_argument("--spike-stream", default=None, metavar="NAME",
+                   help="XDF: the spike stream's name or type (default: the one stream of type Spikes)")
+    p.add_argument("--behavior-stream", default=None, metavar="NAME",
+                   help="XDF: the behavior stream's name or type (default: the one stream of type Behavior)")
     p.add_argument("--units-matched", action="store_true",
                    help="channels mean the same electrode every day (arrays, not sorted units)")
     p.add_argument("--threshold", type=float, default=4.5, help="broadband: threshold in noise stds (default: 4.5)")
@@ -106,7 +114,8 @@ def cmd_import(args: argparse.Namespace) -> int:
     ds = import_dataset(args.paths, args.out, fmt=args.format, pattern=args.pattern, subject=args.subject,
                         units_matched=args.units_matched, behavior=args.behavior, bin_ms=args.bin_ms,
                         smooth_ms=args.smooth_ms, window_bins=args.window_bins, hop_bins=args.hop_bins,
-                        behavior_name=args.behavior_name, threshold=args.threshold, overwrite=args.overwrite)
+                        behavior_name=args.behavior_name, threshold=args.threshold, overwrite=args.overwrite,
+                        spike_stream=args.spike_stream, behavior_stream=args.behavior_stream)
     print(f"imported {len(ds)} days into {args.out}")
     _print_days(ds)
     return 0

@@ -16,7 +16,7 @@ from alignnet.service.launcher import ServiceUnavailable
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from alignnet.cli import bench, data, demo, models, replay, serve, train
+    from alignnet.cli import bench, data, demo, falcon, models, replay, serve, train
 
     parser = argparse.ArgumentParser(
         prog="alignnet",
@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (data, models, train, bench, serve, demo, replay):
+    for group in (data, models, train, bench, serve, demo, replay, falcon):
         group.add_parser(sub)
     return parser
 

@@ -16,7 +16,6 @@ runs N trials without a page and reports success rate, time to target and latenc
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
@@ -27,8 +26,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from fastapi import FastAPI, WebSocket, WebSocketDisconnect
-from fastapi.responses import HTMLResponse
 
 from alignnet.recordings.dynamics import CortexState
 from alignnet.recordings.simulator import BEHAVIOR_FS, SimConfig, drift_population, initial_population, unit_rates
@@ -40,7 +37,6 @@ from alignnet.service.settings import DEFAULT_MODELS
 log = logging.getLogger(__name__)
 
 DECODERS = {"alignnet": DEFAULT_MODELS / "alignnet-quick", "wiener": DEFAULT_MODELS / "wiener-quick"}
-STATIC = Path(__file__).resolve().parent / "static"
 
 
 @dataclass
@@ -175,6 +171,7 @@ class ClosedLoop:
             raise ValueError(f"the served model's bin of {contract['bin_s'] * 1000:g} ms is not a whole number of "
                              "the subject's 1-ms samples")
         self.warmup_s = contract["window_bins"] * contract["bin_s"] + 0.5
+        self.window_bins = int(contract["window_bins"])
         self.subject = Subject(population_on_day(self.sim, day), self.sim, subject or SubjectParams(), seed)
         self.task = CenterOut(task or TaskParams(), seed)
         self.source, self.day = source, day
@@ -186,6 +183,8 @@ class ClosedLoop:
         self.trail: list[list[float]] = []
         self.stop_event = threading.Event()
         self.recent: deque = deque(maxlen=int(120_000 / self.bin_ms))  # the last 2 min of binned spikes (C,)
+        self.cursor_bins: deque = deque(maxlen=self.window_bins)  # the cursor at each of the last window's bins
+        self.bins_total = 0  # bins pushed so far (recent[-1] is bin bins_total - 1)
         self.calibration: dict | None = None  # status of a live calibration (clients/recalibrate.py)
         self.error: str | None = None
         self._lock = threading.Lock()
@@ -210,7 +209,10 @@ class ClosedLoop:
 
     def _push(self, goal: np.ndarray, t_next: float) -> float:
         spikes = self.subject.step(self.cursor, goal, self.bin_ms)
-        self.recent.append(spikes.sum(axis=0))
+        with self._lock:  # read by the page's raster views
+            self.recent.append(spikes.sum(axis=0))
+            self.cursor_bins.append(self.cursor.copy())
+            self.bins_total += 1
         now = self.pylsl.local_clock()
         stamps = now - (self.bin_ms - 1 - np.arange(self.bin_ms)) / 1000.0  # 1-ms samples ending now
         self.outlet.push_chunk(spikes, stamps.tolist())
@@ -285,44 +287,6 @@ class ClosedLoop:
         }
 
 
-# ---- the web page ------------------------------------------------------------------------------------------------
-def demo_app(loop: ClosedLoop, service_url: str):
-    """A small FastAPI app: the page, and a WebSocket that streams the loop's state at 25 Hz."""
-    app = FastAPI(title="AlignNet-BCI closed-loop demo")
-
-    @app.get("/", response_class=HTMLResponse)
-    def page() -> str:
-        return (STATIC / "demo.html").read_text()
-
-    @app.get("/state")
-    def state() -> dict:
-        return {**loop.snapshot(), "service": service_url}
-
-    @app.get("/drift")
-    def drift() -> dict:
-        from alignnet.clients.recalibrate import service_drift
-
-        return service_drift(service_url) or {}
-
-    @app.post("/calibrate", status_code=202)
-    def calibrate() -> dict:
-        from alignnet.clients.recalibrate import LiveCalibration
-
-        return LiveCalibration(loop, service_url).start()
-
-    @app.websocket("/ws")
-    async def ws(socket: WebSocket) -> None:
-        await socket.accept()
-        try:
-            while True:
-                await socket.send_json({**loop.snapshot(), "service": service_url})
-                await asyncio.sleep(0.04)
-        except (WebSocketDisconnect, RuntimeError):
-            return
-
-    return app
-
-
 # ---- runs ---------------------------------------------------------------------------------------------------------
 def resolve_decoder(name: str) -> Path:
     """'alignnet' or 'wiener' (the default models), or an artifact folder."""
@@ -332,6 +296,14 @@ def resolve_decoder(name: str) -> Path:
     if not path.is_dir():
         raise FileNotFoundError(f"decoder {name!r} is neither one of {', '.join(DECODERS)} nor an artifact folder")
     return path
+
+
+def artifact_root(artifact: Path) -> Path:
+    """The folder the demo's service may /reload from: one holding both the default models and ``artifact`` (the
+    page's decoder selector switches among them; the demo's service listens on loopback only)."""
+    import os
+
+    return Path(os.path.commonpath([DEFAULT_MODELS.resolve(), Path(artifact).resolve().parent]))
 
 
 @contextmanager
@@ -344,7 +316,8 @@ def closed_loop(artifact: Path, day: int, seed: int, engine: str, port: int | No
     source = f"alignnet-demo-{uuid.uuid4().hex[:6]}"
     with tempfile.TemporaryDirectory(prefix="alignnet-demo-") as cal:
         extra = ["--lsl", "--lsl-source", source, "--engine", engine, "--calibration-dir", cal]
-        with serving(artifact, extra, port=port or free_port()) as url:
+        env = {"ALIGNNET_ARTIFACT_ROOT": str(artifact_root(artifact))}
+        with serving(artifact, extra, port=port or free_port(), env=env) as url:
             loop = ClosedLoop(source, served_contract(url), day=day, seed=seed)
             try:
                 yield loop, url
@@ -371,13 +344,18 @@ def run_page(artifact: Path, day: int = 6, seed: int = 0, engine: str = "onnx", 
     """Start the service, run the loop until stopped and serve the page on ``host:port``."""
     import uvicorn
 
+    from alignnet.clients.demo_page import Decoders, LiveSimulation, demo_app
+
     with closed_loop(artifact, day, seed, engine, service_port) as (loop, service_url):
         thread = threading.Thread(target=loop.run, name="closed-loop", daemon=True)
         thread.start()
+        live = LiveSimulation(loop, service_url).start()
+        decoders = Decoders(artifact, artifact_root(artifact), service_url, DECODERS)
         announce(f"closed-loop demo: open http://{host}:{port}  (decoder {artifact}; service {service_url}/docs; "
                  "Ctrl-C to stop)")
         try:
-            uvicorn.run(demo_app(loop, service_url), host=host, port=port, log_level="warning")
+            uvicorn.run(demo_app(loop, service_url, live, decoders), host=host, port=port, log_level="warning")
         finally:
+            live.stop()
             loop.stop_event.set()
             thread.join(5)

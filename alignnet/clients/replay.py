@@ -127,12 +127,21 @@ class OnlineScorer:
         self.poll(0.2)
 
     def matched(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(stamps, behavior (n, D), decoded (n, D)) for the stamps seen on both streams, in time order."""
-        stamps = np.array(sorted(set(self.data["decoded"]) & set(self.data["behavior"])))
+        """(stamps, behavior (n, D), decoded (n, D)) for the stamps seen on both streams, in time order. Where the
+        behavior was not sampled on the spike bins' stamps (a recorded session with its own behavior clock), the
+        behavior is interpolated linearly at each decoded stamp inside its span instead."""
+        dec, beh = self.data["decoded"], self.data["behavior"]
+        stamps = np.array(sorted(set(dec) & set(beh)))
+        if stamps.size * 2 < len(dec) and len(beh) > 1:
+            bt = np.array(sorted(beh))
+            stamps = np.array([t for t in sorted(dec) if bt[0] <= t <= bt[-1]])
+            if stamps.size:
+                bx = np.stack([beh[t] for t in bt])
+                y = np.stack([np.interp(stamps, bt, bx[:, j]) for j in range(bx.shape[1])], axis=1)
+                return stamps, y, np.stack([dec[t] for t in stamps])
         if stamps.size == 0:
             return stamps, np.zeros((0, 0)), np.zeros((0, 0))
-        return (stamps, np.stack([self.data["behavior"][t] for t in stamps]),
-                np.stack([self.data["decoded"][t] for t in stamps]))
+        return (stamps, np.stack([beh[t] for t in stamps]), np.stack([dec[t] for t in stamps]))
 
     def score(self) -> dict:
         stamps, y, yhat = self.matched()
@@ -143,6 +152,37 @@ class OnlineScorer:
             out["latency_ms"] = {"p50": round(float(np.percentile(lat, 50)), 2),
                                  "p99": round(float(np.percentile(lat, 99)), 2)}
         return out
+
+
+def write_scored_nwb(path: Path, scorer: OnlineScorer, config: dict | None, source: str) -> Path:
+    """The decoded stream and the behavior it was scored against, matched on stamps, as an NWB file (TimeSeries
+    'behavior' in acquisition, 'decoded' in the 'alignnet' processing module) for the tools labs already use."""
+    from datetime import datetime, timezone
+
+    from pynwb import NWBHDF5IO, NWBFile, TimeSeries
+
+    stamps, y, yhat = scorer.matched()
+    if not len(stamps):
+        raise ValueError("nothing was decoded and matched to behavior; no NWB file written")
+    t0 = float(stamps[0])
+    model = (config or {}).get("model", "the served model")
+    nwb = NWBFile(session_description=f"online decode of {source} by {model}", identifier=f"alignnet-{t0:.6f}",
+                  session_start_time=datetime.now(timezone.utc), source_script="alignnet replay --score --nwb",
+                  source_script_file_name="alignnet")
+    nwb.add_acquisition(TimeSeries(name="behavior", data=y, timestamps=stamps - t0, unit="a.u.",
+                                   description=f"recorded behavior of {source}, at the decoded samples' stamps"))
+    mod = nwb.create_processing_module("alignnet", f"decoded online by {model}")
+    sha = ((config or {}).get("integrity") or {}).get("sha256", "")
+    mod.add(TimeSeries(name="decoded", data=yhat, timestamps=stamps - t0, unit="a.u.",
+                       description=f"decoded behavior; model {model}, artifact config sha256 {sha}; stamps are "
+                       f"seconds after LSL time {t0:.6f} (the input bin's stamp)"))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{path.name}")
+    with NWBHDF5IO(str(tmp), "w") as io:
+        io.write(nwb)
+    tmp.replace(path)
+    return path
 
 
 def engine_twin(engine, counts: np.ndarray, hop: int, batch: int = 256) -> np.ndarray:
@@ -163,7 +203,7 @@ def _check_against(config: dict, counts: np.ndarray, bin_s: float, what: str) ->
 def replay_day(day, *, name: str = "alignnet-replay", kind: str | None = None, speed: float = 1.0,
                start_s: float = 0.0, seconds: float | None = None, score: bool = False,
                artifact: Path | None = None, hop: int | None = None, offline_check: bool = False,
-               calibrate_seconds: float = 0.0, announce=print) -> dict:
+               calibrate_seconds: float = 0.0, nwb: Path | None = None, announce=print) -> dict:
     """Stream a day (a ``Day``) over LSL in real time; with ``score`` (or ``artifact``: the service started here on
     it) score the decoded stream online; with ``offline_check`` also decode the same windows offline. With
     ``calibrate_seconds`` (and ``artifact``) the service calibrates the session without labels on its first seconds
@@ -214,6 +254,8 @@ def replay_day(day, *, name: str = "alignnet-replay", kind: str | None = None, s
             result.update(offline_comparison(artifact, scorer, replayer, counts, beh, hop))
         if watch is not None:
             result["calibration"] = watch.compare(scorer, replayer, counts, beh, hop)
+        if nwb is not None:
+            result["nwb"] = str(write_scored_nwb(nwb, scorer, config, source=f"day {day.name}"))
     return result
 
 

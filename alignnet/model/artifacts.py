@@ -84,6 +84,7 @@ def save_artifact(
         "format_version": ARTIFACT_FORMAT_VERSION,
         "model": model.model_name,
         "model_config": {**_config_dict(model.config)},
+        "causal_decode": bool(getattr(model, "causal_decode", False)),  # sees no bin after the one it decodes
         "days": {name: int(a.read_in.in_channels) for name, a in model.days.items()},
         "contract": contract.to_dict(),
         "versions": {"alignnet": _package_version(), "torch": torch.__version__, "python": platform.python_version()},

@@ -21,7 +21,7 @@ from alignnet.recordings.importers import export_nwb, import_binned_npz, import_
 from alignnet.recordings.simulator import SPIKE_FS, SimConfig, simulate_days
 
 log = logging.getLogger(__name__)
-FORMATS = ("nwb", "binned", "broadband")
+FORMATS = ("nwb", "binned", "broadband", "xdf", "falcon-m1", "falcon-m2", "falcon-h1")
 
 
 def sim_config(days: int = 6, trials: int = 200, seed: int = 0, paper_scale: bool = False,
@@ -89,23 +89,25 @@ def detect_format(path: Path) -> str:
     """'nwb', 'broadband' or 'binned', from the extension and the archive's keys."""
     if path.suffix == ".nwb":
         return "nwb"
+    if path.suffix.lower() == ".xdf":
+        return "xdf"
     if path.suffix == ".npz":
         try:
             with np.load(path, allow_pickle=False) as z:
                 return "broadband" if "broadband" in z.files else "binned"
         except Exception as e:
             raise DataError(f"{path}: not a readable .npz archive ({e})") from e
-    raise DataError(f"{path}: unknown format (expected .nwb or .npz); pass --format")
+    raise DataError(f"{path}: unknown format (expected .nwb, .xdf or .npz); pass --format")
 
 
 def recording_files(paths: list[Path], pattern: str = "*") -> list[Path]:
-    """Files (one per day) from files and folders (every .nwb/.npz inside matching ``pattern``)."""
+    """Files (one per day) from files and folders (every .nwb/.xdf/.npz inside matching ``pattern``)."""
     files: list[Path] = []
     for p in paths:
         if p.is_dir():
-            found = sorted(f for f in p.glob(pattern) if f.suffix in (".nwb", ".npz"))
+            found = sorted(f for f in p.glob(pattern) if f.suffix.lower() in (".nwb", ".npz", ".xdf"))
             if not found:
-                raise DataError(f"{p}: no .nwb or .npz files matching {pattern!r}")
+                raise DataError(f"{p}: no .nwb, .xdf or .npz files matching {pattern!r}")
             files += found
         elif p.is_file():
             files.append(p)
@@ -115,13 +117,23 @@ def recording_files(paths: list[Path], pattern: str = "*") -> list[Path]:
 
 
 def import_day(path: Path, fmt: str = "auto", *, bin_ms: float | None = None, smooth_ms: float | None = None,
-               behavior_name: str | None = None, threshold: float = 4.5) -> Day:
+               behavior_name: str | None = None, threshold: float = 4.5, spike_stream: str | None = None,
+               behavior_stream: str | None = None) -> Day:
     """One recording file -> one day. Spike times and broadband are binned at ``bin_ms`` (default 20 ms) with
     behavior smoothed over 2 bins by default; already-binned files keep their bins and are not smoothed unless
     ``smooth_ms`` is given."""
     fmt = detect_format(path) if fmt == "auto" else fmt
     if fmt not in FORMATS:
         raise DataError(f"{path}: unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
+    if fmt.startswith("falcon-"):  # FALCON's own loader and 20-ms bins
+        from alignnet.recordings.falcon import import_falcon
+
+        return import_falcon(path, fmt.split("-", 1)[1])
+    if fmt == "xdf":  # keeps a stream of counts' own bins unless bin_ms asks for wider ones
+        from alignnet.recordings.xdf import import_xdf
+
+        return import_xdf(path, bin_ms / 1000 if bin_ms else None, smooth_ms / 1000 if smooth_ms is not None else
+                          None, spikes=spike_stream, behavior=behavior_stream)
     bin_s = (bin_ms or 20.0) / 1000
     if fmt == "binned":
         day = import_binned_npz(path, smooth_s=(smooth_ms or 0.0) / 1000)
@@ -150,11 +162,13 @@ def import_dataset(paths: list[Path], out: Path, *, fmt: str = "auto", pattern: 
                    subject: str | None = None, units_matched: bool = False, behavior: str = "pos",
                    bin_ms: float | None = None, smooth_ms: float | None = None, window_bins: int | None = None,
                    hop_bins: int | None = None, behavior_name: str | None = None, threshold: float = 4.5,
-                   overwrite: bool = False) -> Dataset:
+                   overwrite: bool = False, spike_stream: str | None = None,
+                   behavior_stream: str | None = None) -> Dataset:
     """Import one recording per day into a dataset. ``units_matched`` records that channels mean the same
     electrode every day (arrays, not sorted units); otherwise each day is read through its own read-in."""
     files = recording_files(paths, pattern)
-    days = [import_day(f, fmt, bin_ms=bin_ms, smooth_ms=smooth_ms, behavior_name=behavior_name, threshold=threshold)
+    days = [import_day(f, fmt, bin_ms=bin_ms, smooth_ms=smooth_ms, behavior_name=behavior_name, threshold=threshold,
+                       spike_stream=spike_stream, behavior_stream=behavior_stream)
             for f in tqdm(files, desc="importing", unit="day")]
     for f, d in zip(files, days):
         check_behavior(d, f, behavior)

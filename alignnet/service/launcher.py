@@ -25,9 +25,11 @@ def free_port() -> int:
 
 @contextmanager
 def serving(artifact: Path, extra: list[str] = (), url: str | None = None, timeout: float = 60.0,
-            port: int | None = None):
+            port: int | None = None, env: dict[str, str] | None = None):
     """Yield the URL of a service: the given one, or `alignnet serve` started here (on ``port``, default a free
-    one) and stopped afterwards."""
+    one, with ``env`` added to this process's environment) and stopped afterwards."""
+    import os
+
     import httpx
 
     if url:
@@ -36,6 +38,7 @@ def serving(artifact: Path, extra: list[str] = (), url: str | None = None, timeo
     port = port or free_port()
     cmd = [sys.executable, "-m", "alignnet", "serve", "--artifact", str(artifact), "--port", str(port), *extra]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {})},
                             preexec_fn=_die_with_parent if sys.platform == "linux" else None)
     url = f"http://127.0.0.1:{port}"
     try:

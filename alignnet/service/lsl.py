@@ -42,6 +42,7 @@ from alignnet.service.lsl_io import (  # noqa: F401
     check_source,
     direction_for,
     open_inlet,
+    outlet_info,
     read_chunk,
     resolve,
 )
@@ -188,7 +189,7 @@ class Bridge:
         self.source = {"name": info.name(), "type": info.type(), "channels": info.channel_count(),
                        "rate_hz": info.nominal_srate(), "hostname": info.hostname(), "source_id": info.source_id(),
                        "events": events}
-        self._ensure_outlet(info.name(), d, c)
+        self._ensure_outlet(info.name(), d, c, engine)
         feed = Feed(d, c, events, factor, self.cfg.event_lateness_s, self._drop)
         ring = Ring(d.n_in, c.window_bins, d.fill)
         buf = np.zeros((max(64, int((info.nominal_srate() or 1000) * self.cfg.buffer_s)), info.channel_count()),
@@ -259,7 +260,7 @@ class Bridge:
         if m is not None:
             m.set(value)
 
-    def _ensure_outlet(self, source_name: str, d: Direction, c: DataContract) -> None:
+    def _ensure_outlet(self, source_name: str, d: Direction, c: DataContract, engine) -> None:
         """Create the output stream once (consumers stay connected across source losses); recreate it only when a
         reloaded model changes the output's shape or rate."""
         key = (d.n_out, c.bin_s)
@@ -267,13 +268,8 @@ class Bridge:
             return
         self._outlet_key = key
         self.cfg.output_name = self.cfg.output_name or f"{source_name}-{d.out_suffix}"
-        info = pylsl.StreamInfo(self.cfg.output_name, d.out_type, d.n_out, 1.0 / c.bin_s, "float32",
-                                f"alignnet-{d.name}-{source_name}")
-        info.set_channel_labels(d.out_labels)
-        desc = info.desc()
-        desc.append_child_value("producer", "alignnet-bci")
-        desc.append_child_value("stamps", "LSL time of the input bin each sample was computed from")
-        desc.append_child_value("units", d.out_units)
+        info = outlet_info(self.cfg.output_name, d, c, engine.config, engine.folder.name, self.source or {},
+                           self.cfg.hop_bins)
         self._outlet = pylsl.StreamOutlet(info, chunk_size=1, max_buffered=max(1, int(self.cfg.buffer_s)))
 
 

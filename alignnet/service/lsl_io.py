@@ -136,3 +136,53 @@ class Feed:
         return self.binner.feed(clean, stamps)
 
 
+
+
+def outlet_info(name: str, d: Direction, c: DataContract, config: dict, artifact: str, source: dict,
+                hop_bins: int):
+    """The output stream's info, described by the XDF meta-data conventions (``desc/channels/channel`` with label,
+    unit and type; ``desc/acquisition``) plus an ``alignnet`` group: the model, the artifact's config hash, bin
+    width, window, hop, and the input stream it was computed from; so a LabRecorder file says what each stream was.
+    The ``source_id`` depends only on the direction and the input stream's name: a restarted service (or a reloaded
+    model) keeps it, and recorders reconnect to it."""
+    from alignnet import __version__
+
+    info = pylsl.StreamInfo(name, d.out_type, d.n_out, 1.0 / c.bin_s, "float32", f"alignnet-{d.name}-"
+                            f"{source.get('name', 'source')}")
+    desc = info.desc()
+    desc.append_child_value("producer", "alignnet-bci")
+    desc.append_child_value("stamps", "LSL time of the input bin each sample was computed from")
+    desc.append_child_value("units", d.out_units)
+    chans = desc.append_child("channels")
+    if d.counts:  # decoded behavior
+        kind = {"pos": "Position", "vel": "Velocity"}.get(c.behavior_kind, c.behavior_kind)
+        unit = str(c.extra.get("behavior_unit", "a.u."))
+        types = [f"{kind}{n.upper()}" if len(n) == 1 else kind for n in d.out_labels]
+    else:
+        unit, types = "counts per bin", ["SpikeCount"] * d.n_out
+    for label, type_ in zip(d.out_labels, types):
+        ch = chans.append_child("channel")
+        ch.append_child_value("label", label)
+        ch.append_child_value("unit", unit)
+        ch.append_child_value("type", type_)
+    acq = desc.append_child("acquisition")
+    acq.append_child_value("manufacturer", "AlignNet-BCI")
+    acq.append_child_value("model", str(config.get("model", "?")))
+    acq.append_child_value("software_version", __version__)
+    a = desc.append_child("alignnet")
+    for key, value in (("direction", d.name), ("model", config.get("model", "?")), ("artifact", artifact),
+                       ("artifact_sha256", (config.get("integrity") or {}).get("sha256", "")),
+                       ("causal", _causal(config)),
+                       ("bin_s", repr(c.bin_s)), ("window_bins", str(c.window_bins)), ("hop_bins", str(hop_bins)),
+                       ("behavior_kind", c.behavior_kind)):
+        a.append_child_value(key, str(value))
+    src = a.append_child("source")
+    for key in ("name", "type", "source_id", "hostname"):
+        src.append_child_value(key, str(source.get(key, "")))
+    return info
+
+
+def _causal(config: dict) -> str:
+    """Whether the served decoder sees only the past (recorded at export; ``unstated`` for older artifacts)."""
+    flag = config.get("causal_decode", (config.get("model_config") or {}).get("causal"))
+    return "unstated" if flag is None else str(bool(flag)).lower()
