@@ -209,3 +209,40 @@ def test_headless_demo_calibrates_live_and_reports_before_and_after(tmp_path):
 
     # the session's calibration lived in a folder of its own: the packaged default model serves as before
     assert not list(DEFAULT_MODELS.glob("*-calibrated")), list(DEFAULT_MODELS.glob("*-calibrated"))
+
+
+def test_demo_page_simulates_new_bins_and_correlates_them_with_the_incoming_ones(tmp_path):
+    """The page's live simulation (the service stubbed): each step simulates the last window of cursor positions and
+    keeps only the bins that are new; the correlation is that of incoming counts and simulated rates."""
+    import collections
+
+    from alignnet.clients.demo_page import Decoders, LiveSimulation, incoming_since
+
+    rng = np.random.default_rng(0)
+    loop = type("Loop", (), {})()
+    loop._lock, loop.window_bins, loop.bins_total = threading.Lock(), 10, 0
+    loop.cursor_bins, loop.recent = collections.deque(maxlen=10), collections.deque(maxlen=1000)
+    tuning = rng.normal(size=(2, 8))
+    rate = lambda cursor: np.exp(cursor @ tuning)  # noqa: E731 - (n, 2) cursor -> (n, 8) rates
+    live = LiveSimulation(loop, "http://127.0.0.1:9")
+    live.client = type("Stub", (), {"simulate": staticmethod(lambda b: rate(b[0].T).T[None] * 0.5)})()
+    for _ in range(3):
+        for _ in range(7):
+            cursor = rng.normal(size=2)
+            loop.cursor_bins.append(cursor)
+            loop.recent.append(rng.poisson(rate(cursor[None])[0] * 0.5 + 5))
+            loop.bins_total += 1
+        live.step()
+    index, rows = live.since(-1)
+    assert index == list(range(4, 21))  # the first full window (bins 4-13), then only the 7 new bins; no repeats
+    assert len(rows[0]) == 8 and live.since(index[-1]) == ([], [])
+    assert live.correlation() > 0.3
+    seen, counts = incoming_since(loop, 17)  # the bins after bin 17
+    assert seen == [18, 19, 20] and len(counts[0]) == 8
+
+    d = Decoders(tmp_path / "a", tmp_path, "http://127.0.0.1:9", {"x": tmp_path / "x"})
+    assert d.listing()["choices"] == ["x", "a"] and d.current == "a"
+    for bad in ("/etc", "../..", "a\x00b"):
+        r = d.switch(bad)
+        assert not r["ok"] and "under" in r["error"], r
+    assert "did not answer" in d.switch("x")["error"]  # no service there

@@ -2,7 +2,6 @@
 by FALCON's own evaluator through ``FalconDecoder`` (one prediction per 20-ms bin, batched across sessions)."""
 
 import json
-from datetime import datetime, timezone
 
 import numpy as np
 import pytest
@@ -11,6 +10,7 @@ from recordings import spikes, velocity_trials
 pytest.importorskip("falcon_challenge.evaluator", reason="falcon-challenge is not installed (scripts/setup.sh)")
 
 from alignnet.cli.main import main as cli  # noqa: E402
+from alignnet.recordings.falcon import m2_name  # noqa: E402
 
 # FALCON M2's held-in sessions (its minival phase wants every one): (date, run)
 HELD_IN = [("2020-10-19", 1), ("2020-10-19", 2), ("2020-10-20", 1), ("2020-10-20", 2), ("2020-10-27", 1),
@@ -25,29 +25,10 @@ evaluate:
 """
 
 
-def write_m2(path, counts, vel, trial, bin_s=0.02):
-    """FALCON M2's NWB layout (as falcon_challenge.dataloaders.load_nwb reads it): a Units table, finger velocities
-    in a BehavioralTimeSeries 'finger_vel' stamped at bin starts, an 'eval_mask' series and a trials table."""
-    from pynwb import NWBHDF5IO, NWBFile, TimeSeries
-    from pynwb.behavior import BehavioralTimeSeries
+def write_m2(path, counts, vel, trial):
+    from alignnet.recordings.falcon import write_falcon_m2
 
-    t = 100.0 + np.arange(len(vel)) * bin_s
-    nwb = NWBFile(session_description="synthetic FALCON M2", identifier=path.stem,
-                  session_start_time=datetime(2020, 10, 19, tzinfo=timezone.utc))
-    for u in range(counts.shape[1]):
-        nwb.add_unit(spike_times=np.repeat(t + bin_s / 2, counts[:, u]))
-    fv = BehavioralTimeSeries(name="finger_vel")
-    for j, name in enumerate(("index_velocity", "mrs_velocity")):
-        fv.create_timeseries(name=name, data=vel[:, j], timestamps=t, unit="a.u.")
-    nwb.add_acquisition(fv)
-    nwb.add_acquisition(TimeSeries(name="eval_mask", data=np.ones(len(t), bool), timestamps=t, unit="n/a"))
-    starts = np.r_[0, np.flatnonzero(np.diff(trial)) + 1]
-    for a, b in zip(starts, np.r_[starts[1:], len(t)]):
-        nwb.add_trial(start_time=t[a], stop_time=t[b - 1] + bin_s)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with NWBHDF5IO(str(path), "w") as io:
-        io.write(nwb)
-    return path
+    return write_falcon_m2(path, counts, vel, trial)
 
 
 def session(rng, pd, trials, gain=1.0):
@@ -64,10 +45,10 @@ def falcon_m2(tmp_path_factory):
     pd = rng.uniform(0, 2 * np.pi, 96)
     train = []
     for date, run in HELD_IN[:3]:
-        name = f"sub-MonkeyN-held-in-calib_ses-{date}-Run{run}_behavior+ecephys.nwb"
+        name = m2_name(date, run, "held-in-calib")
         train.append(write_m2(root / "m2" / "held_in_calib" / name, *session(rng, pd, 60)))
     for date, run in HELD_IN:
-        name = f"sub-MonkeyN-held-in-minival_ses-{date}-Run{run}_behavior+ecephys.nwb"
+        name = m2_name(date, run, "held-in-minival")
         write_m2(root / "m2" / "minival" / name, *session(rng, pd, 6))
     return root, train
 
@@ -153,3 +134,5 @@ def test_held_out_sessions_are_calibrated_through_the_new_day_path(falcon_m2, tm
     x = np.tile(rng.poisson(1.0, (1, 96)).astype(np.float32), (2, 1))
     y = dec.predict(x)
     assert not np.allclose(y[0], y[1])  # the same spikes, two artifacts
+    with pytest.raises(ValueError, match=r"predict takes \(batch <= 2, 96\)"):
+        dec.predict(np.zeros((2, 95), np.float32))

@@ -126,14 +126,17 @@ class Decoders:
     def switch(self, name: str) -> dict:
         import httpx
 
-        path = self.choices.get(name) or Path(name).expanduser().resolve()
         try:
+            path = self.choices.get(name) or Path(name).expanduser().resolve()
             rel = os.path.relpath(path, self.root)
-        except ValueError:
+        except (ValueError, OSError, RuntimeError):  # NUL bytes, an unknown ~user, a link loop
             rel = ".."
         if rel.startswith(".."):
             return {"ok": False, "error": f"{name}: the demo's service serves artifacts under {self.root} only"}
-        r = httpx.post(self.url + "/reload", json={"artifact": rel}, timeout=60.0)
+        try:
+            r = httpx.post(self.url + "/reload", json={"artifact": rel}, timeout=60.0)
+        except httpx.HTTPError as e:
+            return {"ok": False, "error": f"the service did not answer ({type(e).__name__})"}
         if r.status_code != 200:
             return {"ok": False, "error": r.json().get("detail", r.text)}
         self.current = name if name in self.choices else str(path)

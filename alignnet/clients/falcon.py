@@ -84,6 +84,9 @@ class FalconDecoder(BCIDecoder):
         t = time.perf_counter()
         x = np.nan_to_num(np.asarray(neural_observations, np.float32), nan=0.0, posinf=0.0, neginf=0.0)
         b = len(x)
+        if x.ndim != 2 or x.shape[1] != self.ring.shape[1] or b > self.batch_size:
+            raise ValueError(f"predict takes (batch <= {self.batch_size}, {self.ring.shape[1]}) spike counts, got "
+                             f"{x.shape}")
         self.ring[:b, :, :-1] = self.ring[:b, :, 1:]  # numpy copies overlapping slices safely
         self.ring[:b, :, -1] = x
         out = np.zeros((b, self.base.contract.behavior_dims), np.float32)

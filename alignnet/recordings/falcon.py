@@ -57,3 +57,46 @@ def import_falcon(path: str | Path, task: str) -> Day:
                trial_id=trial, segment_id=segment_id, target=np.full(len(trial), -1, np.int64),
                time_s=np.arange(len(trial)) * BIN_S,
                extra={"derived_behavior": np.asarray(["pos"]), "falcon_eval_mask": eval_mask})
+
+
+def m2_name(date: str, run: int, part: str) -> str:
+    """A FALCON M2 file name (DANDI style) that FALCON's ``hash_dataset`` maps to ``Run<run>_<date without ->``;
+    ``part`` is e.g. 'held-in-calib', 'held-in-minival', 'held-out-calib'."""
+    return f"sub-MonkeyN-{part}_ses-{date}-Run{run}_behavior+ecephys.nwb"
+
+
+def write_falcon_m2(path: str | Path, counts: np.ndarray, vel: np.ndarray, trial: np.ndarray,
+                    eval_mask: np.ndarray | None = None, bin_s: float = BIN_S) -> Path:
+    """Binned counts (n, C), finger velocity (n, 2) and trial ids (n,) as a FALCON M2 NWB file, the layout
+    ``falcon_challenge.dataloaders.load_nwb`` reads: a Units table (each bin's spikes at its middle), the velocities
+    in a BehavioralTimeSeries 'finger_vel' stamped at bin starts, an 'eval_mask' series and a trials table. For
+    synthetic sessions (tests, benchmarks) and for putting a lab's own sessions in front of FALCON's evaluator."""
+    from datetime import datetime, timezone
+
+    from pynwb import NWBHDF5IO, NWBFile, TimeSeries
+    from pynwb.behavior import BehavioralTimeSeries
+
+    path, counts = Path(path), np.asarray(counts)
+    if vel.shape != (len(counts), 2) or len(trial) != len(counts):
+        raise DataError(f"FALCON M2 needs (n, C) counts, (n, 2) velocity and (n,) trials; got {counts.shape}, "
+                        f"{vel.shape}, {np.shape(trial)}")
+    t = 100.0 + np.arange(len(vel)) * bin_s
+    nwb = NWBFile(session_description="FALCON M2 layout, written by alignnet", identifier=path.stem,
+                  session_start_time=datetime(2020, 10, 19, tzinfo=timezone.utc))
+    for u in range(counts.shape[1]):
+        nwb.add_unit(spike_times=np.repeat(t + bin_s / 2, counts[:, u].astype(np.int64)))
+    fv = BehavioralTimeSeries(name="finger_vel")
+    for j, name in enumerate(("index_velocity", "mrs_velocity")):
+        fv.create_timeseries(name=name, data=np.asarray(vel[:, j], np.float64), timestamps=t, unit="a.u.")
+    nwb.add_acquisition(fv)
+    mask = np.ones(len(t), bool) if eval_mask is None else np.asarray(eval_mask, bool)
+    nwb.add_acquisition(TimeSeries(name="eval_mask", data=mask, timestamps=t, unit="n/a"))
+    starts = np.r_[0, np.flatnonzero(np.diff(trial)) + 1]
+    for a, b in zip(starts, np.r_[starts[1:], len(t)]):
+        nwb.add_trial(start_time=t[a], stop_time=t[b - 1] + bin_s)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{path.name}")
+    with NWBHDF5IO(str(tmp), "w") as io:
+        io.write(nwb)
+    tmp.replace(path)
+    return path
