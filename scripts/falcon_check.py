@@ -1,6 +1,7 @@
 """FALCON's own evaluator on a synthetic M2 session: the embedded simulator's cortex (96 channels, 4 days with drift
 between them) written in FALCON M2's file layout, imported the documented way (`alignnet data import --format
-falcon-m2`), trained (`alignnet train`), exported, and scored by `alignnet falcon` (FalconEvaluator, phase minival:
+falcon-m2`), trained (`alignnet train`: the Wiener filter, and the causal AlignNet of the default model's recipe),
+exported, and scored by `alignnet falcon` (FalconEvaluator, phase minival:
 FALCON's 7 held-in sessions, one prediction per 20-ms bin, the newest bin of each session's ring buffer).
 
     .venv/bin/python scripts/falcon_check.py --out runs/falcon [--models wiener alignnet] [--trials 200]
@@ -28,6 +29,8 @@ HELD_IN = [("2020-10-19", 1), ("2020-10-19", 2), ("2020-10-20", 1), ("2020-10-20
            ("2020-10-27", 2), ("2020-10-28", 1)]
 WIENER = "model: wiener\nmodel_config: {}\ntrain: {val_fraction: 0.1, days: all, seed: 0, device: cpu}\nfinetune: {}\n"
 CONFIGS = {"wiener": None, "alignnet": Path("configs/quick.yaml")}
+# the default served model's recipe (scripts/build_default_models.sh): the causal AlignNet, which sees only the past
+SETS = {"alignnet": ["--set", "model=alignnet-causal", "--set", "pretrain.lr=0.01", "--set", "finetune.lr=0.01"]}
 
 
 def alignnet(*args: str) -> None:
@@ -74,7 +77,7 @@ def main() -> int:
             config = out / "wiener.yaml"
             config.write_text(WIENER)
         run = out / f"run-{model}"
-        alignnet("train", str(config), "--data", str(out / "data"), "--out", str(run))
+        alignnet("train", str(config), "--data", str(out / "data"), "--out", str(run), *SETS.get(model, []))
         alignnet("export", str(run / "artifact"), "--formats", "onnx")
         alignnet("falcon", str(run / "artifact"), "--split", "m2", "--data", str(out / "falcon"), "--json",
                  str(out / f"falcon-{model}.json"))

@@ -183,6 +183,13 @@ def test_post_calibrate_swaps_in_a_calibrated_model_and_survives_a_restart(tiny_
         assert r.status_code == 200
     with service_client(create_app(Settings(**settings))) as client:  # a restart serves the calibrated day again
         assert client.get("/model").json()["artifact"] == "d2"
+    from alignnet.model.artifacts import read_config, write_config
+
+    config = read_config(run / "artifact")  # the base changes (re-trained, re-exported): its old calibration is stale
+    config["provenance"]["note"] = "re-trained"
+    write_config(run / "artifact", config)
+    with service_client(create_app(Settings(**settings))) as client:
+        assert client.get("/model").json()["artifact"] == "artifact"
 
 
 def test_post_calibrate_failure_keeps_the_serving_model(service_artifacts, tmp_path, monkeypatch):

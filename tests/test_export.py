@@ -101,3 +101,43 @@ def test_cli_export_and_latency_bench(exported, tmp_path, capsys):
         shutil.copy(folder / name, bare / name)
     assert cli(["bench", "latency", str(bare), "--engines", "onnx"]) == 2
     assert "run `alignnet export" in capsys.readouterr().err
+
+
+def test_a_causal_model_exports_its_receptive_field_graph_with_the_same_newest_bins(tmp_path):
+    """decode_tail.onnx: the causal AlignNet on its receptive field only; the engine's newest bins from it equal the
+    whole window's, and a non-causal model gets none (its newest bin sees the whole window)."""
+    import torch
+
+    from alignnet.model import DataContract, create_model
+    from alignnet.model.artifacts import read_config, save_artifact
+    from alignnet.service.engines import load_engine
+    from alignnet.training.export import export_artifact
+    from alignnet.training.tail import tail_plan
+
+    contract = DataContract(n_channels=16, bin_s=0.02, window_bins=40, spike_scale=[0.7] * 16,
+                            behavior_mean=[0.0, 0.0], behavior_std=[1.0, 1.0])
+    for name, causal in (("test-alignnet-causal", True), ("test-alignnet", False)):
+        torch.manual_seed(0)
+        model = create_model(name, window_bins=40).eval()
+        folder = save_artifact(tmp_path / name, model, contract) or tmp_path / name
+        report = export_artifact(folder, ("onnx",))
+        config = read_config(folder)
+        if not causal:
+            assert "decode_tail.onnx" not in report and "tail" not in config["export"]
+            assert load_engine(folder).tail_bins == 0
+            continue
+        plan = tail_plan(model, None, 16)
+        tail = config["export"]["tail"]
+        assert tail["bins"] == plan["bins"] < 40 and (40 - tail["bins"]) % 2 ** model.config.depth == 0
+        assert report["decode_tail.onnx"]["max_abs_diff_newest_bins"] <= 1e-4
+        engine = load_engine(folder)
+        assert engine.tail_bins == tail["bins"] and engine.tail_hops == 2
+        x = np.random.default_rng(2).poisson(1.0, (6, 16, 40)).astype(np.float32)
+        np.testing.assert_allclose(engine.decode_newest(x, 2), engine.decode(x)[..., -2:], atol=1e-5)
+        np.testing.assert_allclose(engine.decode_newest(x, 3), engine.decode(x)[..., -3:], atol=0)  # whole window
+        # a change before the receptive field leaves the newest bin alone; one inside it moves it
+        far, near = x.copy(), x.copy()
+        far[..., : 40 - tail["receptive_field"] - 1] += 3
+        near[..., -2] += 3
+        np.testing.assert_allclose(engine.decode(far)[..., -1], engine.decode(x)[..., -1], atol=1e-5)
+        assert not np.allclose(engine.decode(near)[..., -1], engine.decode(x)[..., -1])

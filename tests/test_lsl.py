@@ -214,11 +214,11 @@ def test_app_runs_the_bridge_and_reports_it(service_artifacts):
         lsl = client.get("/health").json()["lsl"]
         assert lsl["bridges"][0]["hops"] == 5 and lsl["bridges"][0]["source"]["name"] == name
         text = client.get("/metrics").text
-        assert 'alignnet_lsl_hops_total{direction="decode"} 5.0' in text
+        assert f'alignnet_lsl_hops_total{{direction="decode",stream="{name}"}} 5.0' in text
         assert "alignnet_lsl_lag_seconds_bucket" in text
         del src
         assert wait_until(lambda: client.get("/health").json()["lsl"]["state"] in ("reconnecting", "resolving"))
-        assert 'alignnet_lsl_reconnects_total{direction="decode"} 1.0' in client.get("/metrics").text
+        assert f'alignnet_lsl_reconnects_total{{direction="decode",stream="{name}"}} 1.0' in client.get("/metrics").text
 
 
 def test_integer_count_streams_are_read_in_their_own_type(engine):
@@ -281,3 +281,56 @@ def test_bridge_calibrates_the_session_without_labels_on_its_first_seconds(tiny_
         src.push_chunk(counts[70:80], (t0 + 0.02 * np.arange(70, 80)).tolist())
         assert len(_drain(out, 10, timeout=5)[1]) == 10  # the calibrated model decodes the same stream
         assert client.get("/health").json()["lsl"]["bridges"][0]["state"] == "streaming"
+
+
+def test_one_service_decodes_several_sources_with_batched_hops(service_artifacts):
+    """`serve --lsl --lsl-source A --lsl-source B`: each source to its own outlet, each output stamped with its own
+    input's time and equal to decoding that source alone; the sources' hops share engine calls."""
+    from conftest import service_client
+
+    from alignnet.service.app import create_app
+    from alignnet.service.settings import Settings
+
+    engine = load_engine(service_artifacts[0], "onnx")
+    names = [f"multi-{k}-{uuid.uuid4().hex[:6]}" for k in range(3)]
+    srcs = [_source(n) for n in names]
+    settings = Settings(artifact=service_artifacts[0], lsl_decode=True, lsl_sources=names, lsl_batch_wait_s=0.005,
+                        lsl_batch_workers=1, lsl_resolve_timeout_s=1.0)  # one worker: it batches what waits
+    rng = np.random.default_rng(1)
+    with service_client(create_app(settings)) as client:
+        assert wait_until(lambda: client.get("/health").json()["lsl"]["state"] == "streaming", 20)
+        outs = [_consumer(f"{n}-decoded") for n in names]
+        counts = rng.poisson(1.0, (len(names), 8, 16)).astype(np.float32)
+        stamps = pylsl.local_clock() + np.arange(8) * 0.02
+        for i in range(8):  # the sources' bins arrive together, as from several arrays on one rig
+            for src, c in zip(srcs, counts):
+                src.push_sample(c[i], stamps[i])
+            time.sleep(0.02)
+        for k, out in enumerate(outs):
+            x, ts = _drain(out, 8)
+            np.testing.assert_array_equal(ts, stamps)
+            want = engine.decode(_windows(counts[k], engine.contract.window_bins))[:, :, -1]
+            np.testing.assert_allclose(x, want, atol=1e-5)
+        health = client.get("/health").json()["lsl"]
+        assert [b["source"]["name"] for b in health["bridges"]] == names
+        batching = health["batching"]
+        assert batching["windows"] == 24 and batching["calls"] < 24 and batching["largest_batch"] > 1, batching
+        text = client.get("/metrics").text
+        for n in names:
+            assert f'alignnet_lsl_hops_total{{direction="decode",stream="{n}"}} 8.0' in text
+
+
+def test_bench_streams_reports_every_stream(service_artifacts, tmp_path):
+    """`alignnet bench streams`: generator process -> one service -> every decoded stream timed (no timing asserted:
+    the figures are the benchmark's)."""
+    import json
+
+    from alignnet.cli.main import main
+
+    out = tmp_path / "streams.json"
+    assert main(["bench", "streams", "--artifact", str(service_artifacts[0]), "--streams", "2", "--seconds", "2",
+                 "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["streams"] == 2 and len(r["per_stream"]) == 2 and r["received_fraction"] > 0.5, r
+    assert all(s["hops"] > 0 and s["p99_ms"] is not None for s in r["per_stream"])
+    assert r["batching"]["windows"] > 0 and r["service_peak_rss_mb"] > 0

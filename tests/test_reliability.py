@@ -409,7 +409,7 @@ def test_a_frozen_source_is_reported_stalled_and_a_new_one_of_its_name_taken(ser
             assert wait_until(lambda: bridge()["state"] == "streaming" and bridge()["samples"] > 10, 30), bridge()
             os.kill(first.pid, signal.SIGSTOP)  # frozen: alive, connected, silent
             assert wait_until(lambda: bridge()["state"] == "stalled", 10), bridge()  # (timed in the benchmark)
-            assert 'alignnet_lsl_stalls_total{direction="decode"} 1.0' in c.get("/metrics").text
+            assert f'alignnet_lsl_stalls_total{{direction="decode",stream="{name}"}} 1.0' in c.get("/metrics").text
             second = _source(name, "second")
             assert wait_until(lambda: bridge()["source"]["source_id"] == "second", 30), bridge()
             seen = bridge()["samples"]

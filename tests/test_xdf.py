@@ -136,7 +136,7 @@ def test_labrecorder_style_round_trip_gives_the_live_online_r2(tiny_dataset, ser
     # `alignnet replay session.xdf` through a service started on the same artifact: the live run's R²
     out = tmp_path / "replay.json"
     assert main(["replay", str(tmp_path / "session.xdf"), "--spike-stream", name, "--behavior-stream",
-                 f"{name}-behavior", "--serve", str(service_artifacts[0]), "--score", "--speed", "2",
+                 f"{name}-behavior", "--serve", str(service_artifacts[0]), "--score", "--speed", "1",
                  "--name", f"xdf-again-{uuid.uuid4().hex[:6]}", "--json", str(out),
                  "--nwb", str(tmp_path / "scored.nwb")]) == 0
     again = json.loads(out.read_text())

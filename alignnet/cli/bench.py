@@ -49,6 +49,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", type=Path, default=None, help="write the figures here")
     p.set_defaults(func=cmd_load)
 
+    p = bsub.add_parser("streams", help="N simulated LSL sources at the bin rate through one service: hops, drops, "
+                        "latency per stream (--find-max: the most streams held under one bin)",
+                        description="Start one `alignnet serve --lsl` with N --lsl-source, push N simulated sources "
+                        "from one generator process, time every decoded sample against its input stamp.")
+    p.add_argument("--artifact", type=Path, default=DEFAULT_ARTIFACT, help="artifact to serve (default: default model)")
+    p.add_argument("--streams", type=int, default=8, help="sources (default: %(default)s)")
+    p.add_argument("--seconds", type=float, default=20.0, help="timed duration per run (default: %(default)s)")
+    p.add_argument("--find-max", action="store_true", help="search the largest N with every stream's p99 under one "
+                   "bin and nothing dropped (doubling from --streams, then bisecting)")
+    p.add_argument("--batch-wait-ms", type=float, default=None, help="the service's --lsl-batch-wait-ms")
+    p.add_argument("--json", type=Path, default=None, help="write the figures here")
+    p.set_defaults(func=cmd_streams)
+
     p = bsub.add_parser("lsl", help="LSL end-to-end latency: input stamp -> decoded sample received",
                         description="Start `alignnet serve --lsl`, stream 64-channel counts at the bin rate from an "
                         "LSL outlet for T seconds and time every decoded sample against its input stamp.")
@@ -127,5 +140,25 @@ def cmd_lsl(args: argparse.Namespace) -> int:
     result = lsl_latency(args.artifact, args.seconds)
     result["command"] = command_line(args)
     print(json.dumps(result, indent=2))
+    _write(args.json, result)
+    return 0
+
+
+def cmd_streams(args: argparse.Namespace) -> int:
+    from alignnet.service.streams_bench import bench_streams, find_max
+
+    def show(r: dict) -> None:
+        print(f"{r['streams']:>4} streams: p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms (worst stream "
+              f"{r['worst_stream_p99_ms']} ms), dropped {r['dropped']}, received {r['received_fraction']:.1%}, "
+              f"service peak RSS {r['service_peak_rss_mb']} MB", flush=True)
+
+    if args.find_max:
+        result = find_max(args.artifact, args.seconds, start=args.streams, progress=show,
+                          batch_wait_ms=args.batch_wait_ms)
+        print(f"most streams held (p99 < one bin, nothing dropped): {result['max_streams']}")
+    else:
+        result = bench_streams(args.artifact, args.streams, args.seconds, batch_wait_ms=args.batch_wait_ms)
+        show(result)
+    result["command"] = command_line(args)
     _write(args.json, result)
     return 0

@@ -77,6 +77,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     report = export_artifact(folder, tuple(f.strip() for f in args.formats.split(",")), spikes=spikes,
                              behavior=behavior)
     for name, r in report.items():
+        if "receptive_field" in r:  # the receptive-field graph
+            print(f"{name}: the newest {r['hops']} bins from the last {r['bins']} bins (receptive field "
+                  f"{r['receptive_field']}); max |diff| to the full window {r['max_abs_diff_newest_bins']:.2e} on "
+                  f"{r['windows']} windows")
+            continue
         spikes_txt = ""
         if "spike_mismatches" in r:
             spikes_txt = (f", {r['spike_mismatches']} of {r['spikes_compared']:,} SNN spikes flipped at threshold by "

@@ -26,7 +26,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=8000)
     g = p.add_argument_group("LSL bridge")
     g.add_argument("--lsl", action="store_true", help="decode a spike stream from LSL, push the trajectory")
-    g.add_argument("--lsl-source", default=None, metavar="NAME", help="spike stream name (default: any of the type)")
+    g.add_argument("--lsl-source", action="append", default=None, metavar="NAME",
+                   help="spike stream name (default: any of the type); repeat for several sources, each decoded to "
+                   "its own NAME-decoded stream, their hops batched into shared engine calls")
+    g.add_argument("--lsl-batch-wait-ms", type=float, default=None, metavar="MS",
+                   help="with several sources: how long a hop waits for others to decode with (default: 1)")
+    g.add_argument("--lsl-batch-workers", type=int, default=None, metavar="N",
+                   help="with several sources: decoding threads, one engine thread each (default: 2)")
     g.add_argument("--lsl-type", default=None, metavar="TYPE", help="spike stream type (default: Spikes)")
     g.add_argument("--lsl-output", default=None, metavar="NAME", help="decoded stream name (default: SOURCE-decoded)")
     g.add_argument("--lsl-reverse", action="store_true",
@@ -47,9 +53,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def settings_from_args(args: argparse.Namespace):
     from alignnet.service.settings import Settings
 
+    if args.lsl_source and len(args.lsl_source) > 1:
+        if args.lsl_output:
+            raise ValueError("--lsl-output names one output stream; with several --lsl-source each source gets its "
+                             "own SOURCE-decoded")
+        if args.calibrate_seconds:
+            raise ValueError("--calibrate-seconds calibrates one session: give one --lsl-source")
     overrides = {k: v for k, v in {
         "artifact": args.artifact, "engine": args.engine, "threads": args.threads,
-        "lsl_source_name": args.lsl_source, "lsl_source_type": args.lsl_type, "lsl_output_name": args.lsl_output,
+        "lsl_source_name": args.lsl_source[0] if args.lsl_source and len(args.lsl_source) == 1 else None,
+        "lsl_sources": args.lsl_source if args.lsl_source and len(args.lsl_source) > 1 else None,
+        "lsl_batch_wait_s": args.lsl_batch_wait_ms / 1000 if args.lsl_batch_wait_ms is not None else None,
+        "lsl_batch_workers": args.lsl_batch_workers, "lsl_source_type": args.lsl_type,
+        "lsl_output_name": args.lsl_output,
         "lsl_behavior_name": args.lsl_behavior_source, "lsl_hop_bins": args.hop,
         "lsl_max_lag_bins": args.max_lag, "lsl_calibrate_seconds": args.calibrate_seconds,
         "calibration_dir": args.calibration_dir,

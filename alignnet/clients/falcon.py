@@ -82,7 +82,7 @@ class FalconDecoder(BCIDecoder):
     def predict(self, neural_observations: np.ndarray) -> np.ndarray:
         """(batch, channels) counts of one bin -> (batch, out_dim) behavior of that bin."""
         t = time.perf_counter()
-        x = np.nan_to_num(np.asarray(neural_observations, np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+        x = np.maximum(np.nan_to_num(np.asarray(neural_observations, np.float32), nan=0.0, posinf=0.0), 0.0)
         b = len(x)
         if x.ndim != 2 or x.shape[1] != self.ring.shape[1] or b > self.batch_size:
             raise ValueError(f"predict takes (batch <= {self.batch_size}, {self.ring.shape[1]}) spike counts, got "
@@ -92,7 +92,7 @@ class FalconDecoder(BCIDecoder):
         out = np.zeros((b, self.base.contract.behavior_dims), np.float32)
         for engine in {id(e): e for e in self.active[:b]}.values():  # one engine call per artifact in use
             rows = [i for i in range(b) if self.active[i] is engine]
-            out[rows] = engine.decode(self.ring[rows])[:, :, -1]
+            out[rows] = engine.decode_newest(self.ring[rows], 1)[:, :, -1]
         self.latencies_s.append(time.perf_counter() - t)
         return out
 

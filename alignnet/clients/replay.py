@@ -240,6 +240,8 @@ def replay_day(day, *, name: str = "alignnet-replay", kind: str | None = None, s
         if scorer is None:
             replayer.run(progress=True)
             return {**result, "bins": replayer.sent}
+        if artifact is not None:
+            result["served"] = served_check(url, config)
         thread = threading.Thread(target=replayer.run, kwargs={"progress": True}, daemon=True)
         thread.start()
         watch = SwapWatch(url) if calibrate_seconds > 0 else None
@@ -257,6 +259,20 @@ def replay_day(day, *, name: str = "alignnet-replay", kind: str | None = None, s
         if nwb is not None:
             result["nwb"] = str(write_scored_nwb(nwb, scorer, config, source=f"day {day.name}"))
     return result
+
+
+def served_check(url: str, config: dict) -> dict:
+    """What the started service serves, against the artifact it was started on: a service may serve another one (a
+    resumed calibration), and the offline check compares with the one given."""
+    import httpx
+
+    m = httpx.get(url + "/model", timeout=5.0).json()
+    same = m.get("config_sha256") == (config.get("integrity") or {}).get("sha256")
+    out = {"artifact": m.get("artifact"), "config_sha256": m.get("config_sha256"), "as_given": same}
+    if not same:
+        log.warning("the service serves %s, not the artifact it was started on; online and offline will differ",
+                    m.get("artifact"))
+    return out
 
 
 class SwapWatch:

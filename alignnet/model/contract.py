@@ -206,6 +206,11 @@ class DataContract:
         self._require_fitted()
         return np.log1p(self.as_spikes(counts)) / self._spike_scale()
 
+    def scale_counts(self, counts: np.ndarray) -> np.ndarray:
+        """``preprocess_spikes`` without its checks, for windows of any length that are already clean (the live
+        path's ring buffer, whose samples were sanitised on arrival)."""
+        return (np.log1p(counts) / self._spike_scale()).astype(np.float32, copy=False)
+
     def preprocess_behavior(self, behavior: np.ndarray) -> np.ndarray:
         """(N, D, T) or (D, T) behavior in data units -> standardised float32 (N, D, T)."""
         self._require_fitted()

@@ -21,6 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from starlette.middleware.cors import CORSMiddleware
 
 from alignnet.model.artifacts import ArtifactError
+from alignnet.service.batching import HopBatcher
 from alignnet.service.binning import BlockCollector
 from alignnet.service.bodies import as_float32, body_schema, parse, respond, run_engine, validate
 from alignnet.service.calibration import Calibrator, resume_artifact
@@ -263,10 +264,12 @@ def start_bridges(state: State) -> Bridges:
     """The LSL bridges the settings ask for, running against whatever engine is loaded (hot reload included)."""
     s = state.settings
     items = []
+    sources = list(dict.fromkeys(s.lsl_sources)) or [s.lsl_source_name]
     if s.lsl_decode:
-        items.append(BridgeConfig("decode", s.lsl_source_name, s.lsl_source_type, s.lsl_output_name,
-                                  s.lsl_resolve_timeout_s, s.lsl_hop_bins, max(s.lsl_max_lag_bins, s.lsl_hop_bins),
-                                  stall_s=s.lsl_stall_s))
+        for name in sources:  # one output per source; several sources cannot share one output name
+            items.append(BridgeConfig("decode", name, s.lsl_source_type, s.lsl_output_name if len(sources) == 1
+                                      else None, s.lsl_resolve_timeout_s, s.lsl_hop_bins,
+                                      max(s.lsl_max_lag_bins, s.lsl_hop_bins), stall_s=s.lsl_stall_s))
     if s.lsl_simulate:
         items.append(BridgeConfig("simulate", s.lsl_behavior_name, s.lsl_behavior_type, None,
                                   s.lsl_resolve_timeout_s, s.lsl_hop_bins, max(s.lsl_max_lag_bins, s.lsl_hop_bins),
@@ -276,8 +279,12 @@ def start_bridges(state: State) -> Bridges:
         day = "lsl-" + time.strftime("%Y%m%d-%H%M%S")
         collector = BlockCollector(s.lsl_calibrate_seconds, lambda counts: state.calibrator.start(
             state, counts, None, day))
-    return Bridges([Bridge(cfg, lambda: state.engine, state.metrics.lsl, collector if cfg.direction == "decode"
-                           else None, (state.drift,)).start() for cfg in items])
+    batcher = HopBatcher(s.lsl_batch_wait_s, workers=s.lsl_batch_workers) if s.lsl_decode and len(sources) > 1 \
+        else None
+    first = next((c for c in items if c.direction == "decode"), None)  # calibration and drift watch one session
+    return Bridges([Bridge(cfg, lambda: state.engine, state.metrics.lsl, collector if cfg is first else None,
+                           (state.drift,) if cfg is first else (), batcher if cfg.direction == "decode" else None)
+                    .start() for cfg in items], batcher)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -107,7 +107,8 @@ class Calibrator:
         try:
             report = calibrate_block(base, counts, behavior, day, out)
             state.reload(out)  # atomic swap; the bridges pick the new engine up at their next hop
-            atomic_write_json(out.parent / CURRENT, {"artifact": str(out), "base": str(base), "day": day})
+            atomic_write_json(out.parent / CURRENT, {"artifact": str(out), "base": str(base), "day": day,
+                                                     "base_sha256": _config_sha(base)})
             result = {"state": "done", "artifact": out.name, "report": report}
         except Exception as e:  # any failure leaves the serving model as it was, and is reported
             log.exception("calibration of day %s failed", day)
@@ -121,12 +122,28 @@ class Calibrator:
         return dict(self.status)
 
 
+def _config_sha(folder: Path) -> str | None:
+    try:
+        return json.loads((Path(folder) / "config.json").read_text()).get("integrity", {}).get("sha256")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def resume_artifact(base: Path, configured: Path | None) -> Path | None:
-    """The calibrated artifact a restarted service should serve for ``base`` (None: the base itself)."""
+    """The calibrated artifact a restarted service should serve for ``base`` (None: the base itself): only one
+    calibrated from this very base (its config hash recorded at calibration). A calibration of an older base
+    (re-trained, re-exported) or one recorded without the hash is not resumed: it would silently serve another
+    model than the one asked for."""
     path = calibration_dir(base, configured) / CURRENT
     try:
         current = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
     artifact = Path(current.get("artifact", ""))
-    return artifact if (artifact / "config.json").is_file() else None
+    if not (artifact / "config.json").is_file():
+        return None
+    if current.get("base_sha256") is None or current.get("base_sha256") != _config_sha(base):
+        log.warning("not resuming the calibrated artifact %s: it was calibrated from another version of %s (serving "
+                    "the base; calibrate again)", artifact, base)
+        return None
+    return artifact

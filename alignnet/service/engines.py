@@ -47,6 +47,21 @@ class Engine:
         x = self.contract.preprocess_spikes(counts)
         return self.contract.postprocess_behavior(self.in_chunks(self._decode, x))
 
+    tail_bins = 0  # the receptive-field window of the artifact's decode_tail graph (0: it has none)
+    tail_hops = 0  # newest bins that graph serves
+
+    def decode_newest(self, counts: np.ndarray, k: int = 1) -> np.ndarray:
+        """(B, C, T) clean counts (finite, non-negative: the live path's ring buffer) -> (B, D, k) behavior of the
+        newest ``k`` bins: from the receptive-field graph where there is one (the same numbers, less work;
+        ``training/tail.py``), else from the whole window."""
+        if 0 < k <= self.tail_hops:
+            x = np.ascontiguousarray(self.contract.scale_counts(counts[..., -self.tail_bins:]))
+            return self.contract.postprocess_behavior(self.in_chunks(self._decode_tail, x)[..., -k:])
+        return self.decode(counts)[..., -k:]
+
+    def _decode_tail(self, x: np.ndarray) -> np.ndarray:
+        return self._run("decode_tail", x)
+
     def simulate(self, behavior: np.ndarray) -> np.ndarray:
         """(B, D, T) behavior in data units -> (B, C, T) non-negative expected spike counts per bin."""
         y = self.contract.preprocess_behavior(behavior)
@@ -127,7 +142,10 @@ class OnnxEngine(Engine):
         # spinning threads burn a core between decodes; a real-time loop on a shared machine is better without
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.sessions = {}
-        optional = ("embed",) if "embed.onnx" in self.config["files"] else ()
+        optional = tuple(n for n in ("embed", "decode_tail") if f"{n}.onnx" in self.config["files"])
+        tail = (self.config.get("export") or {}).get("tail") if "decode_tail" in optional else None
+        if tail:
+            self.tail_bins, self.tail_hops = int(tail["bins"]), int(tail["hops"])
         for name in ("decode", "simulate", *optional):
             path = self.folder / f"{name}.onnx"
             try:

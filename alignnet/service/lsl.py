@@ -87,7 +87,7 @@ class BridgeMetrics:
         from prometheus_client import Counter, Gauge, Histogram
 
         def labelled(kind, name: str, doc: str, *labels: str, **kw):
-            return kind(name, doc, ["direction", *labels], registry=registry, **kw)
+            return kind(name, doc, ["direction", "stream", *labels], registry=registry, **kw)
 
         self.samples = labelled(Counter, "alignnet_lsl_samples_total", "LSL input samples received")
         self.dropped = labelled(Counter, "alignnet_lsl_samples_dropped_total", "LSL input samples dropped or zeroed",
@@ -104,8 +104,10 @@ class Bridge:
     """Runs one direction in a background thread. ``engine()`` returns the engine to use now (hot reload)."""
 
     def __init__(self, cfg: BridgeConfig, engine: Callable[[], Any], metrics: BridgeMetrics | None = None,
-                 collector: Any = None, observers: tuple = ()) -> None:
+                 collector: Any = None, observers: tuple = (), batcher: Any = None) -> None:
         self.cfg, self.collector = cfg, collector  # collector: binning.BlockCollector (session calibration)
+        self.batcher = batcher  # batching.HopBatcher shared with other sources' bridges, or None
+        self.stream = cfg.source_name or f"type:{cfg.source_type}"  # the metrics' label
         self.observers = [o for o in (collector, *observers) if o is not None]  # + the drift monitor
         self.get_engine = engine
         self.metrics = metrics
@@ -138,7 +140,8 @@ class Bridge:
                 "calibration_block": self.collector.status() if self.collector is not None else None}
 
     def _metric(self, name: str, *labels: str):
-        return None if self.metrics is None else getattr(self.metrics, name).labels(self.cfg.direction, *labels)
+        return None if self.metrics is None else getattr(self.metrics, name).labels(self.cfg.direction, self.stream,
+                                                                                      *labels)
 
     def _count(self, key: str, n: int = 1, metric: str | None = None, *labels: str) -> None:
         self.counts[key] += int(n)
@@ -242,10 +245,15 @@ class Bridge:
 
     def _hop(self, engine, d: Direction, ring: Ring, stamps: list[float]) -> None:
         """Run the engine on the ring buffer and push the last len(stamps) bins with their input stamps."""
-        y = (engine.decode if d.counts else engine.simulate)(ring.buf[None])[0]
+        k = len(stamps)
+        if not d.counts:
+            y = engine.simulate(ring.buf[None])[0]
+        elif self.batcher is not None:  # with the other sources' hops that fall due now
+            y = self.batcher.decode_newest(engine, ring.buf, k)
+        else:
+            y = engine.decode_newest(ring.buf[None], k)[0]
         if not d.counts and self.cfg.sample:
             y = self._rng.poisson(y).astype(np.float32)
-        k = len(stamps)
         for row, t in zip(np.ascontiguousarray(y[:, -k:].T, np.float32), stamps):
             self._outlet.push_sample(row, t)
         self.last_lag_s = pylsl.local_clock() - stamps[-1]
@@ -319,6 +327,7 @@ class Bridges:
     """The bridges the app runs (zero, one or both directions)."""
 
     items: list[Bridge] = field(default_factory=list)
+    batcher: Any = None
 
     def status(self) -> dict[str, Any]:
         if not self.items:
@@ -326,8 +335,13 @@ class Bridges:
         states = [b.state for b in self.items]
         overall = "streaming" if all(s == "streaming" for s in states) else \
             next(s for s in states if s != "streaming")
-        return {"state": overall, "bridges": [b.status() for b in self.items]}
+        out = {"state": overall, "bridges": [b.status() for b in self.items]}
+        if self.batcher is not None:
+            out["batching"] = {"wait_s": self.batcher.wait_s, "workers": self.batcher.workers, **self.batcher.stats}
+        return out
 
     def stop(self) -> None:
         for b in self.items:
             b.stop()
+        if self.batcher is not None:
+            self.batcher.stop()

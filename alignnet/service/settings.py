@@ -49,6 +49,13 @@ class Settings(BaseSettings):
     lsl_decode: bool = Field(False, description="decode a spike stream from LSL and push the trajectory")
     lsl_simulate: bool = Field(False, description="simulate spikes from a behavior stream on LSL")
     lsl_source_name: str | None = Field(None, description="name of the spike source stream (decode direction)")
+    lsl_sources: list[str] = Field(default_factory=list, description="several spike sources by name, each decoded "
+                                   "to its own '<source>-decoded' outlet, their hops batched (JSON list in the "
+                                   "environment)")
+    lsl_batch_wait_s: float = Field(0.001, ge=0, le=0.02, description="with several sources: how long a hop waits "
+                                    "for other sources' hops to decode with it in one engine call")
+    lsl_batch_workers: int = Field(2, ge=1, le=64, description="with several sources: decoding threads (one engine "
+                                   "thread each; what waits is split among them)")
     lsl_source_type: str = Field("Spikes", description="type of the spike source stream")
     lsl_behavior_name: str | None = Field(None, description="name of the behavior source stream (simulate)")
     lsl_behavior_type: str = Field("Behavior", description="type of the behavior source stream")

@@ -164,10 +164,45 @@ def export_artifact(
                                       "nothing was written")
                 report[f"{name}.{ext}"] = entry
                 staged.append((f"{name}.{ext}", path))
+                if name == "decode" and fmt == "onnx":
+                    tail = _export_tail(eager, plain, config, day, x, got, tmp)
+                    if tail is not None:
+                        report["decode_tail.onnx"] = tail
+                        staged.append(("decode_tail.onnx", tmp / "decode_tail.onnx"))
         for name, path in staged:  # every file passed: move them into the artifact and record their hashes
             add_file(folder, name, path)
     config = read_config(folder)
     config.setdefault("export", {}).update({"parity": report, "day": day, "opset": OPSET,
                                             "torch": torch.__version__, "atol": PARITY_ATOL})
+    if "decode_tail.onnx" in report:
+        config["export"]["tail"] = {k: report["decode_tail.onnx"][k] for k in ("bins", "receptive_field", "hops")}
+    else:
+        config["export"].pop("tail", None)
     write_config(folder, config)
     return report
+
+
+def _export_tail(eager, plain, config: dict, day: str | None, x: np.ndarray, full: np.ndarray,
+                 tmp: Path) -> dict[str, Any] | None:
+    """``decode_tail.onnx``: the causal decoder on its receptive field only (``training/tail.py``), written when its
+    newest bins match the full window's ONNX graph to ``PARITY_ATOL`` on every window compared."""
+    from alignnet.training.tail import tail_model, tail_plan
+
+    n_in = x.shape[1]
+    plan = tail_plan(eager, day, n_in)
+    if plan is None:
+        return None
+    bins, hops = plan["bins"], plan["hops"]
+    path = tmp / "decode_tail.onnx"
+    short = np.ascontiguousarray(x[..., -bins:])
+    try:
+        _export_onnx(DecodePath(tail_model(plain, config, bins).eval(), day), torch.from_numpy(short[:2]), path,
+                     "spikes", "behavior")
+        got = _run_onnx(path, short)
+    except Exception as e:  # exporters raise many types
+        raise ExportError(f"onnx export of decode_tail failed: {type(e).__name__}: {e}") from e
+    diff = float(np.abs(got[..., -hops:] - full[..., -hops:]).max())
+    if not diff <= PARITY_ATOL:
+        raise ExportError(f"onnx decode_tail: the newest {hops} bins differ from the full window's by {diff:.3g} > "
+                          f"{PARITY_ATOL}; nothing was written")
+    return {**plan, "windows": int(len(x)), "max_abs_diff_newest_bins": diff}
