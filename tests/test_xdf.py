@@ -149,3 +149,17 @@ def test_labrecorder_style_round_trip_gives_the_live_online_r2(tiny_dataset, ser
         np.testing.assert_allclose(nwb.processing["alignnet"]["decoded"].data[:], decoded["time_series"],
                                    atol=1e-5)
         np.testing.assert_allclose(nwb.acquisition["behavior"].data[:], beh, atol=1e-5)
+
+
+def test_record_cli_names_what_is_wrong(tmp_path, capsys):
+    from alignnet.cli.main import main
+
+    assert main(["record", str(tmp_path / "out.txt"), "--stream", "x"]) == 2
+    assert "name it *.xdf" in capsys.readouterr().err
+    assert main(["record", str(tmp_path / "out.xdf"), "--stream", f"nope-{uuid.uuid4().hex[:6]}",
+                 "--timeout", "0.5"]) == 2
+    assert "not found within 0.5 s" in capsys.readouterr().err
+    assert main(["replay", str(tmp_path / "missing.xdf")]) == 2
+    assert "file not found" in capsys.readouterr().err
+    assert main(["replay", str(tmp_path / "missing.xdf"), "--held-out"]) == 2
+    assert "--held-out applies to dataset days" in capsys.readouterr().err
