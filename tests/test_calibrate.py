@@ -246,3 +246,32 @@ def test_drift_monitor_watches_the_served_latent_and_resets_on_a_new_model(tiny_
         assert client.post("/decode", json={"spikes": windows[:3].tolist()}).status_code == 200
         assert client.get("/health").json()["drift"]["latents"] == 1
         assert "alignnet_drift" in client.get("/metrics").text
+
+
+def test_drift_monitor_embeds_on_its_own_thread_and_skips_while_busy():
+    """The bridge hands the window over and goes on: the embedding runs on the monitor's thread, and a window that
+    falls due while one is being embedded is skipped rather than queued."""
+    import threading
+
+    from alignnet.service.drift_monitor import DriftMonitor
+
+    from conftest import wait_until
+
+    release, threads = threading.Event(), []
+
+    class Engine:
+        config = {"latent_reference": {"mean": [0.0] * 4, "cov": np.eye(4).tolist()}}
+        can_embed = True
+
+        def embed(self, window):
+            threads.append(threading.current_thread().name)
+            release.wait(5)
+            return np.ones((1, 4))
+
+    ring = type("Ring", (), {"buf": np.zeros((3, 5), np.float32)})()
+    monitor, engine = DriftMonitor(every_bins=1), Engine()
+    monitor.add(np.zeros((1, 3)), engine, ring)
+    monitor.add(np.zeros((1, 3)), engine, ring)  # due again while the first is still embedding: skipped
+    release.set()
+    assert wait_until(lambda: monitor.status()["latents"] == 1 and not monitor._busy)
+    assert threads == ["drift-monitor_0"]
