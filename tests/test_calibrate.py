@@ -253,9 +253,9 @@ def test_drift_monitor_embeds_on_its_own_thread_and_skips_while_busy():
     falls due while one is being embedded is skipped rather than queued."""
     import threading
 
-    from alignnet.service.drift_monitor import DriftMonitor
-
     from conftest import wait_until
+
+    from alignnet.service.drift_monitor import DriftMonitor
 
     release, threads = threading.Event(), []
 

@@ -223,3 +223,40 @@ def test_set_reads_exponent_floats_as_numbers():
 
     cfg = apply_overrides({}, ["finetune.lr=1e-4", "name=abc", "days=[0, 1]", "x=2.5", "tag=e"])
     assert cfg == {"finetune": {"lr": 1e-4}, "name": "abc", "days": [0, 1], "x": 2.5, "tag": "e"}
+
+
+def test_evaluation_feeds_a_model_on_its_own_device(monkeypatch):
+    """A CPU check for device mix-ups (a GPU run crashed on one: CPU tensors fed to a model on CUDA). On PyTorch's
+    'meta' device a model has shapes and no data, and a CPU tensor handed to it raises, as it would on CUDA; the
+    numbers that leave the model are faked, since meta tensors hold none."""
+    import torch
+
+    import alignnet.model.base as base
+    from alignnet.model import DataContract, create_model
+    from alignnet.training.run import latent_reference, split_metrics
+    from alignnet.training.windows import DayWindows
+
+    real = base.to_numpy
+    monkeypatch.setattr(base, "to_numpy", lambda t: np.zeros(t.shape, np.float32) if t.is_meta else real(t))
+    rng = np.random.default_rng(0)
+    w = DayWindows("d0", rng.poisson(1.0, (6, 16, 20)).astype(np.float32), rng.normal(size=(6, 2, 20)))
+    contract = DataContract(n_channels=16, bin_s=0.02, window_bins=20).fit(w.counts, w.behavior)
+    model = create_model("test-alignnet").to("meta").eval()
+    with pytest.raises(RuntimeError, match="device"):  # the mix-up this test exists to catch
+        model.decode(torch.from_numpy(contract.preprocess_spikes(w.counts)), None)
+    scores = split_metrics(model, [w], contract, "test")
+    assert set(scores) == {"test_s2b_r2", "test_newest_r2", "test_b2s_r"}
+    assert latent_reference(model, [w], contract, use_day=False)["n_windows"] == 6
+    pred = base.run_batched(model.decode, model, contract.preprocess_spikes(w.counts), None, batch=4)
+    assert pred.shape == (6, 2, 20)
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(),
+                    reason="no CUDA device on this machine (a GPU machine runs it)")
+def test_evaluate_runs_on_cuda(tiny_dataset, tmp_path):
+    out = tmp_path / "ev"
+    assert cli(["evaluate", "--data", str(tiny_dataset / "D"), "--config", str(tiny_dataset / "train.yaml"),
+                "--protocol", "single-day", "--models", "test-wiener,test-alignnet", "--out", str(out),
+                "--set", "train.device=cuda"]) == 0
+    rows = json.loads((out / "results.json").read_text())["protocols"]["single-day"]
+    assert all(np.isfinite(r["s2b_r2"]) and np.isfinite(r["online_r2"]) for r in rows)

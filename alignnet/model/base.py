@@ -3,9 +3,32 @@ space, optionally through a per-day read-in (and read-out) for days whose channe
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Where the model's weights are (the CPU for a model without any)."""
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def to_numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy()
+
+
+@torch.no_grad()
+def run_batched(fn: Callable, model: nn.Module, x: np.ndarray, *args, batch: int = 256) -> np.ndarray:
+    """``fn`` (a model's decode, simulate or embedding) over a numpy array in batches: each batch moved to the
+    model's device, each answer brought back to the CPU as numpy. The one way evaluation code calls a model, so a
+    model on a GPU gets GPU tensors everywhere."""
+    device = model_device(model)
+    return np.concatenate([to_numpy(fn(torch.from_numpy(np.ascontiguousarray(x[i:i + batch])).to(device), *args))
+                           for i in range(0, len(x), batch)])
 
 
 def n_params(model: nn.Module) -> int:

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from alignnet.model.artifacts import load_artifact, model_contract, save_artifact
+from alignnet.model.base import run_batched
 from alignnet.model.metrics import r2
 from alignnet.recordings.dataset import DataError, Dataset, Day
 from alignnet.training.export import export_artifact
@@ -218,7 +219,6 @@ def _rest_r2(model, w: DayWindows, served, day_name: str | None) -> float | None
     behavior does not vary)."""
     if len(w) == 0 or not np.ptp(w.behavior, axis=(0, 2)).any():
         return None
-    x = torch.from_numpy(served.preprocess_spikes(w.counts))
-    pred = torch.cat([model.decode(x[i:i + 256], day_name) for i in range(0, len(x), 256)]).numpy()
+    pred = run_batched(model.decode, model, served.preprocess_spikes(w.counts), day_name)
     return r2(w.behavior, served.postprocess_behavior(pred), feature_axis=1)
 

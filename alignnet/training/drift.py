@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from alignnet.model.artifacts import load_artifact
+from alignnet.model.base import run_batched
 from alignnet.model.drift import ADVISE_RECALIBRATION, drift_gauge
 from alignnet.model.metrics import r2
 from alignnet.recordings.dataset import DataError, Dataset
@@ -31,9 +32,9 @@ def drift_by_day(artifact: Path, data: Path, days: list[int] | None = None) -> l
             raise DataError(f"{data}: day {day.name} has {day.n_channels} channels; the served contract reads "
                             f"{contract.n_channels} (calibrate the day first)")
         w = windows_in_trials(day, None, contract.window_bins, contract.window_bins, contract.behavior_kind)
-        x = torch.from_numpy(contract.preprocess_spikes(w.counts))
-        z = torch.cat([model.spike_embedding(x[i:i + 256], served) for i in range(0, len(x), 256)]).numpy()
-        dec = torch.cat([model.decode(x[i:i + 256], served) for i in range(0, len(x), 256)]).numpy()
+        x = contract.preprocess_spikes(w.counts)
+        z = run_batched(model.spike_embedding, model, x, served)
+        dec = run_batched(model.decode, model, x, served)
         gauge = drift_gauge(reference, z)
         rows.append({"day": day.name, "gauge": gauge, "advise_recalibration": gauge > ADVISE_RECALIBRATION,
                      "r2": r2(w.behavior, contract.postprocess_behavior(dec), feature_axis=1), "windows": len(w)})

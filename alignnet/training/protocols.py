@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from alignnet.model import create_model
-from alignnet.model.base import BidirectionalModel, n_params
+from alignnet.model.base import BidirectionalModel, n_params, run_batched
 from alignnet.model.contract import DataContract
 from alignnet.model.metrics import pearson, r2
 from alignnet.model.registry import model_class
@@ -178,13 +178,11 @@ class Protocol:
     def test(self, model: BidirectionalModel, test: DayWindows, contract: DataContract, use_day: bool) -> tuple:
         model.eval()
         day = test.day if use_day else None
-        s = torch.from_numpy(contract.preprocess_spikes(test.counts))
-        b = torch.from_numpy(contract.preprocess_behavior(test.behavior))
-        dec = torch.cat([model.decode(s[i:i + 256], day) for i in range(0, len(s), 256)]).numpy()
+        dec = run_batched(model.decode, model, contract.preprocess_spikes(test.counts), day)
         behavior_pred = contract.postprocess_behavior(dec)
         if not model.simulates:  # a decode-only yardstick
             return r2(test.behavior, behavior_pred, feature_axis=1), None, behavior_pred, None
-        sim = torch.cat([model.simulate(b[i:i + 256], day) for i in range(0, len(b), 256)]).numpy()
+        sim = run_batched(model.simulate, model, contract.preprocess_behavior(test.behavior), day)
         counts_pred = contract.postprocess_rates(sim)
         return (r2(test.behavior, behavior_pred, feature_axis=1), pearson(test.counts, counts_pred, feature_axis=1),
                 behavior_pred, counts_pred)
@@ -205,8 +203,8 @@ class Protocol:
         name = self.ds.day_names[day_index] if use_day else None
 
         def decode(counts: np.ndarray) -> np.ndarray:
-            x = torch.from_numpy(contract.preprocess_spikes(counts))
-            return contract.postprocess_behavior(model.decode(x, name).numpy())
+            return contract.postprocess_behavior(run_batched(model.decode, model, contract.preprocess_spikes(counts),
+                                                             name))
 
         pred = offline_twin(decode, day.counts[start:start + n], self.window, hop=1)
         return r2(day.behavior(self.behavior)[start:start + n], pred)

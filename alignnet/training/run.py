@@ -20,6 +20,7 @@ import yaml
 
 from alignnet.model import create_model
 from alignnet.model.artifacts import save_artifact
+from alignnet.model.base import run_batched
 from alignnet.model.metrics import pearson, r2
 from alignnet.model.registry import model_class
 from alignnet.recordings.dataset import (
@@ -234,10 +235,10 @@ def split_metrics(model, windows, contract, prefix: str, use_day: bool = False) 
         if len(w) == 0:
             continue
         day = w.day if use_day else None
-        s = torch.from_numpy(contract.preprocess_spikes(w.counts))
-        dec.append(contract.postprocess_behavior(model.decode(s, day).numpy()))
-        b = torch.from_numpy(contract.preprocess_behavior(w.behavior))
-        sim.append(pearson(w.counts, contract.postprocess_rates(model.simulate(b, day).numpy()), 1) * w.counts.shape[1])
+        dec.append(contract.postprocess_behavior(run_batched(model.decode, model, contract.preprocess_spikes(w.counts),
+                                                             day)))
+        rates = run_batched(model.simulate, model, contract.preprocess_behavior(w.behavior), day)
+        sim.append(pearson(w.counts, contract.postprocess_rates(rates), 1) * w.counts.shape[1])
         beh.append(w.behavior)
         counts.append(w.counts.shape[1])
     keys = [f"{prefix}_s2b_r2", f"{prefix}_newest_r2", f"{prefix}_b2s_r"]
@@ -269,9 +270,9 @@ def latent_reference(model, windows, contract, use_day: bool, max_windows: int =
         return None
     z = []
     for w in windows:
-        s = torch.from_numpy(contract.preprocess_spikes(w.counts[:max_windows]))
-        z += [model.spike_embedding(s[i:i + 256], w.day if use_day else None) for i in range(0, len(s), 256)]
-    z = torch.cat(z).double()
+        z.append(run_batched(model.spike_embedding, model, contract.preprocess_spikes(w.counts[:max_windows]),
+                             w.day if use_day else None))
+    z = torch.from_numpy(np.concatenate(z)).double()
     return {"mean": z.mean(0).tolist(), "cov": torch.cov(z.T).tolist(), "n_windows": int(len(z))}
 
 
