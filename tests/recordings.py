@@ -12,6 +12,15 @@ from pathlib import Path
 
 import numpy as np
 
+WIENER = """
+model: wiener
+model_config: {}
+train: {val_fraction: 0.1, days: all, seed: 0, device: cpu}
+finetune: {}
+evaluate:
+  models: {}
+"""  # a training config for the Wiener filter: trains in seconds
+
 
 def velocity_trials(rng, n_trials: int, trial_bins: int, bin_s: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Center-out reaches: a bell-shaped speed profile toward one of 8 targets per trial."""

@@ -12,7 +12,7 @@ import json
 
 import numpy as np
 import pytest
-from recordings import make
+from recordings import WIENER, make
 
 from alignnet.cli.main import main as cli
 from alignnet.model.artifacts import read_config
@@ -22,14 +22,6 @@ from alignnet.recordings.linear import fit_ridge, predict_ridge
 from alignnet.training.windows import split_trials
 
 MARGIN = 0.05
-WIENER = """
-model: wiener
-model_config: {}
-train: {val_fraction: 0.1, days: all, seed: 0, device: cpu}
-finetune: {}
-evaluate:
-  models: {}
-"""
 ALIGNNET = """
 model: test-alignnet
 model_config: {}

@@ -5,32 +5,16 @@ import json
 
 import numpy as np
 import pytest
-from recordings import spikes, velocity_trials
+from recordings import WIENER, spikes, velocity_trials
 
 pytest.importorskip("falcon_challenge.evaluator", reason="falcon-challenge is not installed (scripts/setup.sh)")
 
 from alignnet.cli.main import main as cli  # noqa: E402
-from alignnet.recordings.falcon import m2_name  # noqa: E402
+from alignnet.recordings.falcon import m2_name, write_falcon_m2  # noqa: E402
 
 # FALCON M2's held-in sessions (its minival phase wants every one): (date, run)
 HELD_IN = [("2020-10-19", 1), ("2020-10-19", 2), ("2020-10-20", 1), ("2020-10-20", 2), ("2020-10-27", 1),
            ("2020-10-27", 2), ("2020-10-28", 1)]
-WIENER = """
-model: wiener
-model_config: {}
-train: {val_fraction: 0.1, days: all, seed: 0, device: cpu}
-finetune: {}
-evaluate:
-  models: {}
-"""
-
-
-def write_m2(path, counts, vel, trial):
-    from alignnet.recordings.falcon import write_falcon_m2
-
-    return write_falcon_m2(path, counts, vel, trial)
-
-
 def session(rng, pd, trials, gain=1.0):
     vel, trial, _ = velocity_trials(rng, trials, 25, 0.02)
     return spikes(rng, vel * gain, 96, 0.02, pd=pd), vel, trial
@@ -46,10 +30,10 @@ def falcon_m2(tmp_path_factory):
     train = []
     for date, run in HELD_IN[:3]:
         name = m2_name(date, run, "held-in-calib")
-        train.append(write_m2(root / "m2" / "held_in_calib" / name, *session(rng, pd, 60)))
+        train.append(write_falcon_m2(root / "m2" / "held_in_calib" / name, *session(rng, pd, 60)))
     for date, run in HELD_IN:
         name = m2_name(date, run, "held-in-minival")
-        write_m2(root / "m2" / "minival" / name, *session(rng, pd, 6))
+        write_falcon_m2(root / "m2" / "minival" / name, *session(rng, pd, 6))
     return root, train
 
 
@@ -123,8 +107,8 @@ def test_held_out_sessions_are_calibrated_through_the_new_day_path(falcon_m2, tm
     save_artifact(tmp_path / "base", model, contract)
     export_artifact(tmp_path / "base", ("onnx",))
     rng = np.random.default_rng(5)
-    calib = write_m2(tmp_path / "m2" / "held_out_calib" / "sub-MonkeyN-held-out-calib_ses-2020-10-30-Run1_behavior"
-                     "+ecephys.nwb", *session(rng, rng.uniform(0, 2 * np.pi, 96), 12))
+    calib = write_falcon_m2(tmp_path / "m2" / "held_out_calib" / m2_name("2020-10-30", 1, "held-out-calib"),
+                            *session(rng, rng.uniform(0, 2 * np.pi, 96), 12))
     dec = FalconDecoder(FalconConfig(task=FalconTask.m2), tmp_path / "base", batch_size=2)
     reports = dec.calibrate([calib], tmp_path / "calibrated", train={"epochs": 1, "max_steps_per_epoch": 2})
     assert set(reports) == {"Run1_20201030"} and reports["Run1_20201030"]["mode"] == "few-shot"

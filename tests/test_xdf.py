@@ -163,3 +163,16 @@ def test_record_cli_names_what_is_wrong(tmp_path, capsys):
     assert "file not found" in capsys.readouterr().err
     assert main(["replay", str(tmp_path / "missing.xdf"), "--held-out"]) == 2
     assert "--held-out applies to dataset days" in capsys.readouterr().err
+
+
+def test_a_text_behavior_stream_is_named_not_a_traceback(tmp_path):
+    """Markers picked as behavior (e.g. --behavior-stream events) are refused with the stream's name, on import and
+    on replay, before anything streams."""
+    from alignnet.clients.xdf_replay import replay_xdf
+
+    n = 50
+    _session(tmp_path / "s.xdf", np.ones((n, 4), np.float32), np.zeros((n, 2)), 5.0 + np.arange(n) * 0.02)
+    for run in (lambda: import_xdf(tmp_path / "s.xdf", None, None, behavior="events"),
+                lambda: replay_xdf(tmp_path / "s.xdf", behavior="events")):
+        with pytest.raises(DataError, match="behavior stream 'events' carries text"):
+            run()

@@ -116,7 +116,8 @@ class FalconDecoder(BCIDecoder):
             key = self.session(f)
             folder = Path(out) / key
             reports[key] = calibrate_block(self.base.folder, counts.T, behavior.T, key, folder, train)
-            export_artifact(folder, (self.kind,))
+            if self.kind != "eager":  # eager runs the weights themselves
+                export_artifact(folder, (self.kind,))
             self.calibrated[key] = load_engine(folder, self.kind, threads=self.threads)
             log.info("calibrated FALCON session %s on %s (%d bins)", key, Path(f).name, len(counts))
         return reports

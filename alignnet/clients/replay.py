@@ -159,7 +159,9 @@ def write_scored_nwb(path: Path, scorer: OnlineScorer, config: dict | None, sour
     'behavior' in acquisition, 'decoded' in the 'alignnet' processing module) for the tools labs already use."""
     from datetime import datetime, timezone
 
-    from pynwb import NWBHDF5IO, NWBFile, TimeSeries
+    from pynwb import NWBFile, TimeSeries
+
+    from alignnet.recordings.importers import write_nwb
 
     stamps, y, yhat = scorer.matched()
     if not len(stamps):
@@ -176,13 +178,7 @@ def write_scored_nwb(path: Path, scorer: OnlineScorer, config: dict | None, sour
     mod.add(TimeSeries(name="decoded", data=yhat, timestamps=stamps - t0, unit="a.u.",
                        description=f"decoded behavior; model {model}, artifact config sha256 {sha}; stamps are "
                        f"seconds after LSL time {t0:.6f} (the input bin's stamp)"))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}")
-    with NWBHDF5IO(str(tmp), "w") as io:
-        io.write(nwb)
-    tmp.replace(path)
-    return path
+    return write_nwb(nwb, path)
 
 
 def engine_twin(engine, counts: np.ndarray, hop: int, batch: int = 256) -> np.ndarray:

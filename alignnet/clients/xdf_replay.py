@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from alignnet.recordings.xdf import channel_labels, load_streams, meta, pick
+from alignnet.recordings.xdf import channel_labels, load_streams, meta, numbers, pick
 
 
 class XdfPlayer:
@@ -84,9 +84,11 @@ def replay_xdf(path: Path, *, spikes: str | None = None, behavior: str | None = 
     streams = load_streams(path, dejitter=False)  # the recorded timing, clocks synchronised
     s_spk = pick(streams, "spike", spikes, "Spikes", path)
     s_beh = pick(streams, "behavior", behavior, "Behavior", path)
+    numbers(s_beh, "behavior", path)  # scored against: text (markers) is refused here, not mid-replay
+    rate = float(meta(s_spk, "nominal_srate", "0"))
     config = check_artifact(artifact, "onnx") if artifact else None
     if config:
-        n_in, events = int(meta(s_spk, "channel_count")), float(meta(s_spk, "nominal_srate", "0")) <= 0
+        n_in, events = int(meta(s_spk, "channel_count")), rate <= 0
         if not events and config["contract"].get("units_matched", True) and n_in != config["contract"]["n_channels"]:
             raise ValueError(f"{path}: spike stream '{meta(s_spk, 'name')}' has {n_in} channels; the served model "
                              f"reads {config['contract']['n_channels']}")
@@ -107,8 +109,8 @@ def replay_xdf(path: Path, *, spikes: str | None = None, behavior: str | None = 
         thread.start()
         while thread.is_alive():
             scorer.poll()
-        expected = player.sent[0] if float(meta(s_spk, "nominal_srate", "0")) > 0 and \
-            config and abs(float(meta(s_spk, "nominal_srate")) * config["contract"]["bin_s"] - 1) < 1e-6 else 0
+        # one decoded sample per spike sample where the stream runs at the bin rate: wait for all of them
+        expected = player.sent[0] if config and abs(rate * config["contract"]["bin_s"] - 1) < 1e-6 else 0
         scorer.collect(expected - expected % (hop or 1), timeout=5.0 if expected else 1.0)
         result.update({"samples": player.sent[0], **scorer.score()})
         if nwb is not None:

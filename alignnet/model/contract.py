@@ -204,7 +204,7 @@ class DataContract:
         """(N, C, T) or (C, T) counts -> (N, C, T) float32 model input: log1p(counts) / scale (per channel; one
         shared scale when units are not matched)."""
         self._require_fitted()
-        return np.log1p(self.as_spikes(counts)) / self._spike_scale()
+        return self.scale_counts(self.as_spikes(counts))
 
     def scale_counts(self, counts: np.ndarray) -> np.ndarray:
         """``preprocess_spikes`` without its checks, for windows of any length that are already clean (the live

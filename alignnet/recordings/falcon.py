@@ -73,8 +73,10 @@ def write_falcon_m2(path: str | Path, counts: np.ndarray, vel: np.ndarray, trial
     synthetic sessions (tests, benchmarks) and for putting a lab's own sessions in front of FALCON's evaluator."""
     from datetime import datetime, timezone
 
-    from pynwb import NWBHDF5IO, NWBFile, TimeSeries
+    from pynwb import NWBFile, TimeSeries
     from pynwb.behavior import BehavioralTimeSeries
+
+    from alignnet.recordings.importers import write_nwb
 
     path, counts = Path(path), np.asarray(counts)
     if vel.shape != (len(counts), 2) or len(trial) != len(counts):
@@ -94,9 +96,4 @@ def write_falcon_m2(path: str | Path, counts: np.ndarray, vel: np.ndarray, trial
     starts = np.r_[0, np.flatnonzero(np.diff(trial)) + 1]
     for a, b in zip(starts, np.r_[starts[1:], len(t)]):
         nwb.add_trial(start_time=t[a], stop_time=t[b - 1] + bin_s)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}")
-    with NWBHDF5IO(str(tmp), "w") as io:
-        io.write(nwb)
-    tmp.replace(path)
-    return path
+    return write_nwb(nwb, path)

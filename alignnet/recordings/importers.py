@@ -228,7 +228,7 @@ def export_nwb(sd: SimDay, path: str | Path, subject: str = "sim-monkey") -> Non
     """Write a simulated day as NWB: Units (one multi-unit per channel), joystick SpatialSeries, trials table."""
     import datetime
 
-    from pynwb import NWBHDF5IO, NWBFile
+    from pynwb import NWBFile
     from pynwb.behavior import Position
     from pynwb.file import Subject
 
@@ -256,12 +256,21 @@ def export_nwb(sd: SimDay, path: str | Path, subject: str = "sim-monkey") -> Non
     for k in range(sd.n_trials):
         nwb.add_trial(start_time=float(start[k]), stop_time=float(stop[k]), target=int(sd.target[k]),
                       target_onset=float(sd.target_onset_ms[k] / BEHAVIOR_FS))
+    write_nwb(nwb, path)
+
+
+def write_nwb(nwb: Any, path: str | Path) -> Path:
+    """Write an NWBFile through a temporary file beside ``path`` and rename it into place: a reader never sees half
+    a file, and an interrupted write leaves the old one."""
+    from pynwb import NWBHDF5IO
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".tmp-{path.name}")
     with NWBHDF5IO(str(tmp), "w") as io:
         io.write(nwb)
     tmp.replace(path)
+    return path
 
 
 def import_nwb(

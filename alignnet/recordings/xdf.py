@@ -23,7 +23,9 @@ from xml.sax.saxutils import escape
 
 import numpy as np
 
+from alignnet.recordings.checks import check_counts
 from alignnet.recordings.dataset import DataError, Day
+from alignnet.recordings.importers import bin_day
 
 # XDF chunk tags
 FILE_HEADER, STREAM_HEADER, SAMPLES, CLOCK_OFFSET, BOUNDARY, STREAM_FOOTER = 1, 2, 3, 4, 5, 6
@@ -190,15 +192,19 @@ def pick(streams: list[dict], what: str, choice: str | None, default_type: str, 
     return found[0]
 
 
+def numbers(stream: dict, what: str, path: Path) -> np.ndarray:
+    """A stream's samples (n, channels) as float64, or a DataError when it carries text (markers, not data)."""
+    x = np.asarray(stream["time_series"])
+    if x.ndim != 2 or x.dtype.kind not in "iuf":
+        raise DataError(f"{path}: {what} stream '{meta(stream, 'name')}' carries text, not numbers")
+    return x.astype(np.float64)
+
+
 def spike_times(stream: dict, path: Path) -> tuple[np.ndarray, np.ndarray, int, float | None]:
     """(spike times, channels, channel count, the stream's sample period or None) of a spike stream: regular
     streams carry counts per sample; an irregular one carries one spike per sample (its value: the channel)."""
-    from alignnet.recordings.checks import check_counts
-
-    x, t = np.asarray(stream["time_series"]), np.asarray(stream["time_stamps"], np.float64)
+    x, t = numbers(stream, "spike", path), np.asarray(stream["time_stamps"], np.float64)
     rate = float(meta(stream, "nominal_srate", "0"))
-    if x.dtype.kind not in "iuf":
-        raise DataError(f"{path}: spike stream '{meta(stream, 'name')}' carries text, not numbers")
     if rate <= 0:  # spike events: the value is the channel index
         if x.ndim != 2 or x.shape[1] != 1:
             raise DataError(f"{path}: irregular spike stream '{meta(stream, 'name')}' has {x.shape[1]} channels; an "
@@ -209,11 +215,10 @@ def spike_times(stream: dict, path: Path) -> tuple[np.ndarray, np.ndarray, int, 
         n = max(len(channel_labels(stream)), int(ch.max()) + 1 if len(ch) else 0)
         return t, ch.astype(np.int64), n, None
     dt = 1.0 / rate
-    counts = np.asarray(x, np.float64)
-    check_counts(counts, dt, f"{path}: spike stream '{meta(stream, 'name')}': ")
-    ti, ci = np.nonzero(counts)
-    reps = counts[ti, ci].astype(np.int64)
-    return np.repeat(t[ti] - dt / 2, reps), np.repeat(ci, reps), counts.shape[1], dt
+    check_counts(x, dt, f"{path}: spike stream '{meta(stream, 'name')}': ")
+    ti, ci = np.nonzero(x)
+    reps = x[ti, ci].astype(np.int64)
+    return np.repeat(t[ti] - dt / 2, reps), np.repeat(ci, reps), x.shape[1], dt
 
 
 def import_xdf(path: str | Path, bin_s: float | None, smooth_s: float | None, spikes: str | None = None,
@@ -232,9 +237,7 @@ def import_xdf(path: str | Path, bin_s: float | None, smooth_s: float | None, sp
         raise DataError(f"{path}: the spike stream runs at {1 / period:g} Hz; bins of {bin_s * 1e3:g} ms are not a "
                         "whole number of its samples")
     smooth_s = smooth_s if smooth_s is not None else (0.0 if period else 2 * bin_s)
-    beh = np.asarray(s_beh["time_series"], np.float64)
-    if beh.ndim != 2 or beh.dtype.kind not in "iuf":
-        raise DataError(f"{path}: behavior stream '{meta(s_beh, 'name')}' does not carry numbers")
+    beh = numbers(s_beh, "behavior", path)
     b_rate = float(meta(s_beh, "nominal_srate", "0"))
     b_period = 1.0 / b_rate if b_rate > 0 else 0.0
     b_end = np.asarray(s_beh["time_stamps"], np.float64)  # each sample covers (stamp - period, stamp]
@@ -244,8 +247,6 @@ def import_xdf(path: str | Path, bin_s: float | None, smooth_s: float | None, sp
     stop = min(s_t[-1], b_end[-1])
     if stop - start < 2 * bin_s:
         raise DataError(f"{path}: the spike and behavior streams overlap for {max(stop - start, 0):.3f} s only")
-    from alignnet.recordings.importers import bin_day
-
     day = bin_day(name or path.stem, times, chans, n_channels, bt, beh, np.array([start]), np.array([stop]), None,
                   bin_s, smooth_s, source=str(path))
     day.extra["xdf_streams"] = np.array([meta(s_spk, "name"), meta(s_beh, "name")])

@@ -123,9 +123,11 @@ class Calibrator:
 
 
 def _config_sha(folder: Path) -> str | None:
+    from alignnet.model.artifacts import ArtifactError, read_config
+
     try:
-        return json.loads((Path(folder) / "config.json").read_text()).get("integrity", {}).get("sha256")
-    except (OSError, ValueError, AttributeError):
+        return read_config(folder).get("integrity", {}).get("sha256")
+    except (ArtifactError, OSError):
         return None
 
 
