@@ -1,14 +1,16 @@
-"""The live path, before and after the receptive-field graph, in one run (issue: 2 ms decode, 5 ms end to end,
-32 streams on one small machine). "Before" is the same default model without ``decode_tail.onnx`` (the whole 2-s
-window decoded every hop, as until now); "after" is the artifact as shipped.
+"""The live path in one run (issue: 2 ms decode, 5 ms end to end, 32 streams on one small machine), on three copies
+of the default model: "window" without ``decode_tail.onnx`` or ``decode_stream.npz`` (the whole 2-s window decoded
+every hop), "receptive field" without ``decode_stream.npz`` (the newest bins from the last 60 bins), and the artifact
+as shipped, "incremental" (each new bin from cached columns, ``alignnet/model/incremental.py``).
 
-    .venv/bin/python scripts/live_path_bench.py --out runs/live [--stream-seconds 10] [--http-seconds 60]
+    .venv/bin/python scripts/live_path_bench.py --out runs/live [--stream-seconds 10] [--http-seconds 0]
 
-Measures on a quiet machine: the newest bin's decode at batch 1 on one thread (p50/p99 over 2,000 calls each, both
-artifacts in one process, interleaved in blocks of 100 calls); LSL end to end for one stream (`alignnet bench
-lsl`); the most 50-Hz streams one service holds with every stream's p99 under 20 ms and nothing dropped (`alignnet
-bench streams --find-max`); 64 HTTP clients (`alignnet bench load`, whole windows: unchanged by the tail graph);
-and the replay's online = offline check on an unseen day. Writes OUT/live.json and prints a markdown table.
+Measures on a quiet machine: the newest bin's decode at batch 1 on one thread (p50/p99 over 2,000 calls each, all
+three in one process, interleaved in blocks of 100 calls, then each alone for 2,000 calls back to back); then, for
+"receptive field" (before) and "incremental" (after): LSL end to end for one stream (`alignnet bench lsl`); the most
+50-Hz streams one service holds with every stream's p99 under 20 ms and nothing dropped (`alignnet bench streams
+--find-max`); 64 HTTP clients with ``--http-seconds`` > 0 (`alignnet bench load`, whole windows: unchanged by
+either); and the replay's online = offline check on an unseen day. Writes OUT/live.json and prints a markdown table.
 """
 
 from __future__ import annotations
@@ -30,17 +32,29 @@ import numpy as np
 from alignnet.service.engines import load_engine
 engines = [load_engine(a, "onnx", threads=1) for a in sys.argv[1:]]
 c = engines[0].contract
-x = np.random.default_rng(0).poisson(0.8, (1, c.n_channels, c.window_bins)).astype(np.float32)
-times = [[] for _ in engines]
-for round_ in range(21):  # interleaved blocks, so both see the same machine; the first round is warm-up
-    for e, ts in zip(engines, times):
+bins = np.random.default_rng(0).poisson(0.8, (4000, c.n_channels)).astype(np.float32)
+x = np.ascontiguousarray(bins[:c.window_bins].T[None])
+calls = [lambda e=e: e.decode_newest(x, 1) for e in engines[:-1]]  # a window's newest bin, from the graphs
+live = engines[-1].open_stream()
+calls.append(lambda: live.push(bins[np.random.randint(len(bins))][None]))  # one new bin, from cached columns
+times = [[] for _ in calls]
+for round_ in range(21):  # interleaved blocks, so all see the same machine; the first round is warm-up
+    for call, ts in zip(calls, times):
         for _ in range(100):
-            t = time.perf_counter(); e.decode_newest(x, 1); dt = time.perf_counter() - t
+            t = time.perf_counter(); call(); dt = time.perf_counter() - t
             if round_:
                 ts.append(dt)
-print(json.dumps([{"p50_ms": float(np.percentile(np.asarray(ts) * 1e3, 50)),
-                   "p99_ms": float(np.percentile(np.asarray(ts) * 1e3, 99)), "tail_bins": e.tail_bins}
-                  for e, ts in zip(engines, times)]))
+alone = []
+for call in calls:  # then each on its own, 2,000 calls back to back (as one busy stream sees it)
+    for _ in range(200):
+        call()
+    ts = []
+    for _ in range(2000):
+        t = time.perf_counter(); call(); ts.append(time.perf_counter() - t)
+    alone.append(ts)
+ms = lambda ts, q: float(np.percentile(np.asarray(ts) * 1e3, q))
+print(json.dumps([{"p50_ms": ms(ts, 50), "p99_ms": ms(ts, 99), "alone_p50_ms": ms(a, 50), "alone_p99_ms": ms(a, 99)}
+                  for ts, a in zip(times, alone)]))
 """
 
 
@@ -114,14 +128,16 @@ def ort_choices(artifact: Path, data: Path) -> list[dict]:
     return rows
 
 
-def without_tail(src: Path, dst: Path) -> Path:
-    """A copy of the artifact without its receptive-field graph: the live path as it was."""
+def without(src: Path, dst: Path, names: tuple[str, ...]) -> Path:
+    """A copy of the artifact without some of its optional files: the live path as it was before them."""
     shutil.copytree(src, dst)
-    (dst / "decode_tail.onnx").unlink(missing_ok=True)
     config = read_config(dst)
-    config["files"].pop("decode_tail.onnx", None)
-    config.get("export", {}).pop("tail", None)
-    config.get("export", {}).get("parity", {}).pop("decode_tail.onnx", None)
+    for name in names:
+        (dst / name).unlink(missing_ok=True)
+        config["files"].pop(name, None)
+        config.get("export", {}).get("parity", {}).pop(name, None)
+    config.get("export", {}).pop("tail" if "decode_tail.onnx" in names else "", None)
+    config.get("export", {}).pop("stream", None)
     config.pop("integrity", None)
     write_config(dst, config)
     return dst
@@ -157,7 +173,7 @@ def main() -> int:
     p.add_argument("--artifact", type=Path, default=DEFAULT_ARTIFACT)
     p.add_argument("--lsl-seconds", type=float, default=30.0)
     p.add_argument("--stream-seconds", type=float, default=10.0)
-    p.add_argument("--http-seconds", type=float, default=60.0)
+    p.add_argument("--http-seconds", type=float, default=0.0)
     p.add_argument("--replay-data", type=Path, default=Path("data/sim-7"), help="dataset with an unseen day 6")
     p.add_argument("--only-decode", action="store_true", help="only the interleaved decode timings: before/after, "
                    "ONNX Runtime settings and int8 quantisation of the receptive-field graph")
@@ -165,32 +181,37 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     result = {}
     with tempfile.TemporaryDirectory() as tmp:
-        before = without_tail(args.artifact, Path(tmp) / "before")
-        decode = json.loads(subprocess.run([sys.executable, "-c", TIMER, str(before), str(args.artifact)], check=True,
-                                           capture_output=True, text=True).stdout.strip().splitlines()[-1])
+        window = without(args.artifact, Path(tmp) / "window", ("decode_tail.onnx", "decode_stream.npz"))
+        before = without(args.artifact, Path(tmp) / "before", ("decode_stream.npz",))
+        decode = json.loads(subprocess.run([sys.executable, "-c", TIMER, str(window), str(before), str(args.artifact)],
+                                           check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+        result["decode"] = dict(zip(("window", "receptive field", "incremental"), decode))
+        print("| newest-bin decode, batch 1, 1 thread | interleaved p50 / p99 ms | p99 / window's | back to back p50 / "
+              "p99 ms | p99 / window's |\n|---|---|---|---|---|")
+        for name, r in result["decode"].items():
+            print(f"| {name} | {r['p50_ms']:.2f} / {r['p99_ms']:.2f} | {r['p99_ms'] / decode[0]['p99_ms']:.2f} | "
+                  f"{r['alone_p50_ms']:.2f} / {r['alone_p99_ms']:.2f} | "
+                  f"{r['alone_p99_ms'] / decode[0]['alone_p99_ms']:.2f} |")
         if args.only_decode:
-            print(json.dumps(decode))
             for r in ort_choices(args.artifact, args.replay_data):
                 r2_txt = f" | {r['newest_bin_r2_day6']:.4f}" if "newest_bin_r2_day6" in r else " | –"
                 print(f"| {r['choice']} | {r['p50_ms']:.2f} / {r['p99_ms']:.2f}{r2_txt} |")
             return 0
-        result["before"] = {"decode": decode[0], **measure(before, args.out, "before", args)}
-    result["after"] = {"decode": decode[1], **measure(args.artifact, args.out, "after", args)}
+        result["before"] = measure(before, args.out, "before", args)
+    result["after"] = measure(args.artifact, args.out, "after", args)
     if args.replay_data.is_dir():
         result["replay"] = run_json([sys.executable, "-m", "alignnet", "replay", str(args.replay_data), "--day", "6",
                                      "--serve", str(args.artifact), "--score", "--offline-check", "--seconds", "30",
                                      "--json", str(args.out / "replay.json")], args.out / "replay.json")
     (args.out / "live.json").write_text(json.dumps(result, indent=2))
     b, f = result["before"], result["after"]
-    rows = [("newest-bin decode p50 / p99, batch 1, 1 thread (ms)",
-             lambda r: f"{r['decode']['p50_ms']:.2f} / {r['decode']['p99_ms']:.2f}"),
-            ("LSL end to end p50 / p99, one stream (ms)",
-             lambda r: f"{r['lsl']['latency']['p50_ms']:.2f} / {r['lsl']['latency']['p99_ms']:.2f}"),
+    rows = [("LSL end to end p50 / p90 / p99, one stream (ms)", lambda r: " / ".join(
+                f"{r['lsl']['latency'][k]:.2f}" for k in ("p50_ms", "p90_ms", "p99_ms"))),
             ("50-Hz streams held (p99 < 20 ms, 0 dropped)", lambda r: str(r["streams"]["max_streams"]))]
     if "http" in b:
         rows.append(("64 HTTP clients: req/s, p99 (ms), errors", lambda r: f"{r['http']['throughput_rps']}, "
                      f"{r['http']['latency']['p99_ms']:.0f}, {r['http']['error_count']}"))
-    print("| measure | before (whole window) | after (receptive field) |\n|---|---|---|")
+    print("\n| measure | before (receptive field) | after (incremental) |\n|---|---|---|")
     for name, fmt in rows:
         print(f"| {name} | {fmt(b)} | {fmt(f)} |")
     if "replay" in result:

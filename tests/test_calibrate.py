@@ -123,6 +123,22 @@ def test_matched_model_calibration_starts_from_the_identity(tiny_dataset, tmp_pa
     assert report["rest_r2_after"] == pytest.approx(report["rest_r2_before"], abs=1e-4)
 
 
+def test_w2_by_eigensolver_equals_the_matrix_square_root_formula():
+    """gaussian_w2 takes roots of symmetric matrices by eigh; it must equal the textbook formula with scipy's
+    general matrix square root, also where one covariance is singular (fewer windows than dimensions)."""
+    from scipy import linalg
+
+    from alignnet.model.drift import gaussian_w2
+
+    rng = np.random.default_rng(0)
+    for n_b in (200, 20):
+        a, b = np.cov(rng.standard_normal((300, 16)).T), np.cov((rng.standard_normal((n_b, 16)) * 1.5 + 0.2).T)
+        ma, mb = rng.standard_normal(16), rng.standard_normal(16)
+        root = np.real(linalg.sqrtm(linalg.sqrtm(a) @ b @ linalg.sqrtm(a)))
+        want = np.sum((ma - mb) ** 2) + np.trace(a + b - 2 * root)
+        assert gaussian_w2(ma, a, mb, b) == pytest.approx(want, rel=1e-6)
+
+
 def test_drift_gauge_is_zero_for_the_reference_and_grows_with_a_shift():
     from alignnet.model.drift import ADVISE_RECALIBRATION, drift_gauge
 

@@ -82,6 +82,10 @@ def cmd_export(args: argparse.Namespace) -> int:
                   f"{r['receptive_field']}); max |diff| to the full window {r['max_abs_diff_newest_bins']:.2e} on "
                   f"{r['windows']} windows")
             continue
+        if "bins_over_atol" in r:  # the incremental decoder
+            print(f"{name}: incremental decoding of a {r['bins']}-bin stream; max |diff| to each window's newest bin "
+                  f"{r['max_abs_diff']:.2e} ({r['bins_over_atol']} bins past the tolerance)")
+            continue
         spikes_txt = ""
         if "spike_mismatches" in r:
             spikes_txt = (f", {r['spike_mismatches']} of {r['spikes_compared']:,} SNN spikes flipped at threshold by "

@@ -45,6 +45,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "served model meanwhile), then serve the calibrated model (saved next to the artifact)")
     g.add_argument("--calibration-dir", type=Path, default=None,
                    help="where calibrated artifacts go (default: ARTIFACT-calibrated next to the artifact)")
+    g.add_argument("--lsl-window-decode", action="store_true",
+                   help="decode the whole ring buffer every hop even where the artifact decodes incrementally "
+                        "(decode_stream.npz: the same numbers from cached columns; for comparisons)")
     g.add_argument("--max-lag", type=int, default=None, metavar="BINS",
                    help="backlog beyond which only the newest hop is decoded (default: 10)")
     p.set_defaults(func=cmd_serve)
@@ -76,6 +79,8 @@ def settings_from_args(args: argparse.Namespace):
         overrides["lsl_simulate"] = True
     if args.lsl_sample:
         overrides["lsl_sample"] = True
+    if args.lsl_window_decode:
+        overrides["lsl_incremental"] = False
     return Settings(**overrides)
 
 

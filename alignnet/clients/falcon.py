@@ -4,9 +4,10 @@ groups use to compare decoders across days (Karpowicz et al. 2024, https://githu
 FALCON calls ``reset(dataset_tags)`` when a session starts, then ``predict(bins)`` once per 20-ms bin with one row of
 spike counts per session in the batch, and wants the behavior of that bin back. ``FalconDecoder`` keeps one ring
 buffer of the artifact's window per batch row, as the LSL bridge does, so each prediction is the newest bin of the
-window that ends at it: what a live user gets (causal models only see the past). Held-out sessions can be calibrated
-first through the new-day path (``calibrate``, from FALCON's few-shot calibration files), and ``reset`` then picks
-each session's calibrated artifact.
+window that ends at it: what a live user gets (causal models only see the past). An artifact that decodes
+incrementally (``decode_stream.npz``) gives those numbers from cached columns instead. Held-out sessions can be
+calibrated first through the new-day path (``calibrate``, from FALCON's few-shot calibration files), and ``reset``
+then picks each session's calibrated artifact.
 
 ``alignnet falcon ARTIFACT --split m2 --data DIR`` runs FALCON's own evaluator on the data a lab has downloaded.
 """
@@ -68,6 +69,11 @@ class FalconDecoder(BCIDecoder):
         c = self.base.contract
         self.ring = np.zeros((self.batch_size, c.n_channels, c.window_bins), np.float32)
         self.active: list[Engine] = [self.base] * self.batch_size
+        self.streams = [self._stream(e) for e in self.active]  # incremental decoders where the artifact has one
+
+    @staticmethod
+    def _stream(engine: Engine):
+        return engine.open_stream() if engine.can_stream else None
 
     def session(self, tag) -> str:
         return self._task_config.hash_dataset(Path(str(tag)).stem)
@@ -78,6 +84,7 @@ class FalconDecoder(BCIDecoder):
         for i in range(self.batch_size):
             tag = dataset_tags[i] if i < len(dataset_tags) else ""
             self.active[i] = self.calibrated.get(self.session(tag), self.base) if tag else self.base
+            self.streams[i] = self._stream(self.active[i])
 
     def predict(self, neural_observations: np.ndarray) -> np.ndarray:
         """(batch, channels) counts of one bin -> (batch, out_dim) behavior of that bin."""
@@ -90,9 +97,13 @@ class FalconDecoder(BCIDecoder):
         self.ring[:b, :, :-1] = self.ring[:b, :, 1:]  # numpy copies overlapping slices safely
         self.ring[:b, :, -1] = x
         out = np.zeros((b, self.base.contract.behavior_dims), np.float32)
+        for i in range(b):  # incremental: the same numbers as the ring's newest bin, from cached columns
+            if self.streams[i] is not None:
+                out[i] = self.streams[i].push(x[i:i + 1])[:, -1]
         for engine in {id(e): e for e in self.active[:b]}.values():  # one engine call per artifact in use
-            rows = [i for i in range(b) if self.active[i] is engine]
-            out[rows] = engine.decode_newest(self.ring[rows], 1)[:, :, -1]
+            rows = [i for i in range(b) if self.active[i] is engine and self.streams[i] is None]
+            if rows:
+                out[rows] = engine.decode_newest(self.ring[rows], 1)[:, :, -1]
         self.latencies_s.append(time.perf_counter() - t)
         return out
 

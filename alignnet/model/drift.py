@@ -10,15 +10,17 @@ from a few windows is singular. The formula is written by hand (scipy supplies t
 from __future__ import annotations
 
 import numpy as np
-from scipy import linalg
 
 ADVISE_RECALIBRATION = 0.5  # gauge above which recalibration is advised (a far simulated day sits above it)
 
 
 def gaussian_w2(mean_a: np.ndarray, cov_a: np.ndarray, mean_b: np.ndarray, cov_b: np.ndarray) -> float:
     """Squared Wasserstein-2 distance between N(mean_a, cov_a) and N(mean_b, cov_b)."""
-    root = linalg.sqrtm(linalg.sqrtm(cov_a) @ cov_b @ linalg.sqrtm(cov_a))
-    trace = np.trace(cov_a + cov_b - 2 * np.real(root))
+    w, v = np.linalg.eigh(cov_a)
+    root_a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    # tr sqrt(A^1/2 B A^1/2): the matrix inside is symmetric PSD, so its root's trace is that of its eigenvalues'
+    trace_root = np.sum(np.sqrt(np.clip(np.linalg.eigvalsh(root_a @ cov_b @ root_a), 0, None)))
+    trace = np.trace(cov_a) + np.trace(cov_b) - 2 * trace_root
     return float(np.sum((mean_a - mean_b) ** 2) + max(trace, 0.0))
 
 

@@ -9,16 +9,20 @@ expected spike counts per bin (B, C, T) out.
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 
 import numpy as np
 
 from alignnet.model.artifacts import ArtifactError, verify_files
 from alignnet.model.contract import DataContract
+from alignnet.model.incremental import STREAM_FILE, load_weights
+from alignnet.service.live import LiveStream, StreamPool
 
 log = logging.getLogger(__name__)
 
 ENGINES = ("onnx", "torchscript", "eager")
+_POOL_LOCK = threading.Lock()  # an engine's stream pool is made once, whichever bridge asks first
 
 
 class Engine:
@@ -58,6 +62,23 @@ class Engine:
             x = np.ascontiguousarray(self.contract.scale_counts(counts[..., -self.tail_bins:]))
             return self.contract.postprocess_behavior(self.in_chunks(self._decode_tail, x)[..., -k:])
         return self.decode(counts)[..., -k:]
+
+    @property
+    def can_stream(self) -> bool:
+        """Whether the artifact decodes incrementally (``decode_stream.npz``, written by export for causal models)."""
+        return STREAM_FILE in self.config["files"] and "stream" in (self.config.get("export") or {})
+
+    def open_stream(self) -> LiveStream:
+        """A new incremental decoder for one live source (``service/live.py``: a row of this engine's pool, stepped
+        in batches with the other sources' rows), starting as an empty ring buffer does."""
+        if not self.can_stream:
+            raise ArtifactError(f"{self.folder}: no {STREAM_FILE}; re-export the artifact to decode incrementally")
+        with _POOL_LOCK:
+            if self._pool is None:
+                self._pool = StreamPool(load_weights(self.folder / STREAM_FILE), self.contract.window_bins)
+        return LiveStream(self.contract, self._pool)
+
+    _pool: StreamPool | None = None
 
     def _decode_tail(self, x: np.ndarray) -> np.ndarray:
         return self._run("decode_tail", x)

@@ -12,7 +12,9 @@ One ``Bridge`` per direction runs in its own thread. The path of one sample:
 4. ``Feed.bins``: clean bad samples (NaN, inf, negative counts: zeroed and counted as dropped) and bin them;
 5. ``Bridge._advance``: push bins into the ring buffer of one window and run the engine every hop (default one
    bin); when more than ``max_lag_bins`` bins wait at once only the newest hop is decoded (the skipped bins still
-   fill the ring and are counted as dropped), so lag cannot grow;
+   fill the ring and are counted as dropped), so lag cannot grow. An artifact with ``decode_stream.npz`` decodes
+   each bin incrementally instead (``model/incremental.py``: the same numbers as the window's newest bin, from
+   cached columns), unless ``incremental`` is off;
 6. ``Bridge._hop``: push the last hop's outputs, each stamped with the LSL time of the input bin it came from, so
    downstream measures latency by comparing stamps.
 
@@ -65,6 +67,7 @@ class BridgeConfig:
     stall_s: float = 1.0  # a regular source silent this long is "stalled": another of the same name is looked for
     sample: bool = False  # simulate: push Poisson counts drawn from the rates instead of the rates
     seed: int | None = None  # seed of that sampling
+    incremental: bool = True  # decode: each bin from cached columns where the artifact can (else the ring's window)
 
     def __post_init__(self) -> None:
         if self.direction not in DIRECTIONS:
@@ -121,6 +124,7 @@ class Bridge:
         self._outlet = None
         self._outlet_key: tuple | None = None
         self._rng = np.random.default_rng(cfg.seed)
+        self.live = None  # engines.LiveStream of the current source, when decoding incrementally
 
     # ---- lifecycle ----
     def start(self) -> Bridge:
@@ -137,6 +141,7 @@ class Bridge:
     def status(self) -> dict[str, Any]:
         return {"direction": self.cfg.direction, "state": self.state, "error": self.error, "source": self.source,
                 "output": self.cfg.output_name, **self.counts, "lag_s": self.last_lag_s,
+                "decoding": "incremental" if self.live is not None else "window",
                 "calibration_block": self.collector.status() if self.collector is not None else None}
 
     def _metric(self, name: str, *labels: str):
@@ -195,6 +200,7 @@ class Bridge:
         self._ensure_outlet(info.name(), d, c, engine)
         feed = Feed(d, c, events, factor, self.cfg.event_lateness_s, self._drop)
         ring = Ring(d.n_in, c.window_bins, d.fill)
+        self._open_live(engine, d, None)
         buf = np.zeros((max(64, int((info.nominal_srate() or 1000) * self.cfg.buffer_s)), info.channel_count()),
                        dtype)  # liblsl writes the stream's own type into it
         pending: list[float] = []
@@ -209,6 +215,10 @@ class Bridge:
                         log.info("model changed: re-checking the LSL source")
                         return None
                     engine = current
+                    self._open_live(engine, d, ring)
+                    if pending:  # a part-filled hop of the previous model
+                        self._drop(len(pending), "reload")
+                        pending = []
                 x, stamps = read_chunk(inlet, buf)
                 if (other := watch.after_pull(len(stamps))) is not None:
                     return other
@@ -229,6 +239,8 @@ class Bridge:
         for observer in self.observers if d.counts else ():  # add(bins, engine, ring)
             observer.add(bins, engine, ring)
         hop = self.cfg.hop_bins
+        if self.live is not None:
+            return self._advance_live(ring, bins, stamps, pending)
         if len(pending) + len(bins) > self.cfg.max_lag_bins:  # fell behind: decode only the newest hop
             waiting = pending + stamps.tolist()
             self._drop(len(waiting) - hop, "lag")
@@ -243,6 +255,26 @@ class Bridge:
                 pending = []
         return pending
 
+    def _open_live(self, engine, d: Direction, ring: Ring | None) -> None:
+        """Decode incrementally where the artifact can; a model swapped in mid-stream starts from the ring."""
+        self.live = engine.open_stream() if d.counts and self.cfg.incremental and engine.can_stream else None
+        if self.live is not None and ring is not None:
+            self.live.prime(ring.buf)
+
+    def _advance_live(self, ring: Ring, bins: np.ndarray, stamps: np.ndarray, pending: list) -> list:
+        """Every bin decoded as it comes (the history needs each); outputs pushed a hop at a time, the newest hop
+        only when more than ``max_lag_bins`` wait. ``pending`` holds (stamp, output) pairs."""
+        hop = self.cfg.hop_bins
+        ring.push(bins)
+        pending = pending + list(zip(stamps.tolist(), self.live.push(bins).T))
+        if len(pending) > self.cfg.max_lag_bins:
+            self._drop(len(pending) - hop, "lag")
+            pending = pending[-hop:]
+        while len(pending) >= hop:
+            self._emit(np.stack([y for _, y in pending[:hop]], axis=1), [t for t, _ in pending[:hop]])
+            pending = pending[hop:]
+        return pending
+
     def _hop(self, engine, d: Direction, ring: Ring, stamps: list[float]) -> None:
         """Run the engine on the ring buffer and push the last len(stamps) bins with their input stamps."""
         k = len(stamps)
@@ -254,6 +286,11 @@ class Bridge:
             y = engine.decode_newest(ring.buf[None], k)[0]
         if not d.counts and self.cfg.sample:
             y = self._rng.poisson(y).astype(np.float32)
+        self._emit(y, stamps)
+
+    def _emit(self, y: np.ndarray, stamps: list[float]) -> None:
+        """Push the last len(stamps) bins of ``y`` (D, >= k), each with its input's stamp; count and time them."""
+        k = len(stamps)
         for row, t in zip(np.ascontiguousarray(y[:, -k:].T, np.float32), stamps):
             self._outlet.push_sample(row, t)
         self.last_lag_s = pylsl.local_clock() - stamps[-1]
@@ -338,6 +375,9 @@ class Bridges:
         out = {"state": overall, "bridges": [b.status() for b in self.items]}
         if self.batcher is not None:
             out["batching"] = {"wait_s": self.batcher.wait_s, "workers": self.batcher.workers, **self.batcher.stats}
+        pools = {id(b.live.pool): b.live.pool for b in self.items if b.live is not None}
+        if pools:  # incremental decoding: bins stepped together (service/live.py)
+            out["incremental"] = [dict(p.stats) for p in pools.values()]
         return out
 
     def stop(self) -> None:

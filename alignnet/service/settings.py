@@ -56,6 +56,9 @@ class Settings(BaseSettings):
                                     "for other sources' hops to decode with it in one engine call")
     lsl_batch_workers: int = Field(2, ge=1, le=64, description="with several sources: decoding threads (one engine "
                                    "thread each; what waits is split among them)")
+    lsl_incremental: bool = Field(True, description="decode each bin from cached columns where the artifact can "
+                                  "(decode_stream.npz: the numbers of the ring's newest bin, less work); off: run "
+                                  "the window every hop")
     lsl_source_type: str = Field("Spikes", description="type of the spike source stream")
     lsl_behavior_name: str | None = Field(None, description="name of the behavior source stream (simulate)")
     lsl_behavior_type: str = Field("Behavior", description="type of the behavior source stream")

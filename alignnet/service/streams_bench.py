@@ -129,7 +129,8 @@ def bench_streams(artifact: Path, streams: int, seconds: float, batch_wait_ms: f
             gen.terminate()
             gen.wait(10)
     return _report(names, lat, before, after, c["bin_s"], seconds) | {
-        "service_peak_rss_mb": peak_mb, "batching": health["lsl"].get("batching")}
+        "service_peak_rss_mb": peak_mb, "batching": health["lsl"].get("batching"),
+        "incremental": health["lsl"].get("incremental")}
 
 
 def _report(names, lat, before, after, bin_s: float, seconds: float) -> dict:

@@ -26,12 +26,15 @@ from torch import nn
 
 from alignnet.model.artifacts import ExportError, add_file, load_artifact, read_config, write_config  # noqa: F401
 from alignnet.model.base import DecodePath, EmbedPath, SimulatePath
+from alignnet.model.incremental import STREAM_FILE, IncrementalDecoder, save_weights, stream_weights
 
 log = logging.getLogger(__name__)
 
 FORMATS = ("onnx", "torchscript")
 PARITY_ATOL = 1e-4
 MAX_FLIP_RATE = 1e-5
+STREAM_CHECK_BINS = 400  # bins streamed through the incremental decoder at export, against the window graph
+MAX_STREAM_FLIP_BINS = 0.01  # bins of those allowed past PARITY_ATOL (a spike at the threshold flipped by rounding)
 OPSET = 17
 
 
@@ -169,6 +172,10 @@ def export_artifact(
                     if tail is not None:
                         report["decode_tail.onnx"] = tail
                         staged.append(("decode_tail.onnx", tmp / "decode_tail.onnx"))
+                    stream = _export_stream(plain, day, in_ch, path, tmp)
+                    if stream is not None:
+                        report[STREAM_FILE] = stream
+                        staged.append((STREAM_FILE, tmp / STREAM_FILE))
         for name, path in staged:  # every file passed: move them into the artifact and record their hashes
             add_file(folder, name, path)
     config = read_config(folder)
@@ -178,6 +185,10 @@ def export_artifact(
         config["export"]["tail"] = {k: report["decode_tail.onnx"][k] for k in ("bins", "receptive_field", "hops")}
     else:
         config["export"].pop("tail", None)
+    if STREAM_FILE in report:
+        config["export"]["stream"] = {"file": STREAM_FILE, "window_bins": int(c.window_bins)}
+    else:
+        config["export"].pop("stream", None)
     write_config(folder, config)
     return report
 
@@ -206,3 +217,27 @@ def _export_tail(eager, plain, config: dict, day: str | None, x: np.ndarray, ful
         raise ExportError(f"onnx decode_tail: the newest {hops} bins differ from the full window's by {diff:.3g} > "
                           f"{PARITY_ATOL}; nothing was written")
     return {**plan, "windows": int(len(x)), "max_abs_diff_newest_bins": diff}
+
+
+def _export_stream(plain, day: str | None, n_in: int, decode_onnx: Path, tmp: Path) -> dict[str, Any] | None:
+    """``decode_stream.npz``: the causal AlignNet's weights for incremental decoding (``model/incremental.py``),
+    written when a stream of seeded random bins decodes as the newest bin of each window through the exported
+    graph: every bin within ``PARITY_ATOL`` except at most ``MAX_STREAM_FLIP_BINS`` of them (a spike at the
+    threshold that rounding flips changes its own bins)."""
+    if not getattr(plain, "causal_decode", False) or not hasattr(plain, "spike_encoder"):
+        return None
+    from alignnet.model.streaming import offline_twin
+
+    c = plain.config
+    weights = stream_weights(plain, day)
+    x = np.log1p(np.random.default_rng(1).poisson(0.6, (STREAM_CHECK_BINS, n_in))).astype(np.float32)
+    want = offline_twin(lambda w: _run_onnx(decode_onnx, w), x, c.window_bins)  # (T, D), normalised
+    got = IncrementalDecoder(weights, c.window_bins).run(x.T[None])[0].T
+    diff = np.abs(got - want).max(axis=1)
+    over = int((diff > PARITY_ATOL).sum())
+    if over > MAX_STREAM_FLIP_BINS * len(diff):
+        raise ExportError(f"incremental decoding: {over} of {len(diff)} bins differ from the window graph's newest "
+                          f"bin by more than {PARITY_ATOL} (max {diff.max():.3g}); nothing was written")
+    save_weights(tmp / STREAM_FILE, weights)
+    return {"bins": int(len(diff)), "max_abs_diff": float(diff.max()), "bins_over_atol": over,
+            "median_abs_diff": float(np.median(diff))}

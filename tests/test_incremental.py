@@ -1,0 +1,210 @@
+"""Incremental decoding (alignnet/model/incremental.py): each new bin from cached columns gives the window decoder's
+newest bin, through export, the engine and the LSL bridge."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from alignnet.model import DataContract, create_model
+from alignnet.model.artifacts import ExportError, read_config, save_artifact
+from alignnet.model.incremental import STREAM_FILE, IncrementalDecoder, stream_weights
+from alignnet.model.streaming import offline_twin
+from alignnet.service.engines import load_engine
+from alignnet.training.export import export_artifact
+
+
+def causal_model(seed: int, window: int = 40, day_channels: int | None = None, lif_impl: str = "plain"):
+    """A causal test AlignNet with batch norms that are not the identity (so folding them is tested)."""
+    torch.manual_seed(seed)
+    model = create_model("test-alignnet-causal", window_bins=window, lif_impl=lif_impl)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    if day_channels:
+        model.add_day("d1", day_channels)
+    return model.eval()
+
+
+def window_newest(model, x: np.ndarray, day: str | None = None) -> np.ndarray:
+    """(T, C) normalised bins -> (T, D): the newest bin of the window ending at each bin, zero history first."""
+    def decode(w):
+        with torch.no_grad():
+            return model.decode(torch.from_numpy(w), day).numpy()
+
+    return offline_twin(decode, x, model.config.window_bins)
+
+
+@pytest.mark.parametrize("window,day_channels", [(40, None), (37, 11)])
+def test_stream_gives_each_windows_newest_bin(window, day_channels):
+    """Bin by bin, every phase of the pooling blocks (window lengths that are and are not multiples of 4), with and
+    without a day's read-in of other channels, and two streams side by side."""
+    model = causal_model(0, window, day_channels)
+    day = "d1" if day_channels else None
+    n_in = day_channels or 16
+    rng = np.random.default_rng(1)
+    x = np.log1p(rng.poisson(0.7, (2, 150, n_in))).astype(np.float32)
+    dec = IncrementalDecoder(stream_weights(model, day), window, batch=2)
+    got = dec.run(x.transpose(0, 2, 1))  # (2, D, T)
+    for b in range(2):
+        want = window_newest(model, x[b], day)
+        np.testing.assert_allclose(got[b].T, want, atol=2e-5)
+    # reset starts afresh: the same stream gives the same numbers again
+    dec.reset()
+    np.testing.assert_allclose(dec.run(x[:, :30].transpose(0, 2, 1)), got[..., :30], atol=0)
+
+
+def test_rows_at_different_phases_step_together():
+    """Rows keep their own clocks: a row that skips steps, one opened later and one restarted mid-way each get
+    their own windows' newest bins when stepped in one batch with the others."""
+    model = causal_model(1, 40)
+    rng = np.random.default_rng(2)
+    x = np.log1p(rng.poisson(0.7, (3, 90, 16))).astype(np.float32)
+    dec = IncrementalDecoder(stream_weights(model), 40, batch=2)
+    got: list[list[np.ndarray]] = [[], [], []]
+    seen = [0, 0, 0]
+    for k in range(120):
+        rows = [0] + ([1] if k % 2 else [])
+        if k == 7:
+            assert dec.open() == 2
+        if k >= 7:
+            rows.append(2)
+        if k == 50:  # row 0 restarts: a new source on the same row
+            dec.reset([0])
+            got[0], seen[0] = [], 0
+        rows = [r for r in rows if seen[r] < 60]
+        if not rows:
+            continue
+        y = dec.step_rows(rows, np.stack([x[r, seen[r]] for r in rows]))
+        for r, out in zip(rows, y):
+            got[r].append(out)
+            seen[r] += 1
+    for r in range(3):
+        assert len(got[r]) == 60
+        np.testing.assert_allclose(np.stack(got[r]), window_newest(model, x[r, :60]), atol=2e-5)
+
+
+def test_sources_pushing_from_many_threads_are_batched_and_each_gets_its_own_bins(causal_artifact):
+    import threading
+
+    engine = load_engine(causal_artifact)
+    counts = np.random.default_rng(7).poisson(0.9, (6, 50, 16)).astype(np.float32)
+    streams = [engine.open_stream() for _ in range(6)]
+    outs: list = [None] * 6
+
+    def run(i):
+        outs[i] = np.concatenate([streams[i].push(counts[i, k:k + 1]) for k in range(50)], axis=1).T
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in range(6):
+        np.testing.assert_allclose(outs[i], offline_twin(engine.decode, counts[i], 40), atol=1e-4)
+    assert streams[0].pool.stats["bins"] == 300 and streams[0].pool.stats["steps"] <= 300
+
+
+def test_stream_weights_refuse_what_cannot_stream():
+    with pytest.raises(ValueError, match="causal"):
+        stream_weights(create_model("test-alignnet").eval())
+    with pytest.raises(ValueError, match="eval mode"):
+        stream_weights(causal_model(0).train())
+
+
+@pytest.fixture(scope="module")
+def causal_artifact(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("inc") / "a"
+    contract = DataContract(n_channels=16, bin_s=0.02, window_bins=40, spike_scale=[0.7] * 16,
+                            behavior_mean=[0.5, -1.0], behavior_std=[2.0, 3.0])
+    save_artifact(folder, causal_model(3, lif_impl="spikingjelly"), contract)
+    report = export_artifact(folder, ("onnx",))
+    assert report[STREAM_FILE]["bins_over_atol"] == 0 and report[STREAM_FILE]["max_abs_diff"] <= 1e-4
+    return folder
+
+
+def test_export_writes_the_stream_and_the_engine_streams_the_newest_bins(causal_artifact):
+    config = read_config(causal_artifact)
+    assert STREAM_FILE in config["files"] and config["export"]["stream"]["window_bins"] == 40
+    engine = load_engine(causal_artifact)
+    assert engine.can_stream
+    counts = np.random.default_rng(4).poisson(0.9, (120, 16)).astype(np.float32)
+    want = offline_twin(lambda w: engine.decode(w), counts, 40)  # data units, whole windows
+    live = engine.open_stream()
+    got = np.concatenate([live.push(counts[:7]), live.push(counts[7:8]), live.push(counts[8:])], axis=1).T
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    # a model swapped in mid-stream continues from the ring buffer's window
+    other = engine.open_stream()
+    other.prime(counts[40:80].T)
+    np.testing.assert_allclose(other.push(counts[80:]).T, want[80:], atol=1e-4)
+
+
+def test_export_refuses_a_stream_that_does_not_match_the_window_graph(tmp_path, monkeypatch):
+    import alignnet.training.export as export
+
+    folder = tmp_path / "a"
+    contract = DataContract(n_channels=16, bin_s=0.02, window_bins=40, spike_scale=[0.7] * 16,
+                            behavior_mean=[0.0, 0.0], behavior_std=[1.0, 1.0])
+    save_artifact(folder, causal_model(5, lif_impl="spikingjelly"), contract)
+    real = export.stream_weights
+
+    def off_by_a_bit(model, day=None):
+        w = real(model, day)
+        w["dec0.b"] = w["dec0.b"] + 0.05
+        return w
+
+    monkeypatch.setattr(export, "stream_weights", off_by_a_bit)
+    with pytest.raises(ExportError, match="incremental decoding"):
+        export_artifact(folder, ("onnx",))
+    assert not (folder / STREAM_FILE).exists() and not (folder / "decode.onnx").exists()
+
+
+def test_non_causal_artifacts_decode_windows(service_artifacts):
+    engine = load_engine(service_artifacts[0])
+    assert not engine.can_stream
+    with pytest.raises(Exception, match="re-export"):
+        engine.open_stream()
+
+
+def test_lsl_bridge_decodes_incrementally_with_the_windows_numbers(causal_artifact):
+    pylsl = pytest.importorskip("pylsl")
+    import uuid
+
+    from alignnet.service.lsl import Bridge, BridgeConfig
+    from tests.conftest import wait_until
+
+    engine = load_engine(causal_artifact)
+    counts = np.random.default_rng(6).poisson(0.8, (150, 16)).astype(np.float32)
+    outs = {}
+    for incremental in (True, False):
+        name = f"inc-{uuid.uuid4().hex[:8]}"
+        src = pylsl.StreamOutlet(pylsl.StreamInfo(name, "Spikes", 16, 50.0, "float32", f"src-{name}"))
+        bridge = Bridge(BridgeConfig(source_name=name, resolve_timeout_s=2.0, incremental=incremental),
+                        lambda: engine).start()
+        try:
+            assert wait_until(lambda b=bridge: b.state == "streaming"), bridge.status()
+            assert bridge.status()["decoding"] == ("incremental" if incremental else "window")
+            found = pylsl.resolve_byprop("name", f"{name}-decoded", 1, 5.0)
+            inlet = pylsl.StreamInlet(found[0], processing_flags=pylsl.proc_none)
+            inlet.open_stream(timeout=5.0)
+            for row in counts:
+                src.push_sample(row, pylsl.local_clock())
+                time.sleep(0.004)
+            ys: list = []
+            end = time.monotonic() + 10
+            while len(ys) < len(counts) and time.monotonic() < end:
+                ys += inlet.pull_chunk(timeout=0.1, max_samples=1024)[0]
+            assert bridge.counts["dropped"] == 0, bridge.status()
+            outs[incremental] = np.asarray(ys, np.float32)
+        finally:
+            bridge.stop()
+            del src
+    assert outs[True].shape == outs[False].shape == (150, 2)
+    np.testing.assert_allclose(outs[True], outs[False], atol=1e-4)
