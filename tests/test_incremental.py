@@ -110,6 +110,15 @@ def test_sources_pushing_from_many_threads_are_batched_and_each_gets_its_own_bin
     for i in range(6):
         np.testing.assert_allclose(outs[i], offline_twin(engine.decode, counts[i], 40), atol=1e-4)
     assert streams[0].pool.stats["bins"] == 300 and streams[0].pool.stats["steps"] <= 300
+    # a caller holding several sources' bins at once (FALCON's batch) steps them in one go
+    from alignnet.service.live import LiveStream
+
+    batch = [engine.open_stream() for _ in range(3)]
+    got = np.stack([LiveStream.push_many(batch, counts[:3, k]) for k in range(50)], axis=1)  # (3, 50, D)
+    for i in range(3):
+        np.testing.assert_allclose(got[i], outs[i], atol=1e-4)
+    with pytest.raises(ValueError, match="once"):
+        batch[0].pool.run_many([(batch[0].row, counts[0, :1]), (batch[0].row, counts[0, :1])])
 
 
 def test_stream_weights_refuse_what_cannot_stream():

@@ -1,5 +1,5 @@
-"""``alignnet bench models | latency | load | lsl`` (the work is done by ``alignnet.service.bench`` and
-``alignnet.service.loadtest``)."""
+"""``alignnet bench models | latency | load | streams | lsl | train`` (the work is done by ``alignnet.service.bench``,
+``alignnet.service.loadtest``, ``alignnet.service.streams_bench`` and ``alignnet.training.throughput``)."""
 
 from __future__ import annotations
 
@@ -69,6 +69,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seconds", type=float, default=30.0, help="duration (default: %(default)s)")
     p.add_argument("--json", type=Path, default=None, help="write the figures here")
     p.set_defaults(func=cmd_lsl)
+
+    p = bsub.add_parser("train", help="training throughput (windows/s) of a model's step: eager or compiled, fp32 "
+                        "or bf16, on any device", description="The trainer's own step (loss, backward, clipping, "
+                        "AdamW) on seeded synthetic windows of the model's shape, each variant built afresh, its "
+                        "first steps (compilation) timed apart; with a compiled variant, also torch.compile's "
+                        "graph breaks in the step's forward.")
+    p.add_argument("--model", default="alignnet-paper", help="registered model (default: %(default)s)")
+    p.add_argument("--stage", default="pretrain", choices=("pretrain", "decode", "simulate", "both"),
+                   help="training stage (default: %(default)s)")
+    p.add_argument("--batch", type=int, default=256, help="windows per step (default: %(default)s, the paper's)")
+    p.add_argument("--steps", type=int, default=30, help="timed steps per variant (default: %(default)s)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: %(default)s)")
+    p.add_argument("--compile", choices=("off", "on", "both"), default="both",
+                   help="eager, compiled, or both in one run (default: %(default)s)")
+    p.add_argument("--precision", default="fp32,bf16", help="comma-separated fp32/bf16 (default: %(default)s)")
+    p.add_argument("--json", type=Path, default=None, help="write the figures here")
+    p.set_defaults(func=cmd_train)
 
 
 def _write(path: Path | None, result: dict) -> None:
@@ -159,6 +176,26 @@ def cmd_streams(args: argparse.Namespace) -> int:
     else:
         result = bench_streams(args.artifact, args.streams, args.seconds, batch_wait_ms=args.batch_wait_ms)
         show(result)
+    result["command"] = command_line(args)
+    _write(args.json, result)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from alignnet.training.throughput import bench_train
+
+    def show(r: dict) -> None:
+        print(f"{r['model']} {r['stage']} on {r['device']}, batch {r['batch']}, "
+              f"{'compiled' if r['compiled'] else 'eager'} {r['precision']}: {r['windows_per_s']:,.0f} windows/s "
+              f"(step {r['step_ms_median']:.1f} ms, warm-up {r['warmup_s']:.1f} s)", flush=True)
+
+    modes = {"off": (False,), "on": (True,), "both": (False, True)}[args.compile]
+    precisions = tuple(p.strip() for p in args.precision.split(",") if p.strip())
+    result = bench_train(args.model, args.batch, args.steps, args.device, modes, precisions, args.stage, show)
+    if "graph_breaks" in result:
+        g = result["graph_breaks"]
+        print(f"torch.compile: {g['graphs']} graph(s), {g['graph_breaks']} break(s) in the step's forward"
+              + "".join(f"\n  {r}" for r in g["reasons"]))
     result["command"] = command_line(args)
     _write(args.json, result)
     return 0

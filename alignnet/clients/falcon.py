@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from alignnet.service.engines import Engine, load_engine
+from alignnet.service.live import LiveStream
 
 log = logging.getLogger(__name__)
 
@@ -97,9 +98,10 @@ class FalconDecoder(BCIDecoder):
         self.ring[:b, :, :-1] = self.ring[:b, :, 1:]  # numpy copies overlapping slices safely
         self.ring[:b, :, -1] = x
         out = np.zeros((b, self.base.contract.behavior_dims), np.float32)
-        for i in range(b):  # incremental: the same numbers as the ring's newest bin, from cached columns
-            if self.streams[i] is not None:
-                out[i] = self.streams[i].push(x[i:i + 1])[:, -1]
+        for engine in {id(e): e for e in self.active[:b]}.values():  # one batched step per artifact in use
+            rows = [i for i in range(b) if self.active[i] is engine and self.streams[i] is not None]
+            if rows:  # incremental: the same numbers as the ring's newest bin, from cached columns
+                out[rows] = LiveStream.push_many([self.streams[i] for i in rows], x[rows])
         for engine in {id(e): e for e in self.active[:b]}.values():  # one engine call per artifact in use
             rows = [i for i in range(b) if self.active[i] is engine and self.streams[i] is None]
             if rows:

@@ -1,4 +1,5 @@
-"""Losses. Each returns (loss, parts) where parts are floats for logging."""
+"""Losses. Each returns (loss, parts) where parts are detached 0-d tensors for logging: turned into numbers only
+after the optimiser step (``Trainer.step``), so a compiled step has no graph break and a GPU step no sync."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import torch.nn.functional as F
 
 
 def info_nce(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float, exclude: torch.Tensor | None = None,
-             ) -> tuple[torch.Tensor, dict[str, float]]:
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Symmetric InfoNCE (CLIP): window i's two views are positives, every other window of the batch a negative,
     except the pairs ``exclude`` marks (B, B) bool, e.g. windows that overlap in time: they share bins, so calling
     them negatives would push apart views of the same data. The diagonal is never excluded.
@@ -27,7 +28,7 @@ def info_nce(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float, exclude: 
         align = logits.diagonal().mean()
         uniform = 0.5 * (torch.logsumexp(logits, 1).mean() + torch.logsumexp(logits, 0).mean())
         acc = 0.5 * ((logits.argmax(1) == target).float().mean() + (logits.argmax(0) == target).float().mean())
-    return loss, {"align": float(align), "uniform": float(uniform), "accuracy": float(acc)}
+    return loss, {"align": align, "uniform": uniform, "accuracy": acc}
 
 
 def overlapping(starts: torch.Tensor, window: int) -> torch.Tensor:
@@ -39,12 +40,12 @@ def pretrain_loss(
     out: dict[str, torch.Tensor], spikes: torch.Tensor, behavior: torch.Tensor, temperature: float,
     contrastive_weight: float = 1.0, spike_weight: float = 1.0, behavior_weight: float = 1.0,
     exclude: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, dict[str, float]]:
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """AlignNet pretraining: reconstruction (MSE) of both modalities plus contrastive alignment (``exclude``: pairs
     that are not negatives, see ``info_nce``)."""
     spike_mse = F.mse_loss(out["spike_recon"], spikes)
     behavior_mse = F.mse_loss(out["behavior_recon"], behavior)
     nce, parts = info_nce(out["z_spike"], out["z_behavior"], temperature, exclude)
     loss = spike_weight * spike_mse + behavior_weight * behavior_mse + contrastive_weight * nce
-    return loss, {"loss": loss.item(), "spike_mse": spike_mse.item(), "behavior_mse": behavior_mse.item(),
-                  "infonce": nce.item(), **{f"nce_{k}": v for k, v in parts.items()}}
+    return loss, {"loss": loss.detach(), "spike_mse": spike_mse.detach(), "behavior_mse": behavior_mse.detach(),
+                  "infonce": nce.detach(), **{f"nce_{k}": v for k, v in parts.items()}}

@@ -58,27 +58,31 @@ class StreamPool:
 
     def run(self, row: int, x: np.ndarray) -> np.ndarray:
         """(m, C) normalised bins of one row -> (m, D), stepped with whatever other rows are waiting."""
-        job = _Job(row, x)
+        return self.run_many([(row, x)])[0]
+
+    def run_many(self, items: list[tuple[int, np.ndarray]]) -> list[np.ndarray]:
+        """Several rows' bins at once (a caller that has them together: FALCON's batch of sessions). A row belongs to
+        one caller, so rows are distinct."""
+        if len({row for row, _ in items}) < len(items):
+            raise ValueError("run_many takes each row once")
+        jobs = [_Job(row, x) for row, x in items]
         with self._queue_lock:
-            self._queue.append(job)
+            self._queue.extend(jobs)
         with self._lock:
-            if not job.done:  # nobody stepped it yet: step everything waiting, this job included
+            if not all(j.done for j in jobs):  # step everything waiting, these jobs included
                 with self._queue_lock:
-                    jobs, self._queue = self._queue, []
-                self._step(jobs)
-        if job.error is not None:
-            raise job.error
-        return job.out
+                    queued, self._queue = self._queue, []
+                self._step(queued)
+        for job in jobs:
+            if job.error is not None:
+                raise job.error
+        return [j.out for j in jobs]
 
     def _step(self, jobs: list[_Job]) -> None:
         try:
             outs = {id(j): [] for j in jobs}
             for k in range(max(len(j.x) for j in jobs)):  # the k-th bin of every job that has one
-                batch, seen = [], set()
-                for j in jobs:
-                    if k < len(j.x) and j.row not in seen:
-                        batch.append(j)
-                        seen.add(j.row)
+                batch = [j for j in jobs if k < len(j.x)]
                 y = self.decoder.step_rows([j.row for j in batch], np.stack([j.x[k] for j in batch]))
                 for j, row in zip(batch, y):
                     outs[id(j)].append(row)
@@ -110,6 +114,14 @@ class LiveStream:
     def _scaled(self, counts: np.ndarray) -> np.ndarray:
         """(C, m) counts -> (m, C) normalised."""
         return np.ascontiguousarray(self.contract.scale_counts(np.asarray(counts, np.float32)[None])[0].T)
+
+    @staticmethod
+    def push_many(streams: list[LiveStream], counts: np.ndarray) -> np.ndarray:
+        """One bin for each of ``streams`` (of one pool), (n, C) counts -> (n, D) behavior, stepped together."""
+        c = streams[0].contract
+        x = c.scale_counts(np.asarray(counts, np.float32).T[None])[0].T  # (n, C)
+        y = streams[0].pool.run_many([(s.row, x[i:i + 1]) for i, s in enumerate(streams)])
+        return c.postprocess_behavior(np.concatenate(y).T[None])[0].T
 
     def push(self, counts: np.ndarray) -> np.ndarray:
         """(m, C) counts -> (D, m) behavior."""

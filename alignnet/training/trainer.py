@@ -49,7 +49,10 @@ class TrainConfig:
     contrastive_weight: float = 1.0  # weight of InfoNCE in pretraining
     seed: int = 0  # everything random derives from it
     device: str = "auto"  # auto | cpu | cuda
-    compile: bool = False  # torch.compile the model (GPU runs)
+    compile: bool | str = "auto"  # torch.compile the training step: auto = on CUDA only (CPU compiles cost more
+    # than they save on this project's small steps), true, false
+    precision: str = "fp32"  # fp32 | bf16: the forward under bf16 autocast on the step's device (weights stay fp32)
+    data_on_device: bool | str = "auto"  # keep every window on the device once (auto = on CUDA), not one batch a step
     train_only: list[str] = field(default_factory=list)  # parameter-name prefixes to train (empty = all)
     progress: bool = True  # tqdm bars
 
@@ -61,6 +64,16 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        for name in ("compile", "data_on_device"):
+            if getattr(self, name) not in (True, False, "auto"):
+                raise ValueError(f"{name} must be true, false or auto, got {getattr(self, name)!r}")
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be fp32 or bf16, got {self.precision!r}")
+
+    def wants(self, name: str, device: torch.device) -> bool:
+        """A true/false/auto switch resolved for ``device`` (auto: on CUDA)."""
+        value = getattr(self, name)
+        return value is True or (value == "auto" and device.type == "cuda")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -81,15 +94,27 @@ def is_rank0() -> bool:
     return not dist.is_initialized() or dist.get_rank() == 0
 
 
+def as_numbers(parts: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Loss parts (0-d tensors, on the step's device) as floats: one transfer, after the step."""
+    keys = list(parts)
+    values = torch.stack([parts[k].float() for k in keys]).tolist() if keys else []
+    return dict(zip(keys, values))
+
+
 class Batches:
     """Day-homogeneous batches (each day may have its own read-in), shuffled by (seed, epoch), sharded by rank."""
 
-    def __init__(self, data: list[DayWindows], contract: DataContract, batch_size: int, device: torch.device) -> None:
+    def __init__(self, data: list[DayWindows], contract: DataContract, batch_size: int, device: torch.device,
+                 on_device: bool = False) -> None:
+        """``on_device``: every window moved to ``device`` once (a batch is then an index on the device), else each
+        batch on its way to a step."""
+        home = device if on_device else torch.device("cpu")
         self.days = [d.day for d in data]
-        self.spikes = [torch.from_numpy(contract.preprocess_spikes(d.counts)) for d in data]
-        self.behavior = [torch.from_numpy(contract.preprocess_behavior(d.behavior)) for d in data]
-        self.starts = [None if d.starts is None else torch.from_numpy(np.asarray(d.starts, np.int64)) for d in data]
-        self.batch_size, self.device = batch_size, device
+        self.spikes = [torch.from_numpy(contract.preprocess_spikes(d.counts)).to(home) for d in data]
+        self.behavior = [torch.from_numpy(contract.preprocess_behavior(d.behavior)).to(home) for d in data]
+        self.starts = [None if d.starts is None else torch.from_numpy(np.asarray(d.starts, np.int64)).to(home)
+                       for d in data]
+        self.batch_size, self.device, self.home = batch_size, device, home
 
     def __len__(self) -> int:
         return sum(len(s) for s in self.spikes)
@@ -113,7 +138,7 @@ class Batches:
         return plan
 
     def get(self, k: int, idx: np.ndarray) -> dict[str, Any]:
-        ti = torch.from_numpy(idx)
+        ti = torch.from_numpy(idx).to(self.home)
         starts = self.starts[k]
         return {"spikes": self.spikes[k][ti].to(self.device), "behavior": self.behavior[k][ti].to(self.device),
                 "day": self.days[k], "starts": None if starts is None else starts[ti].to(self.device)}
@@ -139,12 +164,12 @@ class Objective(nn.Module):
         if self.stage in ("decode", "both"):
             dec = F.mse_loss(self.model.decode(spikes, day), behavior)
             loss = loss + dec
-            parts["decode_mse"] = dec.item()
+            parts["decode_mse"] = dec.detach()
         if self.stage in ("simulate", "both"):
             sim = F.mse_loss(self.model.simulate(behavior, day), spikes)
             loss = loss + sim
-            parts["simulate_mse"] = sim.item()
-        parts["loss"] = loss.item()
+            parts["simulate_mse"] = sim.detach()
+        parts["loss"] = loss.detach()
         return loss, parts
 
 
@@ -166,7 +191,7 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel
 
             self.net = DistributedDataParallel(self.net, find_unused_parameters=True)
-        if cfg.compile:
+        if cfg.wants("compile", self.device):
             self.net = torch.compile(self.net)
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay) if self.params \
             else None
@@ -175,9 +200,10 @@ class Trainer:
         self.best_state: dict[str, torch.Tensor] | None = None
 
     # ---- one step ----------------------------------------------------------------------------------------------
-    def losses(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
-        return self.net(batch["spikes"], batch["behavior"], batch["day"] if self.use_readin else None,
-                        batch.get("starts"))
+    def losses(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        with torch.autocast(self.device.type, torch.bfloat16, enabled=self.cfg.precision == "bf16"):
+            return self.net(batch["spikes"], batch["behavior"], batch["day"] if self.use_readin else None,
+                            batch.get("starts"))
 
     def _train_mode(self) -> None:
         """Train mode for what is trained; with ``train_only`` (a new day's read-in) every other module stays in eval
@@ -202,7 +228,7 @@ class Trainer:
         torch.nn.utils.clip_grad_norm_(self.params, 5.0)
         self.optimizer.step()
         self.global_step += 1
-        return parts
+        return as_numbers(parts)
 
     @torch.no_grad()
     def evaluate(self, data: Batches) -> dict[str, float]:
@@ -213,7 +239,7 @@ class Trainer:
             if len(idx) < 2 and self.cfg.stage == "pretrain":
                 continue
             _, parts = self.losses(batch)
-            for key, v in parts.items():
+            for key, v in as_numbers(parts).items():
                 totals[key] = totals.get(key, 0.0) + v * len(idx)
             n += len(idx)
         if dist.is_initialized():  # every rank saw a shard: sum them so all ranks take the same decisions
@@ -241,8 +267,9 @@ class Trainer:
             return self._fit_closed_form(train, val, contract, t0)
         if self.optimizer is None:
             raise ValueError("no parameters to train (check train_only)")
-        train_b = Batches(train, contract, c.batch_size, self.device)
-        val_b = Batches(val, contract, max(c.batch_size, 128), self.device)
+        on_device = c.wants("data_on_device", self.device)
+        train_b = Batches(train, contract, c.batch_size, self.device, on_device)
+        val_b = Batches(val, contract, max(c.batch_size, 128), self.device, on_device)
         if len(train_b) == 0:
             raise ValueError("no training windows: the days are shorter than one window, or the split is empty")
         if resume and self.run_dir and (self.run_dir / "checkpoint.pt").is_file():
