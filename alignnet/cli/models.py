@@ -83,8 +83,10 @@ def cmd_export(args: argparse.Namespace) -> int:
                   f"{r['windows']} windows")
             continue
         if "bins_over_atol" in r:  # the incremental decoder
-            print(f"{name}: incremental decoding of a {r['bins']}-bin stream; max |diff| to each window's newest bin "
-                  f"{r['max_abs_diff']:.2e} ({r['bins_over_atol']} bins past the tolerance)")
+            print(f"{name}: {'' if r['written'] else 'NOT WRITTEN (the live path decodes windows): '}incremental "
+                  f"decoding of a {r['bins']}-bin stream; max |diff| to each window's newest bin "
+                  f"{r['max_abs_diff']:.2e}, median {r['median_abs_diff']:.2e} ({r['bins_over_atol']} bins past the "
+                  "tolerance)")
             continue
         spikes_txt = ""
         if "spike_mismatches" in r:

@@ -185,6 +185,8 @@ class IncrementalDecoder:
     def reset(self, rows=None) -> None:
         """Restart rows (all open rows by default) from ``window_bins - 1`` bins without spikes."""
         rows = np.flatnonzero(self.rows_open) if rows is None else np.asarray(rows, np.int64)
+        if not len(rows):
+            return
         if self._primed is None:  # computed once, in row ``rows[0]``, then copied
             r = rows[:1]
             self.t[r] = -(self.window - 1)

@@ -46,8 +46,9 @@ class StreamPool:
             return self.decoder.open()
 
     def close(self, row: int) -> None:
-        with self._lock:
-            self.decoder.close(row)
+        """Free a row (called by a stream's finalizer, which may run anywhere, even inside a step on this thread:
+        so no lock; marking a row free is one assignment, and a step never reads the mark)."""
+        self.decoder.close(row)
 
     def prime(self, row: int, x: np.ndarray) -> None:
         """Restart ``row`` from (m, C) normalised past bins."""

@@ -34,7 +34,8 @@ FORMATS = ("onnx", "torchscript")
 PARITY_ATOL = 1e-4
 MAX_FLIP_RATE = 1e-5
 STREAM_CHECK_BINS = 400  # bins streamed through the incremental decoder at export, against the window graph
-MAX_STREAM_FLIP_BINS = 0.01  # bins of those allowed past PARITY_ATOL (a spike at the threshold flipped by rounding)
+STREAM_MEDIAN_ATOL = 1e-5  # the median bin's largest difference
+MAX_STREAM_DIFF_BINS = 0.25  # bins allowed past PARITY_ATOL (after a spike flipped by rounding, up to a receptive field)
 OPSET = 17
 
 
@@ -175,7 +176,8 @@ def export_artifact(
                     stream = _export_stream(plain, day, in_ch, path, tmp)
                     if stream is not None:
                         report[STREAM_FILE] = stream
-                        staged.append((STREAM_FILE, tmp / STREAM_FILE))
+                        if stream["written"]:
+                            staged.append((STREAM_FILE, tmp / STREAM_FILE))
         for name, path in staged:  # every file passed: move them into the artifact and record their hashes
             add_file(folder, name, path)
     config = read_config(folder)
@@ -185,10 +187,12 @@ def export_artifact(
         config["export"]["tail"] = {k: report["decode_tail.onnx"][k] for k in ("bins", "receptive_field", "hops")}
     else:
         config["export"].pop("tail", None)
-    if STREAM_FILE in report:
+    if report.get(STREAM_FILE, {}).get("written"):
         config["export"]["stream"] = {"file": STREAM_FILE, "window_bins": int(c.window_bins)}
-    else:
+    else:  # none, or one that failed its check: an older decode_stream.npz must not stay behind
         config["export"].pop("stream", None)
+        if config["files"].pop(STREAM_FILE, None) is not None:
+            (folder / STREAM_FILE).unlink(missing_ok=True)
     write_config(folder, config)
     return report
 
@@ -221,9 +225,13 @@ def _export_tail(eager, plain, config: dict, day: str | None, x: np.ndarray, ful
 
 def _export_stream(plain, day: str | None, n_in: int, decode_onnx: Path, tmp: Path) -> dict[str, Any] | None:
     """``decode_stream.npz``: the causal AlignNet's weights for incremental decoding (``model/incremental.py``),
-    written when a stream of seeded random bins decodes as the newest bin of each window through the exported
-    graph: every bin within ``PARITY_ATOL`` except at most ``MAX_STREAM_FLIP_BINS`` of them (a spike at the
-    threshold that rounding flips changes its own bins)."""
+    written when a stream of seeded random bins decodes as the newest bin of each window through the exported graph.
+
+    A spike at the threshold that rounding flips (numpy and ONNX Runtime sum in different orders) changes the bins
+    after it, up to a receptive field's worth, so some bins may differ; a wrong stream differs everywhere. It is
+    written when the median bin is within ``STREAM_MEDIAN_ATOL`` and at most ``MAX_STREAM_DIFF_BINS`` of the bins
+    are past ``PARITY_ATOL``. Otherwise the artifact goes without it (the live path decodes windows) and the report
+    says why: the window graphs are what the artifact serves, and they passed their own checks."""
     if not getattr(plain, "causal_decode", False) or not hasattr(plain, "spike_encoder"):
         return None
     from alignnet.model.streaming import offline_twin
@@ -234,10 +242,13 @@ def _export_stream(plain, day: str | None, n_in: int, decode_onnx: Path, tmp: Pa
     want = offline_twin(lambda w: _run_onnx(decode_onnx, w), x, c.window_bins)  # (T, D), normalised
     got = IncrementalDecoder(weights, c.window_bins).run(x.T[None])[0].T
     diff = np.abs(got - want).max(axis=1)
-    over = int((diff > PARITY_ATOL).sum())
-    if over > MAX_STREAM_FLIP_BINS * len(diff):
-        raise ExportError(f"incremental decoding: {over} of {len(diff)} bins differ from the window graph's newest "
-                          f"bin by more than {PARITY_ATOL} (max {diff.max():.3g}); nothing was written")
+    report = {"bins": int(len(diff)), "max_abs_diff": float(diff.max()), "median_abs_diff": float(np.median(diff)),
+              "bins_over_atol": int((diff > PARITY_ATOL).sum())}
+    if report["median_abs_diff"] > STREAM_MEDIAN_ATOL or report["bins_over_atol"] > MAX_STREAM_DIFF_BINS * len(diff):
+        report["written"] = False
+        log.warning("decode_stream.npz not written: %d of %d bins differ from the window graph's newest bin by more "
+                    "than %g (median %.3g); the live path will decode windows", report["bins_over_atol"], len(diff),
+                    PARITY_ATOL, report["median_abs_diff"])
+        return report
     save_weights(tmp / STREAM_FILE, weights)
-    return {"bins": int(len(diff)), "max_abs_diff": float(diff.max()), "bins_over_atol": over,
-            "median_abs_diff": float(np.median(diff))}
+    return {**report, "written": True}
