@@ -35,7 +35,7 @@ PARITY_ATOL = 1e-4
 MAX_FLIP_RATE = 1e-5
 STREAM_CHECK_BINS = 400  # bins streamed through the incremental decoder at export, against the window graph
 STREAM_MEDIAN_ATOL = 1e-5  # the median bin's largest difference
-MAX_STREAM_DIFF_BINS = 0.25  # bins allowed past PARITY_ATOL (after a spike flipped by rounding, up to a receptive field)
+MAX_STREAM_DIFF_BINS = 0.25  # bins allowed past PARITY_ATOL (after a flipped spike: up to a receptive field of them)
 OPSET = 17
 
 
