@@ -124,7 +124,7 @@ class Bridge:
         self._outlet = None
         self._outlet_key: tuple | None = None
         self._rng = np.random.default_rng(cfg.seed)
-        self.live = None  # engines.LiveStream of the current source, when decoding incrementally
+        self.live = None  # service.live.LiveStream of the current source, when decoding incrementally
 
     # ---- lifecycle ----
     def start(self) -> Bridge:
