@@ -94,6 +94,12 @@ def _write(path: Path | None, result: dict) -> None:
         print(f"wrote {path}")
 
 
+def _record(args: argparse.Namespace, result: dict) -> None:
+    """Stamp the figures with the command that made them and write them to ``--json``."""
+    result["command"] = command_line(args)
+    _write(args.json, result)
+
+
 def cmd_bench_models(args: argparse.Namespace) -> int:
     import torch
 
@@ -176,8 +182,7 @@ def cmd_streams(args: argparse.Namespace) -> int:
     else:
         result = bench_streams(args.artifact, args.streams, args.seconds, batch_wait_ms=args.batch_wait_ms)
         show(result)
-    result["command"] = command_line(args)
-    _write(args.json, result)
+    _record(args, result)
     return 0
 
 
@@ -196,6 +201,5 @@ def cmd_train(args: argparse.Namespace) -> int:
         g = result["graph_breaks"]
         print(f"torch.compile: {g['graphs']} graph(s), {g['graph_breaks']} break(s) in the step's forward"
               + "".join(f"\n  {r}" for r in g["reasons"]))
-    result["command"] = command_line(args)
-    _write(args.json, result)
+    _record(args, result)
     return 0

@@ -98,13 +98,11 @@ class FalconDecoder(BCIDecoder):
         self.ring[:b, :, :-1] = self.ring[:b, :, 1:]  # numpy copies overlapping slices safely
         self.ring[:b, :, -1] = x
         out = np.zeros((b, self.base.contract.behavior_dims), np.float32)
-        for engine in {id(e): e for e in self.active[:b]}.values():  # one batched step per artifact in use
-            rows = [i for i in range(b) if self.active[i] is engine and self.streams[i] is not None]
-            if rows:  # incremental: the same numbers as the ring's newest bin, from cached columns
+        for engine in {id(e): e for e in self.active[:b]}.values():  # one call per artifact in use
+            rows = [i for i in range(b) if self.active[i] is engine]
+            if self.streams[rows[0]] is not None:  # incremental: the ring's newest bin, from cached columns
                 out[rows] = LiveStream.push_many([self.streams[i] for i in rows], x[rows])
-        for engine in {id(e): e for e in self.active[:b]}.values():  # one engine call per artifact in use
-            rows = [i for i in range(b) if self.active[i] is engine and self.streams[i] is None]
-            if rows:
+            else:
                 out[rows] = engine.decode_newest(self.ring[rows], 1)[:, :, -1]
         self.latencies_s.append(time.perf_counter() - t)
         return out

@@ -9,9 +9,9 @@ a few columns per level instead of a whole window.
 The numbers are the window decoder's, for the newest bin of the window ending at each bin: a window's pooling blocks
 start at its first bin, so the newest bin always sits in the same place of its blocks. The stream therefore keeps
 every phase of the encoder's columns (at level i, the column of the 2**i-bin block ending at each bin: one column per
-level per bin) and reads the decoder's coarse columns on the grid of the window that ends at the new bin. Decoder
-columns are kept with their grid, which recurs every 2**depth bins. Export checks the stream against the exported
-window graph (``training/export.py``).
+level per bin) and reads the decoder's coarse columns on the grid of the window that ends at the new bin; which
+columns those are depends only on how far back they lie, so the decoder's columns are computed afresh for each new
+bin. Export checks the stream against the exported window graph (``training/export.py``).
 
 Written by hand in numpy: no library runs a U-Net incrementally (ONNX Runtime and TorchScript run whole graphs), and
 the service stays free of torch. Weights come from ``stream_weights`` (batch norm folded into the convolutions) and

@@ -46,7 +46,8 @@ def generate(names: list[str], channels: int, rate: float, seconds: float, seed:
         time.sleep(max(0.0, t_next - time.monotonic()))
 
 
-def _bridges(url: str) -> dict[str, dict]:
+def _bridges(url: str) -> tuple[dict[str, dict], dict]:
+    """The bridges in ``/health`` by source name, and the whole answer."""
     import httpx
 
     h = httpx.get(url + "/health", timeout=10).json()

@@ -169,7 +169,7 @@ def export_artifact(
                 report[f"{name}.{ext}"] = entry
                 staged.append((f"{name}.{ext}", path))
                 if name == "decode" and fmt == "onnx":
-                    tail = _export_tail(eager, plain, config, day, x, got, tmp)
+                    tail = _export_tail(eager, plain, day, x, got, tmp)
                     if tail is not None:
                         report["decode_tail.onnx"] = tail
                         staged.append(("decode_tail.onnx", tmp / "decode_tail.onnx"))
@@ -197,8 +197,7 @@ def export_artifact(
     return report
 
 
-def _export_tail(eager, plain, config: dict, day: str | None, x: np.ndarray, full: np.ndarray,
-                 tmp: Path) -> dict[str, Any] | None:
+def _export_tail(eager, plain, day: str | None, x: np.ndarray, full: np.ndarray, tmp: Path) -> dict[str, Any] | None:
     """``decode_tail.onnx``: the causal decoder on its receptive field only (``training/tail.py``), written when its
     newest bins match the full window's ONNX graph to ``PARITY_ATOL`` on every window compared."""
     from alignnet.training.tail import tail_model, tail_plan
@@ -211,7 +210,7 @@ def _export_tail(eager, plain, config: dict, day: str | None, x: np.ndarray, ful
     path = tmp / "decode_tail.onnx"
     short = np.ascontiguousarray(x[..., -bins:])
     try:
-        _export_onnx(DecodePath(tail_model(plain, config, bins).eval(), day), torch.from_numpy(short[:2]), path,
+        _export_onnx(DecodePath(tail_model(plain, bins).eval(), day), torch.from_numpy(short[:2]), path,
                      "spikes", "behavior")
         got = _run_onnx(path, short)
     except Exception as e:  # exporters raise many types

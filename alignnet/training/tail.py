@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from alignnet.model.base import model_device
+
 TAIL_HOPS = 2  # newest bins the tail graph serves (the bridge's hop; a longer hop uses the full window)
 
 
@@ -48,18 +50,13 @@ def tail_plan(model, day: str | None, n_in: int, hops: int = TAIL_HOPS) -> dict[
     return {"bins": int(bins), "receptive_field": rf, "hops": hops}
 
 
-def tail_model(model, config: dict[str, Any], bins: int):
-    """The same weights on a window of ``bins`` (the projection heads, sized by the window and unused by decode,
-    keep their fresh values), in the model's mode."""
-    return twin_for_length(model, bins)
-
-
-def twin_for_length(model, bins: int):
-    """``model``'s weights (and days' read-ins) on windows of ``bins``, in the model's mode."""
+def tail_model(model, bins: int):
+    """The same weights (and days' read-ins) on a window of ``bins`` (the projection heads, sized by the window and
+    unused by decode, keep their fresh values), on the model's device, in its mode."""
     twin = type(model)(replace(model.config, window_bins=int(bins)))
     twin.model_name = getattr(model, "model_name", "?")
     for name, adapter in model.days.items():
         twin.add_day(name, int(adapter.read_in.in_channels))
     own = twin.state_dict()
     twin.load_state_dict({k: v for k, v in model.state_dict().items() if own[k].shape == v.shape}, strict=False)
-    return twin.to(next(model.parameters()).device).train(model.training)
+    return twin.to(model_device(model)).train(model.training)
