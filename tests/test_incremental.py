@@ -183,6 +183,18 @@ def test_export_leaves_out_a_stream_that_does_not_match_the_window_graph(tmp_pat
     assert not load_engine(folder).can_stream
 
 
+def test_a_window_no_longer_than_the_receptive_field_gets_no_stream(tmp_path):
+    """Its newest bin sees the window's zero padding, which a stream cannot: export names that and leaves it out."""
+    folder = tmp_path / "short"
+    contract = DataContract(n_channels=16, bin_s=0.1, window_bins=8, spike_scale=[0.7] * 16,
+                            behavior_mean=[0.0, 0.0], behavior_std=[1.0, 1.0])
+    save_artifact(folder, causal_model(6, window=8, lif_impl="spikingjelly"), contract)
+    report = export_artifact(folder, ("onnx",))
+    assert report[STREAM_FILE] == {"written": False, "receptive_field": 8, "window_bins": 8,
+                                   "reason": "window no longer than the receptive field"}
+    assert not load_engine(folder).can_stream
+
+
 def test_non_causal_artifacts_decode_windows(service_artifacts):
     engine = load_engine(service_artifacts[0])
     assert not engine.can_stream

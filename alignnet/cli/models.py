@@ -77,6 +77,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     report = export_artifact(folder, tuple(f.strip() for f in args.formats.split(",")), spikes=spikes,
                              behavior=behavior)
     for name, r in report.items():
+        if "reason" in r:  # a file export left out
+            print(f"{name}: NOT WRITTEN ({r['reason']}: the newest bin reaches the first of the window's "
+                  f"{r['window_bins']} bins; the live path decodes windows)")
+            continue
         if "receptive_field" in r:  # the receptive-field graph
             print(f"{name}: the newest {r['hops']} bins from the last {r['bins']} bins (receptive field "
                   f"{r['receptive_field']}); max |diff| to the full window {r['max_abs_diff_newest_bins']:.2e} on "

@@ -173,7 +173,7 @@ def export_artifact(
                     if tail is not None:
                         report["decode_tail.onnx"] = tail
                         staged.append(("decode_tail.onnx", tmp / "decode_tail.onnx"))
-                    stream = _export_stream(plain, day, in_ch, path, tmp)
+                    stream = _export_stream(eager, plain, day, in_ch, path, tmp)
                     if stream is not None:
                         report[STREAM_FILE] = stream
                         if stream["written"]:
@@ -222,7 +222,8 @@ def _export_tail(eager, plain, day: str | None, x: np.ndarray, full: np.ndarray,
     return {**plan, "windows": int(len(x)), "max_abs_diff_newest_bins": diff}
 
 
-def _export_stream(plain, day: str | None, n_in: int, decode_onnx: Path, tmp: Path) -> dict[str, Any] | None:
+def _export_stream(eager, plain, day: str | None, n_in: int, decode_onnx: Path,
+                   tmp: Path) -> dict[str, Any] | None:
     """``decode_stream.npz``: the causal AlignNet's weights for incremental decoding (``model/incremental.py``),
     written when a stream of seeded random bins decodes as the newest bin of each window through the exported graph.
 
@@ -230,12 +231,23 @@ def _export_stream(plain, day: str | None, n_in: int, decode_onnx: Path, tmp: Pa
     after it, up to a receptive field's worth, so some bins may differ; a wrong stream differs everywhere. It is
     written when the median bin is within ``STREAM_MEDIAN_ATOL`` and at most ``MAX_STREAM_DIFF_BINS`` of the bins
     are past ``PARITY_ATOL``. Otherwise the artifact goes without it (the live path decodes windows) and the report
-    says why: the window graphs are what the artifact serves, and they passed their own checks."""
+    says why: the window graphs are what the artifact serves, and they passed their own checks. A window shorter
+    than the receptive field never matches (its newest bin sees the window's zero padding, the stream sees the
+    bins before it), so that case is named rather than measured: the receptive field as measured in the window
+    reaches its first bin."""
     if not getattr(plain, "causal_decode", False) or not hasattr(plain, "spike_encoder"):
         return None
     from alignnet.model.streaming import offline_twin
+    from alignnet.training.tail import receptive_field
 
     c = plain.config
+    rf = receptive_field(eager, day, n_in)
+    if rf >= c.window_bins:
+        log.warning("decode_stream.npz not written: the decoder's newest bin reaches the first bin of its %d-bin "
+                    "window (a window no longer than its receptive field); the live path will decode windows",
+                    c.window_bins)
+        return {"written": False, "receptive_field": rf, "window_bins": int(c.window_bins),
+                "reason": "window no longer than the receptive field"}
     weights = stream_weights(plain, day)
     x = np.log1p(np.random.default_rng(1).poisson(0.6, (STREAM_CHECK_BINS, n_in))).astype(np.float32)
     want = offline_twin(lambda w: _run_onnx(decode_onnx, w), x, c.window_bins)  # (T, D), normalised
