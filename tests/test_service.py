@@ -122,3 +122,21 @@ def test_bad_binary_bodies(client, body, ctype, status, expect):
     r = client.post("/decode", content=body, headers={"content-type": ctype})
     assert r.status_code == status, r.text
     assert expect in r.json()["detail"]
+
+
+def test_the_service_limits_numpy_blas_threads_while_it_runs(artifacts):
+    """A second OpenBLAS thread spins between the incremental decoder's small products (most of a core on 2 cores);
+    the service runs numpy's BLAS on ``blas_threads`` (1 by default) and gives the old limit back when it stops."""
+    from threadpoolctl import threadpool_info
+
+    def blas_threads():
+        return {i["filepath"]: i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+
+    before = blas_threads()
+    if not before:
+        pytest.skip("numpy here has no BLAS that threadpoolctl can limit")
+    assert Settings().blas_threads == 1
+    with service_client(create_app(Settings(artifact=artifacts[0], blas_threads=3))) as c:
+        assert c.get("/health").status_code == 200
+        assert set(blas_threads().values()) == {3}
+    assert blas_threads() == before

@@ -81,16 +81,13 @@ def load_weights(path: str | Path) -> dict[str, np.ndarray]:
 
 
 # ---- the stream (numpy) -------------------------------------------------------------------------------------------
-def _conv3(taps: np.ndarray, w: list[np.ndarray], b: np.ndarray) -> np.ndarray:
+def _conv3(taps: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
     """A causal 3x3 convolution's newest column. ``taps`` (3, N, in, H): the column and the two before it, oldest
-    first; ``w``: per time tap, the kernel's (3 H * out, in) matrix (``_conv_matrices``); H padded by zeros on each
-    side as in training. -> (N, out, H). Each tap's three rows of the kernel are one matrix product; the rows above
-    and below are then added shifted by one (no 9x copy of the input)."""
+    first; ``w``: the kernel as one (3 H * out, 3 in) matrix, time taps side by side (``_conv_matrices``); H padded
+    by zeros on each side as in training. -> (N, out, H). The three time taps and each tap's three kernel rows are
+    one matrix product; the rows above and below are then added shifted by one (no 9x copy of the input)."""
     _, n, c, h = taps.shape
-    x = taps.transpose(0, 2, 1, 3).reshape(3, c, n * h)  # one matrix product per tap, over every row and column
-    z = w[0] @ x[0]  # (3 * out, N * H)
-    z += w[1] @ x[1]
-    z += w[2] @ x[2]
+    z = w @ taps.transpose(0, 2, 1, 3).reshape(3 * c, n * h)  # (3 * out, N * H), over every row and column
     z = z.reshape(3, -1, n, h)
     out = z[1] + b[:, None, None]  # (out, N, H)
     out[..., 1:] += z[0, :, :, :-1]  # the kernel's first row reads the channel row above
@@ -98,9 +95,10 @@ def _conv3(taps: np.ndarray, w: list[np.ndarray], b: np.ndarray) -> np.ndarray:
     return out.transpose(1, 0, 2)
 
 
-def _conv_matrices(w: np.ndarray) -> list[np.ndarray]:
-    """(out, in, 3 H, 3 time) -> per time tap, (3 H * out, in)."""
-    return [np.ascontiguousarray(w[:, :, :, k].transpose(2, 0, 1).reshape(-1, w.shape[1])) for k in range(3)]
+def _conv_matrices(w: np.ndarray) -> np.ndarray:
+    """(out, in, 3 H, 3 time) -> (3 H * out, 3 time * in): rows by kernel row then output, columns by time tap then
+    input."""
+    return np.ascontiguousarray(w.transpose(2, 0, 3, 1).reshape(3 * w.shape[0], -1))
 
 
 def _pool(a: np.ndarray, b: np.ndarray) -> np.ndarray:

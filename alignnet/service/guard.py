@@ -124,7 +124,7 @@ def bounded(receive, seconds: float, limit: int):
     return bounded_receive
 
 
-def require_admin(request: Request) -> None:
+async def require_admin(request: Request) -> None:
     """Admin routes: with ``admin_token`` set, ``Authorization: Bearer <token>`` (401 otherwise); without one, only
     clients on this machine (403 for others), so a service bound to 0.0.0.0 cannot be reconfigured from the network
     by default."""

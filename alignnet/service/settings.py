@@ -31,6 +31,9 @@ class Settings(BaseSettings):
                          "scripts/hardening_bench.py --engine-choices)")
     queue: int = Field(64, ge=0, le=10_000, description="requests waiting for a worker beyond which 503 is answered "
                        "(each holds its body: at most (workers + queue) x max_body_bytes in memory)")
+    blas_threads: int = Field(1, ge=1, le=64, description="numpy's BLAS threads in the service (the incremental "
+                              "decoder's matrix products are small: a second OpenBLAS thread only spins between "
+                              "them, most of a core on 2 cores; see docs/benchmarks.md)")
     engine_chunk: int = Field(16, ge=1, le=4096, description="most windows the network runs at once (bounds memory)")
     request_memory_mb: float = Field(256.0, gt=0, description="memory one request may need; bounds the windows per "
                                      "request below max_batch for large contracts")
