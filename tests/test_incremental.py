@@ -15,6 +15,7 @@ from alignnet.model.incremental import STREAM_FILE, IncrementalDecoder, stream_w
 from alignnet.model.streaming import offline_twin
 from alignnet.service.engines import load_engine
 from alignnet.training.export import export_artifact
+from tests.conftest import wait_until
 
 
 def causal_model(seed: int, window: int = 40, day_channels: int | None = None, lif_impl: str = "plain"):
@@ -119,6 +120,59 @@ def test_sources_pushing_from_many_threads_are_batched_and_each_gets_its_own_bin
         np.testing.assert_allclose(got[i], outs[i], atol=1e-4)
     with pytest.raises(ValueError, match="once"):
         batch[0].pool.run_many([(batch[0].row, counts[0, :1]), (batch[0].row, counts[0, :1])])
+
+
+def test_submitted_bins_come_back_in_order_batched_on_the_pools_thread(causal_artifact, monkeypatch):
+    """The LSL bridges' way in: ``submit`` returns at once, the pool's thread steps every waiting source's bins in
+    one batch and calls each back with its own outputs, in order; a burst of several bins, a failing callback and a
+    step that fails are each handled; the thread ends when idle and the next bin starts another."""
+    import threading
+
+    from alignnet.service.live import StreamPool
+
+    monkeypatch.setattr(StreamPool, "IDLE_S", 0.3)
+    engine = load_engine(causal_artifact)
+    counts = np.random.default_rng(8).poisson(0.9, (5, 60, 16)).astype(np.float32)
+    streams = [engine.open_stream(wait_s=0.005) for _ in range(5)]
+    pool = streams[0].pool
+    got: dict[int, list] = {i: [] for i in range(5)}
+    callers: set = set()
+    errors: list = []
+
+    def callback(i):
+        def done(y, error):
+            callers.add(threading.current_thread().name)
+            if error is not None:
+                errors.append(error)
+            else:
+                got[i].append(y)
+            if i == 4:
+                raise RuntimeError("a broken consumer")  # logged; the other sources still get theirs
+        return done
+
+    for k in range(0, 60, 3):  # each source submits bins one at a time, except source 0: three at once
+        for i in range(5):
+            if i == 0:
+                streams[i].submit(counts[i, k:k + 3], callback(i))
+            else:
+                for j in range(3):
+                    streams[i].submit(counts[i, k + j:k + j + 1], callback(i))
+    assert wait_until(lambda: all(sum(y.shape[1] for y in got[i]) == 60 for i in range(5)), 20), \
+        {i: len(v) for i, v in got.items()}
+    assert callers == {"stream-pool"} and not errors
+    for i in range(5):
+        np.testing.assert_allclose(np.concatenate(got[i], axis=1).T, offline_twin(engine.decode, counts[i], 40),
+                                   atol=1e-4)
+    assert pool.stats["bins"] == 300 and pool.stats["steps"] < 150, pool.stats  # batched across sources
+    assert wait_until(lambda: pool._worker is None, 5)  # idle: the thread ended
+    bad = []
+    with pytest.raises(ValueError):  # counts of the wrong channels are refused at the door
+        streams[1].submit(np.zeros((1, 3), np.float32), callback(1))
+    pool.submit(streams[1].row, np.zeros((1, 3), np.float32), lambda y, error: bad.append((y, error)))  # in a step
+    assert wait_until(lambda: bad, 5)
+    assert bad[0][0] is None and isinstance(bad[0][1], ValueError)
+    streams[2].submit(counts[2, :1], callback(2))  # the pool goes on after a failed step
+    assert wait_until(lambda: sum(y.shape[1] for y in got[2]) == 61, 5)
 
 
 def test_stream_weights_refuse_what_cannot_stream():
@@ -237,3 +291,22 @@ def test_lsl_bridge_decodes_incrementally_with_the_windows_numbers(causal_artifa
             del src
     assert outs[True].shape == outs[False].shape == (150, 2)
     np.testing.assert_allclose(outs[True], outs[False], atol=1e-4)
+
+
+def test_the_bridge_raises_a_failed_step_on_its_own_thread_and_drops_stale_outputs():
+    """What the pool's thread hands a bridge: a failed step is raised where the bridge reports and reconnects; the
+    outputs of a stream the bridge has replaced (a new model or source) or after it stopped are counted dropped,
+    not pushed; the bins in flight are given back either way."""
+    import threading
+
+    from alignnet.service.binning import Ring
+    from alignnet.service.lsl import Bridge, BridgeConfig
+
+    bridge = Bridge(BridgeConfig(source_name="x"), lambda: None)
+    slots = threading.Semaphore(0)
+    bridge._decoded(object(), (slots, 2), [0.0, 0.02], None, RuntimeError("step failed"))
+    assert slots.acquire(blocking=False) and slots.acquire(blocking=False)
+    with pytest.raises(RuntimeError, match="step failed"):
+        bridge._advance_live(Ring(4, 10, np.zeros(4, np.float32)), np.zeros((1, 4), np.float32), np.zeros(1))
+    bridge._decoded(object(), (slots, 1), [0.0], np.zeros((2, 1), np.float32), None)  # not the bridge's stream
+    assert bridge.counts["dropped"] == 1 and bridge.counts["hops"] == 0 and slots.acquire(blocking=False)

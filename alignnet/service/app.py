@@ -273,7 +273,7 @@ def start_bridges(state: State) -> Bridges:
             items.append(BridgeConfig("decode", name, s.lsl_source_type, s.lsl_output_name if len(sources) == 1
                                       else None, s.lsl_resolve_timeout_s, s.lsl_hop_bins,
                                       max(s.lsl_max_lag_bins, s.lsl_hop_bins), stall_s=s.lsl_stall_s,
-                                      incremental=s.lsl_incremental))
+                                      incremental=s.lsl_incremental, batch_wait_s=s.lsl_batch_wait_s))
     if s.lsl_simulate:
         items.append(BridgeConfig("simulate", s.lsl_behavior_name, s.lsl_behavior_type, None,
                                   s.lsl_resolve_timeout_s, s.lsl_hop_bins, max(s.lsl_max_lag_bins, s.lsl_hop_bins),

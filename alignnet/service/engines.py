@@ -68,14 +68,17 @@ class Engine:
         """Whether the artifact decodes incrementally (``decode_stream.npz``, written by export for causal models)."""
         return STREAM_FILE in self.config["files"] and "stream" in (self.config.get("export") or {})
 
-    def open_stream(self) -> LiveStream:
+    def open_stream(self, wait_s: float | None = None) -> LiveStream:
         """A new incremental decoder for one live source (``service/live.py``: a row of this engine's pool, stepped
-        in batches with the other sources' rows), starting as an empty ring buffer does."""
+        in batches with the other sources' rows), starting as an empty ring buffer does. ``wait_s``: how long the
+        pool's stepping thread waits for every source's bins (the pool's; the last one given holds)."""
         if not self.can_stream:
             raise ArtifactError(f"{self.folder}: no {STREAM_FILE}; re-export the artifact to decode incrementally")
         with _POOL_LOCK:
             if self._pool is None:
                 self._pool = StreamPool(load_weights(self.folder / STREAM_FILE), self.contract.window_bins)
+            if wait_s is not None:
+                self._pool.wait_s = float(wait_s)
         return LiveStream(self.contract, self._pool)
 
     _pool: StreamPool | None = None

@@ -1,26 +1,38 @@
 """Live incremental decoding for many sources at once: one ``IncrementalDecoder`` per engine, one row per source.
 
-Each source's bridge holds a ``LiveStream`` (its row). A bin that arrives is stepped together with the bins of the
-other sources that are waiting at that moment, in one batched computation (``IncrementalDecoder.step_rows``: rows
-keep their own clocks, so sources at any phase batch together). The batching is flat combining: a bridge thread
-queues its bin and takes the decoder's lock; whoever holds the lock steps everything queued and hands each bridge
-its answer, so no thread of its own sits in between and a lone source pays no wait. One step runs at a time: a step
-is many small numpy calls that hold the GIL, and threads that interleave them hand the GIL back and forth at every
-call (16 sources each stepping alone at 50 Hz: 57 ms a step instead of 1.5, ``scripts/live_step_checks.py``),
-while threads waiting on a lock sleep in C. The queue and locks are the standard library's; the combining is
-written here (a dozen lines).
+Each source's bridge holds a ``LiveStream`` (its row). Bins are stepped in batches across sources
+(``IncrementalDecoder.step_rows``: rows keep their own clocks, so sources at any phase batch together), one step at
+a time: a step is many small numpy calls that hold the GIL, and threads that interleave them hand the GIL back and
+forth at every call (16 sources each stepping alone at 50 Hz: 57 ms a step instead of 1.5,
+``scripts/live_step_checks.py``). Two ways in:
+
+- ``submit`` (the LSL bridges): the bins are queued and the bridge goes back to its source at once. The pool's own
+  stepping thread waits up to ``wait_s`` for every open row to have bins, steps them all in one batch and calls each
+  submitter back with its outputs, on that thread. Before this, each bridge stepped (or waited for) the batch itself
+  and then pushed its own output: 32 bridge threads queued for the decoder's lock and the GIL one after another
+  every bin, a step caught only the few sources that had got in meanwhile (5.8 bins a step at 32 sources), and the
+  service fell behind (docs/benchmarks.md).
+- ``run``/``run_many`` (a caller with its bins in hand: FALCON's sessions, tests): flat combining. The caller queues
+  its bins and takes the decoder's lock; whoever holds it steps everything queued, so no thread sits in between.
+
+The queue, locks and condition are the standard library's; the batching is written here.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from alignnet.model.contract import DataContract
 from alignnet.model.incremental import IncrementalDecoder
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -30,17 +42,25 @@ class _Job:
     out: np.ndarray | None = None  # (m, D) normalised behavior
     error: BaseException | None = None
     done: bool = False
+    callback: Callable | None = None  # submitted bins: called with (out or None, error) on the stepping thread
 
 
 class StreamPool:
-    """The rows of one artifact's incremental decoder, shared by its live sources; ``stats`` counts batched steps."""
+    """The rows of one artifact's incremental decoder, shared by its live sources; ``stats`` counts batched steps
+    and their time. ``wait_s``: how long the stepping thread waits for every open row's bins before a step."""
 
-    def __init__(self, weights: dict[str, np.ndarray], window_bins: int) -> None:
+    IDLE_S = 5.0  # the stepping thread ends after this long without bins; the next submit starts another
+
+    def __init__(self, weights: dict[str, np.ndarray], window_bins: int, wait_s: float = 0.001) -> None:
         self.decoder = IncrementalDecoder(weights, window_bins, batch=0)
+        self.wait_s = wait_s
         self._lock = threading.Lock()  # held while stepping
-        self._queue_lock = threading.Lock()  # guards the queue only
+        self._queue_lock = threading.Lock()  # guards the flat-combining queue only
         self._queue: list[_Job] = []
-        self.stats = {"steps": 0, "bins": 0, "largest_batch": 0}
+        self._cv = threading.Condition()  # guards the submitted bins and the stepping thread
+        self._submitted: list[_Job] = []
+        self._worker: threading.Thread | None = None
+        self.stats = {"steps": 0, "bins": 0, "largest_batch": 0, "step_s": 0.0}
 
     def open(self) -> int:
         with self._lock:
@@ -57,6 +77,49 @@ class StreamPool:
             self.decoder.reset([row])
             for k in range(len(x)):
                 self.decoder.step_rows([row], x[k:k + 1], output=False)
+
+    def submit(self, row: int, x: np.ndarray, callback: Callable) -> None:
+        """Queue (m, C) normalised bins of ``row`` and return at once. ``callback(out, error)`` follows on the pool's
+        stepping thread: out (m, D), or None with the exception that stopped the step. A row's callbacks come in the
+        order of its submits."""
+        job = _Job(row, x, callback=callback)
+        with self._cv:
+            self._submitted.append(job)
+            self._cv.notify()
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._work, name="stream-pool", daemon=True)
+                self._worker.start()
+
+    def _take(self) -> list[_Job] | None:
+        """The submitted bins, once there are some and every open row has some or ``wait_s`` has passed; None
+        after ``IDLE_S`` without any (the thread then ends)."""
+        with self._cv:
+            if not self._cv.wait_for(lambda: self._submitted, self.IDLE_S):
+                self._worker = None
+                return None
+            end, n_open = time.monotonic() + self.wait_s, int(self.decoder.rows_open.sum())
+            while len({j.row for j in self._submitted}) < n_open and (left := end - time.monotonic()) > 0:
+                self._cv.wait(left)
+            jobs, self._submitted = self._submitted, []
+            return jobs
+
+    def _work(self) -> None:
+        while (jobs := self._take()) is not None:
+            by_row: dict[int, list[_Job]] = {}  # a step takes each row once: a row's queued bins go in together
+            for j in jobs:
+                by_row.setdefault(j.row, []).append(j)
+            merged = [_Job(row, js[0].x if len(js) == 1 else np.concatenate([j.x for j in js]))
+                      for row, js in by_row.items()]
+            with self._lock:
+                self._step(merged)
+            for m, js in zip(merged, by_row.values()):
+                k = 0
+                for j in js:
+                    out, k = (None if m.error is not None else m.out[k:k + len(j.x)]), k + len(j.x)
+                    try:
+                        j.callback(out, m.error)
+                    except Exception:  # one source's failure must not stop the others' outputs
+                        log.exception("a live stream's callback failed")
 
     def run(self, row: int, x: np.ndarray) -> np.ndarray:
         """(m, C) normalised bins of one row -> (m, D), stepped with whatever other rows are waiting."""
@@ -81,6 +144,7 @@ class StreamPool:
         return [j.out for j in jobs]
 
     def _step(self, jobs: list[_Job]) -> None:
+        t = time.perf_counter()
         try:
             outs = {id(j): [] for j in jobs}
             for k in range(max(len(j.x) for j in jobs)):  # the k-th bin of every job that has one
@@ -99,6 +163,7 @@ class StreamPool:
         finally:
             for j in jobs:
                 j.done = True
+            self.stats["step_s"] += time.perf_counter() - t
 
 
 class LiveStream:
@@ -124,6 +189,16 @@ class LiveStream:
         x = c.scale_counts(np.asarray(counts, np.float32).T[None])[0].T  # (n, C)
         y = streams[0].pool.run_many([(s.row, x[i:i + 1]) for i, s in enumerate(streams)])
         return c.postprocess_behavior(np.concatenate(y).T[None])[0].T
+
+    def submit(self, counts: np.ndarray, callback: Callable) -> None:
+        """(m, C) counts, returning at once: ``callback(behavior (D, m) or None, error)`` follows on the pool's
+        stepping thread, once they are stepped with the other rows' waiting bins."""
+        post = self.contract.postprocess_behavior
+
+        def done(y: np.ndarray | None, error: BaseException | None) -> None:
+            callback(None if y is None else post(y.T[None])[0], error)
+
+        self.pool.submit(self.row, self._scaled(np.asarray(counts, np.float32).T), done)
 
     def push(self, counts: np.ndarray) -> np.ndarray:
         """(m, C) counts -> (D, m) behavior."""

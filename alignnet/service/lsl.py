@@ -14,8 +14,10 @@ One ``Bridge`` per direction runs in its own thread. The path of one sample:
    bin); when more than ``max_lag_bins`` bins wait at once only the newest hop is decoded (the skipped bins still
    fill the ring and are counted as dropped), so lag cannot grow. An artifact with ``decode_stream.npz`` decodes
    each bin incrementally instead (``model/incremental.py``: the same numbers as the window's newest bin, from
-   cached columns), unless ``incremental`` is off;
-6. ``Bridge._hop``: push the last hop's outputs, each stamped with the LSL time of the input bin it came from, so
+   cached columns), unless ``incremental`` is off: ``_advance_live`` hands the bins to the engine's stream pool
+   (``service/live.py``) and goes back to the source; the pool's thread steps every source's bins in one batch and
+   pushes each source's outputs (``_decoded``); at most ``max_lag_bins`` bins of a source are in flight;
+6. ``Bridge._emit``: push the last hop's outputs, each stamped with the LSL time of the input bin it came from, so
    downstream measures latency by comparing stamps.
 
 A source that vanishes is resolved again (``/health`` and ``alignnet_lsl_reconnects_total`` show it). liblsl
@@ -26,7 +28,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +41,7 @@ from alignnet.service.lsl_io import (  # noqa: F401
     Direction,
     Feed,
     SourceLost,
+    StallWatch,
     StreamMismatch,
     check_source,
     direction_for,
@@ -68,6 +70,7 @@ class BridgeConfig:
     sample: bool = False  # simulate: push Poisson counts drawn from the rates instead of the rates
     seed: int | None = None  # seed of that sampling
     incremental: bool = True  # decode: each bin from cached columns where the artifact can (else the ring's window)
+    batch_wait_s: float = 0.001  # incremental: the pool waits up to this long for every source's bin before a step
 
     def __post_init__(self) -> None:
         if self.direction not in DIRECTIONS:
@@ -125,6 +128,9 @@ class Bridge:
         self._outlet_key: tuple | None = None
         self._rng = np.random.default_rng(cfg.seed)
         self.live = None  # service.live.LiveStream of the current source, when decoding incrementally
+        self._live_pending: list = []  # (stamp, output) pairs short of a hop; the pool's thread's alone
+        self._live_error: BaseException | None = None  # a failed step, raised on the bridge's thread
+        self._in_flight = threading.Semaphore(0)  # bins submitted and not yet back (see _advance_live)
 
     # ---- lifecycle ----
     def start(self) -> Bridge:
@@ -240,7 +246,7 @@ class Bridge:
             observer.add(bins, engine, ring)
         hop = self.cfg.hop_bins
         if self.live is not None:
-            return self._advance_live(ring, bins, stamps, pending)
+            return self._advance_live(ring, bins, stamps)
         if len(pending) + len(bins) > self.cfg.max_lag_bins:  # fell behind: decode only the newest hop
             waiting = pending + stamps.tolist()
             self._drop(len(waiting) - hop, "lag")
@@ -257,23 +263,49 @@ class Bridge:
 
     def _open_live(self, engine, d: Direction, ring: Ring | None) -> None:
         """Decode incrementally where the artifact can; a model swapped in mid-stream starts from the ring."""
-        self.live = engine.open_stream() if d.counts and self.cfg.incremental and engine.can_stream else None
-        if self.live is not None and ring is not None:
-            self.live.prime(ring.buf)
+        live = engine.open_stream(self.cfg.batch_wait_s) if d.counts and self.cfg.incremental and engine.can_stream \
+            else None
+        if live is not None and ring is not None:
+            live.prime(ring.buf)
+        self._live_pending, self._in_flight = [], threading.Semaphore(self.cfg.max_lag_bins)
+        self.live = live
 
-    def _advance_live(self, ring: Ring, bins: np.ndarray, stamps: np.ndarray, pending: list) -> list:
-        """Every bin decoded as it comes (the history needs each); outputs pushed a hop at a time, the newest hop
-        only when more than ``max_lag_bins`` wait. ``pending`` holds (stamp, output) pairs."""
-        hop = self.cfg.hop_bins
+    def _advance_live(self, ring: Ring, bins: np.ndarray, stamps: np.ndarray) -> list:
+        """Every bin goes to the pool as it comes (the history needs each) and the bridge is back at its source at
+        once; the pool's thread pushes the outputs (``_decoded``). More than ``max_lag_bins`` in flight make the
+        bridge wait for them (a pool that falls behind slows its sources instead of queueing without end)."""
+        if self._live_error is not None:
+            error, self._live_error = self._live_error, None
+            raise error
         ring.push(bins)
-        pending = pending + list(zip(stamps.tolist(), self.live.push(bins).T))
+        live, slots, k = self.live, self._in_flight, min(len(bins), self.cfg.max_lag_bins)
+        for _ in range(k):  # a burst larger than the bound takes all of it
+            if not slots.acquire(timeout=5.0):
+                raise RuntimeError("the live decoder returned nothing for 5 s")
+        t = stamps.tolist()
+        live.submit(bins, lambda y, error: self._decoded(live, (slots, k), t, y, error))
+        return []
+
+    def _decoded(self, live, taken: tuple[threading.Semaphore, int], stamps: list[float], y, error) -> None:
+        """On the pool's thread: outputs pushed a hop at a time with their inputs' stamps (the newest hop only when
+        more than ``max_lag_bins`` wait). Those of a stream since replaced (a new model or source) or of a stopped
+        bridge are dropped; a failed step is raised on the bridge's thread."""
+        taken[0].release(taken[1])
+        if error is not None:
+            self._live_error = error
+            return
+        if live is not self.live or self._outlet is None:
+            self._drop(len(stamps), "reload")
+            return
+        hop = self.cfg.hop_bins
+        pending = self._live_pending + list(zip(stamps, y.T))
         if len(pending) > self.cfg.max_lag_bins:
             self._drop(len(pending) - hop, "lag")
             pending = pending[-hop:]
         while len(pending) >= hop:
-            self._emit(np.stack([y for _, y in pending[:hop]], axis=1), [t for t, _ in pending[:hop]])
+            self._emit(np.stack([v for _, v in pending[:hop]], axis=1), [t for t, _ in pending[:hop]])
             pending = pending[hop:]
-        return pending
+        self._live_pending = pending
 
     def _hop(self, engine, d: Direction, ring: Ring, stamps: list[float]) -> None:
         """Run the engine on the ring buffer and push the last len(stamps) bins with their input stamps."""
@@ -316,47 +348,6 @@ class Bridge:
         info = outlet_info(self.cfg.output_name, d, c, engine.config, engine.folder.name, self.source or {},
                            self.cfg.hop_bins)
         self._outlet = pylsl.StreamOutlet(info, chunk_size=1, max_buffered=max(1, int(self.cfg.buffer_s)))
-
-
-class StallWatch:
-    """A source that stops sending without going away (a frozen process, a stuck acquisition loop) is never reported
-    lost by liblsl. After ``stall_s`` of silence (five times more, at least 5 s, for spike-event streams, which go
-    quiet at rest) the bridge says "stalled" in /health, counts it, and looks twice a second for another source of
-    the same name and type; it keeps listening to the silent one meanwhile, and streams on if it resumes."""
-
-    def __init__(self, bridge: Bridge, info, events: bool) -> None:
-        self.bridge, self.info = bridge, info
-        self.limit = max(5.0, 5 * bridge.cfg.stall_s) if events else bridge.cfg.stall_s
-        self.last = time.monotonic()
-        self.stalled, self.next_look = False, 0.0
-
-    def after_pull(self, n: int) -> Any:
-        """Told how many samples a pull brought; returns a replacement source's info, or None."""
-        b, now = self.bridge, time.monotonic()
-        if n:
-            self.last = now
-            if self.stalled:
-                self.stalled = False
-                b.state, b.error = "streaming", None
-                log.info("LSL source %s sends again", self.info.name())
-            return None
-        if now - self.last < self.limit:
-            return None
-        if not self.stalled:
-            self.stalled = True
-            b.state = "stalled"
-            b.error = (f"source '{self.info.name()}' has sent nothing for {self.limit:g} s; looking for another "
-                       "source of the same name (still listening to this one)")
-            b._count("stalls", 1, "stalls")
-            log.warning("LSL %s", b.error)
-        if now < self.next_look:
-            return None
-        other, _ = resolve(b.cfg, exclude_uid=self.info.uid(), timeout=0.2)
-        self.next_look = time.monotonic() + 0.5
-        if other is not None:
-            log.warning("LSL: switching from the stalled source to %s on %s", other.name(), other.hostname())
-            b._count("reconnects", 1, "reconnects")
-        return other
 
 
 @dataclass

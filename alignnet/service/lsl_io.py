@@ -3,7 +3,9 @@ bounded inlet, pull chunks, clean and bin them (see ``alignnet.service.lsl`` for
 
 from __future__ import annotations
 
+import logging
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +15,8 @@ import pylsl
 
 from alignnet.model.contract import DataContract
 from alignnet.service.binning import EventBinner, RegularBinner, sanitize
+
+log = logging.getLogger(__name__)
 
 # LSL channel formats the bridge reads, and the numpy type liblsl writes for each
 LSL_DTYPES = {pylsl.cf_float32: np.float32, pylsl.cf_double64: np.float64, pylsl.cf_int8: np.int8,
@@ -186,3 +190,44 @@ def _causal(config: dict) -> str:
     """Whether the served decoder sees only the past (recorded at export; ``unstated`` for older artifacts)."""
     flag = config.get("causal_decode", (config.get("model_config") or {}).get("causal"))
     return "unstated" if flag is None else str(bool(flag)).lower()
+
+
+class StallWatch:
+    """A source that stops sending without going away (a frozen process, a stuck acquisition loop) is never reported
+    lost by liblsl. After ``stall_s`` of silence (five times more, at least 5 s, for spike-event streams, which go
+    quiet at rest) the bridge says "stalled" in /health, counts it, and looks twice a second for another source of
+    the same name and type; it keeps listening to the silent one meanwhile, and streams on if it resumes."""
+
+    def __init__(self, bridge, info, events: bool) -> None:
+        self.bridge, self.info = bridge, info
+        self.limit = max(5.0, 5 * bridge.cfg.stall_s) if events else bridge.cfg.stall_s
+        self.last = time.monotonic()
+        self.stalled, self.next_look = False, 0.0
+
+    def after_pull(self, n: int) -> Any:
+        """Told how many samples a pull brought; returns a replacement source's info, or None."""
+        b, now = self.bridge, time.monotonic()
+        if n:
+            self.last = now
+            if self.stalled:
+                self.stalled = False
+                b.state, b.error = "streaming", None
+                log.info("LSL source %s sends again", self.info.name())
+            return None
+        if now - self.last < self.limit:
+            return None
+        if not self.stalled:
+            self.stalled = True
+            b.state = "stalled"
+            b.error = (f"source '{self.info.name()}' has sent nothing for {self.limit:g} s; looking for another "
+                       "source of the same name (still listening to this one)")
+            b._count("stalls", 1, "stalls")
+            log.warning("LSL %s", b.error)
+        if now < self.next_look:
+            return None
+        other, _ = resolve(b.cfg, exclude_uid=self.info.uid(), timeout=0.2)
+        self.next_look = time.monotonic() + 0.5
+        if other is not None:
+            log.warning("LSL: switching from the stalled source to %s on %s", other.name(), other.hostname())
+            b._count("reconnects", 1, "reconnects")
+        return other

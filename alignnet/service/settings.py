@@ -55,8 +55,9 @@ class Settings(BaseSettings):
     lsl_sources: list[str] = Field(default_factory=list, description="several spike sources by name, each decoded "
                                    "to its own '<source>-decoded' outlet, their hops batched (JSON list in the "
                                    "environment)")
-    lsl_batch_wait_s: float = Field(0.001, ge=0, le=0.02, description="with several sources: how long a hop waits "
-                                    "for other sources' hops to decode with it in one engine call")
+    lsl_batch_wait_s: float = Field(0.001, ge=0, le=0.02, description="with several sources: how long a bin waits "
+                                    "for the other sources' bins to be decoded with it in one batch (incremental "
+                                    "decoding: until every source has one, at most this long; windows: this long)")
     lsl_batch_workers: int = Field(2, ge=1, le=64, description="with several sources: decoding threads (one engine "
                                    "thread each; what waits is split among them)")
     lsl_incremental: bool = Field(True, description="decode each bin from cached columns where the artifact can "
