@@ -8,6 +8,10 @@ Per tree: ``alignnet bench streams --find-max`` (the most 50-Hz sources one serv
 one bin, nothing dropped), ``alignnet bench load --clients 64 --seconds 60`` (JSON bodies), and
 ``alignnet bench lsl --seconds 30`` (one stream end to end). Writes ``OUT/service_ab.json``; ``--quick`` runs each
 at toy sizes (a check that the script works, not a measurement).
+
+``--engine-batches`` (no baseline needed) times the default model's whole-window decode per window at batch
+1/4/16/64 with 1 and 2 ONNX Runtime threads: what batching concurrent HTTP requests could save
+(``OUT/engine_batches.json``).
 """
 
 from __future__ import annotations
@@ -28,19 +32,53 @@ def bench(tree: Path, args: list[str], out: Path) -> dict:
     env = {**os.environ, "PYTHONPATH": str(tree)}
     cmd = [sys.executable, "-m", "alignnet", "bench", *args, "--json", str(out)]
     t = time.monotonic()
+    out.unlink(missing_ok=True)
     r = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True)
-    if r.returncode:
+    if not out.exists():  # a bench that found errors exits 1 with its figures written: those are a result
         raise SystemExit(f"{' '.join(cmd)} (in {tree}) failed:\n{r.stderr[-3000:]}")
-    return {"wall_s": round(time.monotonic() - t, 1), **json.loads(out.read_text())}
+    return {"wall_s": round(time.monotonic() - t, 1), "exit_code": r.returncode, **json.loads(out.read_text())}
+
+
+def engine_batches(out: Path, quick: bool = False) -> dict:
+    """ms per window of ``Engine.decode`` by batch size and engine threads (median of repeated calls)."""
+    import numpy as np
+
+    from alignnet.service.engines import load_engine
+    from alignnet.service.settings import DEFAULT_ARTIFACT
+
+    result = {"command": " ".join(sys.argv), "ms_per_window": {}}
+    for threads in (1, 2):
+        engine = load_engine(DEFAULT_ARTIFACT, threads=threads, chunk=64)
+        c = engine.contract
+        for batch in (1, 4, 16, 64):
+            x = np.random.default_rng(0).poisson(0.8, (batch, c.n_channels, c.window_bins)).astype(np.float32)
+            engine.decode(x)
+            times = []
+            for _ in range(3 if quick else max(10, 400 // batch)):
+                t = time.perf_counter()
+                engine.decode(x)
+                times.append((time.perf_counter() - t) / batch)
+            result["ms_per_window"][f"threads {threads}, batch {batch}"] = round(float(np.median(times)) * 1e3, 3)
+    (out / "engine_batches.json").write_text(json.dumps(result, indent=1))
+    return result
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--baseline", type=Path, required=True, help="the other checkout")
+    ap.add_argument("--baseline", type=Path, help="the other checkout (needed unless --engine-batches)")
+    ap.add_argument("--engine-batches", action="store_true", help="only the engine's ms per window by batch size")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "service-ab")
     ap.add_argument("--quick", action="store_true", help="toy sizes: checks the script, measures nothing")
+    ap.add_argument("--parts", default="streams,http64,lsl", help="which parts (comma-separated); the others' "
+                    "figures already in OUT/service_ab.json are kept")
     args = ap.parse_args()
+    args.out = args.out.resolve()  # the benches run in each tree's folder
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.engine_batches:
+        print(json.dumps(engine_batches(args.out, args.quick), indent=1))
+        return
+    if args.baseline is None:
+        ap.error("--baseline is needed (or --engine-batches)")
     trees = {"baseline": args.baseline.resolve(), "now": ROOT}
     q = args.quick
     parts = {
@@ -48,15 +86,19 @@ def main() -> None:
         "http64": ["load", "--clients", "4" if q else "64", "--seconds", "3" if q else "60"],
         "lsl": ["lsl", "--seconds", "3" if q else "30"],
     }
-    result: dict = {"command": " ".join(sys.argv), "trees": {k: str(v) for k, v in trees.items()}}
-    for part, cmd in parts.items():
+    saved = args.out / "service_ab.json"
+    result: dict = json.loads(saved.read_text()) if saved.exists() else {}
+    result |= {"trees": {k: str(v) for k, v in trees.items()}}
+    result.setdefault("commands", []).append(" ".join(sys.argv))
+    for part in args.parts.split(","):
+        cmd = parts[part]
         for name, tree in trees.items():  # alternating, so drift of a noisy machine falls on both
             print(f"{part}: {name} ...", flush=True)
             r = bench(tree, cmd, args.out / f"{part}-{name}.json")
             result.setdefault(part, {})[name] = r
             (args.out / "service_ab.json").write_text(json.dumps(result, indent=1))
-    for part in parts:
-        for name in trees:
+    for part in [p for p in parts if p in result]:
+        for name in [n for n in trees if n in result[part]]:
             r = result[part][name]
             brief = {"streams": lambda r: {"max_streams": r["max_streams"]},
                      "http64": lambda r: {"rps": r["throughput_rps"], "errors": r["error_count"], **r["latency"]},

@@ -297,16 +297,19 @@ def test_the_bridge_raises_a_failed_step_on_its_own_thread_and_drops_stale_outpu
     """What the pool's thread hands a bridge: a failed step is raised where the bridge reports and reconnects; the
     outputs of a stream the bridge has replaced (a new model or source) or after it stopped are counted dropped,
     not pushed; the bins in flight are given back either way."""
-    import threading
-
     from alignnet.service.binning import Ring
     from alignnet.service.lsl import Bridge, BridgeConfig
+    from alignnet.service.lsl_io import InFlight
 
     bridge = Bridge(BridgeConfig(source_name="x"), lambda: None)
-    slots = threading.Semaphore(0)
-    bridge._decoded(object(), (slots, 2), [0.0, 0.02], None, RuntimeError("step failed"))
-    assert slots.acquire(blocking=False) and slots.acquire(blocking=False)
+    flight = InFlight(10)
+    flight.take(3)
+    bridge._decoded(object(), flight, [0.0, 0.02], None, RuntimeError("step failed"))
+    assert flight.n == 1
     with pytest.raises(RuntimeError, match="step failed"):
         bridge._advance_live(Ring(4, 10, np.zeros(4, np.float32)), np.zeros((1, 4), np.float32), np.zeros(1))
-    bridge._decoded(object(), (slots, 1), [0.0], np.zeros((2, 1), np.float32), None)  # not the bridge's stream
-    assert bridge.counts["dropped"] == 1 and bridge.counts["hops"] == 0 and slots.acquire(blocking=False)
+    bridge._decoded(object(), flight, [0.0], np.zeros((2, 1), np.float32), None)  # not the bridge's stream
+    assert bridge.counts["dropped"] == 1 and bridge.counts["hops"] == 0 and flight.n == 0
+    flight.take(12)  # a burst beyond the limit goes when nothing is out
+    with pytest.raises(RuntimeError, match="gave nothing back"):
+        flight.take(1, timeout=0.05)

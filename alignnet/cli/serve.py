@@ -30,7 +30,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="spike stream name (default: any of the type); repeat for several sources, each decoded to "
                    "its own NAME-decoded stream, their hops batched into shared engine calls")
     g.add_argument("--lsl-batch-wait-ms", type=float, default=None, metavar="MS",
-                   help="with several sources: how long a hop waits for others to decode with (default: 1)")
+                   help="with several sources: how long a bin waits for the other sources' bins to be decoded "
+                   "with it (incremental: until every source has one, at most this; default: 1)")
     g.add_argument("--lsl-batch-workers", type=int, default=None, metavar="N",
                    help="with several sources: decoding threads, one engine thread each (default: 2)")
     g.add_argument("--lsl-type", default=None, metavar="TYPE", help="spike stream type (default: Spikes)")

@@ -78,6 +78,9 @@ class StreamPool:
             for k in range(len(x)):
                 self.decoder.step_rows([row], x[k:k + 1], output=False)
 
+    def open_rows(self) -> int:
+        return int(self.decoder.rows_open.sum())
+
     def submit(self, row: int, x: np.ndarray, callback: Callable) -> None:
         """Queue (m, C) normalised bins of ``row`` and return at once. ``callback(out, error)`` follows on the pool's
         stepping thread: out (m, D), or None with the exception that stopped the step. A row's callbacks come in the
@@ -97,7 +100,7 @@ class StreamPool:
             if not self._cv.wait_for(lambda: self._submitted, self.IDLE_S):
                 self._worker = None
                 return None
-            end, n_open = time.monotonic() + self.wait_s, int(self.decoder.rows_open.sum())
+            end, n_open = time.monotonic() + self.wait_s, self.open_rows()
             while len({j.row for j in self._submitted}) < n_open and (left := end - time.monotonic()) > 0:
                 self._cv.wait(left)
             jobs, self._submitted = self._submitted, []

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -231,3 +232,23 @@ class StallWatch:
             log.warning("LSL: switching from the stalled source to %s on %s", other.name(), other.hostname())
             b._count("reconnects", 1, "reconnects")
         return other
+
+
+class InFlight:
+    """Bins a bridge has handed to the stream pool and not got back yet (``Bridge._advance_live``): ``take`` waits
+    while more than ``limit`` would be out (a burst larger than the limit waits for none to be out)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.n = limit, 0
+        self._cv = threading.Condition()
+
+    def take(self, n: int, timeout: float = 5.0) -> None:
+        with self._cv:
+            if not self._cv.wait_for(lambda: self.n == 0 or self.n + n <= self.limit, timeout):
+                raise RuntimeError(f"the live decoder gave nothing back for {timeout:g} s")
+            self.n += n
+
+    def give(self, n: int) -> None:
+        with self._cv:
+            self.n -= n
+            self._cv.notify_all()
