@@ -1,5 +1,6 @@
 """The service's live and HTTP figures for two checkouts in one run: this one ("now") and ``--baseline TREE`` (e.g. a
-`git worktree` of the commit before), alternating, each command started fresh in its own tree (PYTHONPATH):
+`git worktree` of the commit before), alternating, each service started fresh from its own tree, the load generator
+and timing always this checkout's (``ALIGNNET_BENCH_SERVE_FROM``):
 
     git worktree add /tmp/base HEAD~1
     .venv/bin/python scripts/service_ab.py --baseline /tmp/base --out runs/service-ab          # ~15 min
@@ -28,12 +29,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def bench(tree: Path, args: list[str], out: Path) -> dict:
-    """``alignnet bench ARGS --json OUT`` run with ``tree``'s package; its JSON."""
-    env = {**os.environ, "PYTHONPATH": str(tree)}
+    """``alignnet bench ARGS --json OUT``: this checkout's load generator and timing, ``tree``'s service."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "ALIGNNET_BENCH_SERVE_FROM": str(tree)}
     cmd = [sys.executable, "-m", "alignnet", "bench", *args, "--json", str(out)]
     t = time.monotonic()
     out.unlink(missing_ok=True)
-    r = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True)
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     if not out.exists():  # a bench that found errors exits 1 with its figures written: those are a result
         raise SystemExit(f"{' '.join(cmd)} (in {tree}) failed:\n{r.stderr[-3000:]}")
     return {"wall_s": round(time.monotonic() - t, 1), "exit_code": r.returncode, **json.loads(out.read_text())}

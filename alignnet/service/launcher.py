@@ -27,7 +27,9 @@ def free_port() -> int:
 def serving(artifact: Path, extra: list[str] = (), url: str | None = None, timeout: float = 60.0,
             port: int | None = None, env: dict[str, str] | None = None):
     """Yield the URL of a service: the given one, or `alignnet serve` started here (on ``port``, default a free
-    one, with ``env`` added to this process's environment) and stopped afterwards."""
+    one, with ``env`` added to this process's environment) and stopped afterwards. With
+    ``ALIGNNET_BENCH_SERVE_FROM=TREE`` in the environment the service is TREE's package (a benchmark of another
+    checkout's service with this checkout's load generator and timing)."""
     import os
 
     import httpx
@@ -37,8 +39,11 @@ def serving(artifact: Path, extra: list[str] = (), url: str | None = None, timeo
         return
     port = port or free_port()
     cmd = [sys.executable, "-m", "alignnet", "serve", "--artifact", str(artifact), "--port", str(port), *extra]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **(env or {})},
+    env = {**os.environ, **(env or {})}
+    tree = env.get("ALIGNNET_BENCH_SERVE_FROM") or None  # another checkout's service (scripts/service_ab.py)
+    if tree:  # `python -m` puts the working folder first on the path
+        env["PYTHONPATH"] = tree
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, cwd=tree,
                             preexec_fn=_die_with_parent if sys.platform == "linux" else None)
     url = f"http://127.0.0.1:{port}"
     try:

