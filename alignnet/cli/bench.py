@@ -94,9 +94,12 @@ def _write(path: Path | None, result: dict) -> None:
         print(f"wrote {path}")
 
 
-def _record(args: argparse.Namespace, result: dict) -> None:
-    """Stamp the figures with the command that made them and write them to ``--json``."""
+def _record(args: argparse.Namespace, result: dict, show: bool = False) -> None:
+    """Stamp the figures with the command that made them, print them whole with ``show``, and write them to
+    ``--json``."""
     result["command"] = command_line(args)
+    if show:
+        print(json.dumps(result, indent=2))
     _write(args.json, result)
 
 
@@ -151,9 +154,7 @@ def cmd_load(args: argparse.Namespace) -> int:
     from alignnet.service.loadtest import http_load
 
     result = http_load(args.artifact, args.clients, args.seconds, args.format, url=args.url)
-    result["command"] = command_line(args)
-    print(json.dumps(result, indent=2))
-    _write(args.json, result)
+    _record(args, result, show=True)
     return 0 if result["error_count"] == 0 else 1
 
 
@@ -161,9 +162,7 @@ def cmd_lsl(args: argparse.Namespace) -> int:
     from alignnet.service.loadtest import lsl_latency
 
     result = lsl_latency(args.artifact, args.seconds)
-    result["command"] = command_line(args)
-    print(json.dumps(result, indent=2))
-    _write(args.json, result)
+    _record(args, result, show=True)
     return 0
 
 
