@@ -10,6 +10,10 @@ one bin, nothing dropped), ``alignnet bench load --clients 64 --seconds 60`` (JS
 ``alignnet bench lsl --seconds 30`` (one stream end to end). Writes ``OUT/service_ab.json``; ``--quick`` runs each
 at toy sizes (a check that the script works, not a measurement).
 
+``--parts step`` times each tree's incremental step (``IncrementalDecoder.step``, default model, one BLAS thread)
+at batch 1/8/20/32 in a process of its own, then at batch 32 beside a second thread running Python (as the LSL
+bridges do): each time a step hands the GIL over it may wait CPython's switch interval (5 ms) to get it back.
+
 ``--engine-batches`` (no baseline needed) times the default model's whole-window decode per window at batch
 1/4/16/64 with 1 and 2 ONNX Runtime threads: what batching concurrent HTTP requests could save
 (``OUT/engine_batches.json``).
@@ -64,6 +68,67 @@ def engine_batches(out: Path, quick: bool = False) -> dict:
     return result
 
 
+STEP_WORKER = """
+import json, sys, threading, time
+import numpy as np
+from threadpoolctl import threadpool_limits
+from alignnet.model.incremental import IncrementalDecoder, load_weights
+from alignnet.service.settings import DEFAULT_ARTIFACT
+
+quick = sys.argv[1] == "1"
+window = json.loads((DEFAULT_ARTIFACT / "config.json").read_text())["contract"]["window_bins"]
+weights = load_weights(DEFAULT_ARTIFACT / "decode_stream.npz")
+out = {"ms_per_step": {}}
+
+
+def spin(seconds, stop=None):
+    n, end = 0, time.perf_counter() + seconds
+    while time.perf_counter() < end and not (stop and stop.is_set()):
+        n += 1
+    return n
+
+
+with threadpool_limits(1, user_api="blas"):
+    for batch in (1, 8, 20, 32):
+        dec = IncrementalDecoder(weights, window, batch=batch)
+        x = np.random.default_rng(0).normal(size=(batch, dec.n_in)).astype(np.float32)
+        for _ in range(20):
+            dec.step(x)
+        times = []
+        for _ in range(20 if quick else 600):
+            t = time.perf_counter()
+            dec.step(x)
+            times.append(time.perf_counter() - t)
+        out["ms_per_step"][f"batch {batch}"] = [round(float(np.percentile(times, q)) * 1e3, 3) for q in (50, 99)]
+    seconds = 0.3 if quick else 3.0
+    alone = spin(seconds)
+    counted, stop, times = [], threading.Event(), []
+    other = threading.Thread(target=lambda: counted.append(spin(seconds, stop)))
+    other.start()
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t = time.perf_counter()
+        dec.step(x)
+        times.append(time.perf_counter() - t)
+    stop.set()
+    other.join()
+    out["batch 32 beside a busy Python thread"] = {
+        "ms_per_step": [round(float(np.percentile(times, q)) * 1e3, 3) for q in (50, 99)],
+        "that_threads_progress": round(counted[0] / alone, 3)}
+print(json.dumps(out))
+"""
+
+
+def step_times(tree: Path, quick: bool) -> dict:
+    """The incremental step of ``tree`` (its own package), timed in a process of its own."""
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    r = subprocess.run([sys.executable, "-c", STEP_WORKER, "1" if quick else "0"], cwd=tree, env=env,
+                       capture_output=True, text=True)
+    if r.returncode:
+        raise SystemExit(f"the step timing in {tree} failed:\n{r.stderr[-3000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--baseline", type=Path, help="the other checkout (needed unless --engine-batches)")
@@ -86,6 +151,7 @@ def main() -> None:
         "streams": ["streams", "--find-max", "--streams", "2" if q else "8", "--seconds", "3" if q else "20"],
         "http64": ["load", "--clients", "4" if q else "64", "--seconds", "3" if q else "60"],
         "lsl": ["lsl", "--seconds", "3" if q else "30"],
+        "step": None,
     }
     saved = args.out / "service_ab.json"
     result: dict = json.loads(saved.read_text()) if saved.exists() else {}
@@ -95,7 +161,7 @@ def main() -> None:
         cmd = parts[part]
         for name, tree in trees.items():  # alternating, so drift of a noisy machine falls on both
             print(f"{part}: {name} ...", flush=True)
-            r = bench(tree, cmd, args.out / f"{part}-{name}.json")
+            r = step_times(tree, q) if part == "step" else bench(tree, cmd, args.out / f"{part}-{name}.json")
             result.setdefault(part, {})[name] = r
             (args.out / "service_ab.json").write_text(json.dumps(result, indent=1))
     for part in [p for p in parts if p in result]:
@@ -103,7 +169,8 @@ def main() -> None:
             r = result[part][name]
             brief = {"streams": lambda r: {"max_streams": r["max_streams"]},
                      "http64": lambda r: {"rps": r["throughput_rps"], "errors": r["error_count"], **r["latency"]},
-                     "lsl": lambda r: {"sent": r["sent"], "received": r["received"], **r["latency"]}}[part](r)
+                     "lsl": lambda r: {"sent": r["sent"], "received": r["received"], **r["latency"]},
+                     "step": lambda r: r}[part](r)
             print(part, name, brief)
     print("wrote", args.out / "service_ab.json")
 

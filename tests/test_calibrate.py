@@ -285,9 +285,17 @@ def test_drift_monitor_embeds_on_its_own_thread_and_skips_while_busy():
             return np.ones((1, 4))
 
     ring = type("Ring", (), {"buf": np.zeros((3, 5), np.float32)})()
-    monitor, engine = DriftMonitor(every_bins=1), Engine()
+    monitor, engine = DriftMonitor(every_bins=1, interval_s=0), Engine()
     monitor.add(np.zeros((1, 3)), engine, ring)
     monitor.add(np.zeros((1, 3)), engine, ring)  # due again while the first is still embedding: skipped
     release.set()
     assert wait_until(lambda: monitor.status()["latents"] == 1 and not monitor._busy)
     assert threads == ["drift-monitor_0"]
+    monitor.add(np.zeros((1, 3)), engine, ring)  # due again, not busy: embedded
+    assert wait_until(lambda: monitor.status()["latents"] == 2 and not monitor._busy)
+    # many sources: the bins add up, but at most one embedding per interval
+    monitor = DriftMonitor(every_bins=2, interval_s=60)
+    for _ in range(40):
+        monitor.add(np.zeros((1, 3)), engine, ring)
+    assert wait_until(lambda: monitor.status()["latents"] == 1 and not monitor._busy)
+    assert len(threads) == 3

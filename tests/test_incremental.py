@@ -18,10 +18,10 @@ from alignnet.training.export import export_artifact
 from tests.conftest import wait_until
 
 
-def causal_model(seed: int, window: int = 40, day_channels: int | None = None, lif_impl: str = "plain"):
+def causal_model(seed: int, window: int = 40, day_channels: int | None = None, lif_impl: str = "plain", **config):
     """A causal test AlignNet with batch norms that are not the identity (so folding them is tested)."""
     torch.manual_seed(seed)
-    model = create_model("test-alignnet-causal", window_bins=window, lif_impl=lif_impl)
+    model = create_model("test-alignnet-causal", window_bins=window, lif_impl=lif_impl, **config)
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
@@ -43,11 +43,11 @@ def window_newest(model, x: np.ndarray, day: str | None = None) -> np.ndarray:
     return offline_twin(decode, x, model.config.window_bins)
 
 
-@pytest.mark.parametrize("window,day_channels", [(40, None), (37, 11)])
-def test_stream_gives_each_windows_newest_bin(window, day_channels):
+@pytest.mark.parametrize("window,day_channels,v_reset", [(40, None, 0.0), (37, 11, 0.0), (40, None, -0.2)])
+def test_stream_gives_each_windows_newest_bin(window, day_channels, v_reset):
     """Bin by bin, every phase of the pooling blocks (window lengths that are and are not multiples of 4), with and
-    without a day's read-in of other channels, and two streams side by side."""
-    model = causal_model(0, window, day_channels)
+    without a day's read-in of other channels, with a reset potential other than 0, and two streams side by side."""
+    model = causal_model(0, window, day_channels, v_reset=v_reset)
     day = "d1" if day_channels else None
     n_in = day_channels or 16
     rng = np.random.default_rng(1)
@@ -124,8 +124,9 @@ def test_sources_pushing_from_many_threads_are_batched_and_each_gets_its_own_bin
 
 def test_submitted_bins_come_back_in_order_batched_on_the_pools_thread(causal_artifact, monkeypatch):
     """The LSL bridges' way in: ``submit`` returns at once, the pool's thread steps every waiting source's bins in
-    one batch and calls each back with its own outputs, in order; a burst of several bins, a failing callback and a
-    step that fails are each handled; the thread ends when idle and the next bin starts another."""
+    one batch and its output thread calls each back with its own outputs, in order; a burst of several bins, a
+    failing callback and a step that fails are each handled; the threads end when idle and the next bin starts
+    them again."""
     import threading
 
     from alignnet.service.live import StreamPool
@@ -159,12 +160,12 @@ def test_submitted_bins_come_back_in_order_batched_on_the_pools_thread(causal_ar
                     streams[i].submit(counts[i, k + j:k + j + 1], callback(i))
     assert wait_until(lambda: all(sum(y.shape[1] for y in got[i]) == 60 for i in range(5)), 20), \
         {i: len(v) for i, v in got.items()}
-    assert callers == {"stream-pool"} and not errors
+    assert callers == {"stream-pool-out"} and not errors
     for i in range(5):
         np.testing.assert_allclose(np.concatenate(got[i], axis=1).T, offline_twin(engine.decode, counts[i], 40),
                                    atol=1e-4)
     assert pool.stats["bins"] == 300 and pool.stats["steps"] < 150, pool.stats  # batched across sources
-    assert wait_until(lambda: pool._worker is None, 5)  # idle: the thread ended
+    assert wait_until(lambda: pool._worker is None and pool._caller is None, 5)  # idle: both threads ended
     bad = []
     with pytest.raises(ValueError):  # counts of the wrong channels are refused at the door
         streams[1].submit(np.zeros((1, 3), np.float32), callback(1))

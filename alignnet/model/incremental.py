@@ -13,9 +13,10 @@ level per bin) and reads the decoder's coarse columns on the grid of the window 
 columns those are depends only on how far back they lie, so the decoder's columns are computed afresh for each new
 bin. Export checks the stream against the exported window graph (``training/export.py``).
 
-Written by hand in numpy: no library runs a U-Net incrementally (ONNX Runtime and TorchScript run whole graphs), and
-the service stays free of torch. Weights come from ``stream_weights`` (batch norm folded into the convolutions) and
-are stored in the artifact as ``decode_stream.npz``.
+Written here: no library runs a U-Net incrementally (ONNX Runtime and TorchScript run whole graphs). The rings of
+cached columns are numpy arrays kept by ``IncrementalDecoder``; a step is one ONNX graph built from the weights
+(``stream_graph.py``) and run by ONNX Runtime, so the service stays free of torch. Weights come from
+``stream_weights`` (batch norm folded into the convolutions) and are stored in the artifact as ``decode_stream.npz``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+
+from alignnet.model.stream_graph import step_graph
 
 STREAM_FILE = "decode_stream.npz"
 
@@ -70,6 +73,15 @@ def stream_weights(model, day: str | None = None) -> dict[str, np.ndarray]:
     return w
 
 
+def _session(model, threads: int):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = int(threads), 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
 def save_weights(path: str | Path, weights: dict[str, np.ndarray]) -> None:
     with open(path, "wb") as f:
         np.savez(f, **weights)
@@ -78,33 +90,6 @@ def save_weights(path: str | Path, weights: dict[str, np.ndarray]) -> None:
 def load_weights(path: str | Path) -> dict[str, np.ndarray]:
     with np.load(path, allow_pickle=False) as z:
         return {k: z[k] for k in z.files}
-
-
-# ---- the stream (numpy) -------------------------------------------------------------------------------------------
-def _conv3(taps: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """A causal 3x3 convolution's newest column. ``taps`` (3, N, in, H): the column and the two before it, oldest
-    first; ``w``: the kernel as one (3 H * out, 3 in) matrix, time taps side by side (``_conv_matrices``); H padded
-    by zeros on each side as in training. -> (N, out, H). The three time taps and each tap's three kernel rows are
-    one matrix product; the rows above and below are then added shifted by one (no 9x copy of the input)."""
-    _, n, c, h = taps.shape
-    z = w @ taps.transpose(0, 2, 1, 3).reshape(3 * c, n * h)  # (3 * out, N * H), over every row and column
-    z = z.reshape(3, -1, n, h)
-    out = z[1] + b[:, None, None]  # (out, N, H)
-    out[..., 1:] += z[0, :, :, :-1]  # the kernel's first row reads the channel row above
-    out[..., :-1] += z[2, :, :, 1:]  # its last row, the one below
-    return out.transpose(1, 0, 2)
-
-
-def _conv_matrices(w: np.ndarray) -> np.ndarray:
-    """(out, in, 3 H, 3 time) -> (3 H * out, 3 time * in): rows by kernel row then output, columns by time tap then
-    input."""
-    return np.ascontiguousarray(w.transpose(2, 0, 3, 1).reshape(3 * w.shape[0], -1))
-
-
-def _pool(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """2x2 max-pool of two time columns (..., H) -> (..., H/2)."""
-    m = np.maximum(a, b)
-    return np.maximum(m[..., 0::2], m[..., 1::2])
 
 
 class IncrementalDecoder:
@@ -119,20 +104,15 @@ class IncrementalDecoder:
     ``window_bins - 1`` bins without spikes.
 
     State per level is a ring of the last ``keep`` columns (the column of the block of 2**i bins ending at each
-    bin: every phase of the pooling blocks), gathered by each row's own clock."""
+    bin: every phase of the pooling blocks), gathered by each row's own clock. ``threads``: ONNX Runtime's threads
+    for a step (one: a second was slower at every batch size measured, ``docs/benchmarks.md``)."""
 
-    def __init__(self, weights: dict[str, np.ndarray], window_bins: int, batch: int = 1) -> None:
+    def __init__(self, weights: dict[str, np.ndarray], window_bins: int, batch: int = 1, threads: int = 1) -> None:
         self.w = weights
         n_ch, d_out, steps, depth, h0, history = (int(v) for v in weights["meta"])
         self.n_channels, self.behavior_dims, self.steps, self.depth, self.h0 = n_ch, d_out, steps, depth, h0
         self.history, self.window = history, int(window_bins)
-        self.tau, self.v_th, self.v_reset = (float(v) for v in weights["lif"])
         self.n_in = int(weights["read_in.w"].shape[1]) if "read_in.w" in weights else n_ch
-        self.mats = {k: _conv_matrices(weights[k]) for k in weights
-                     if k.endswith(".w") and k.startswith(("enc", "dec"))}
-        for i in range(depth):  # the transposed conv's two kernel columns as (in, out * 2 H) matrices, for _up
-            up = weights[f"up{i}.w"]
-            self.mats[f"up{i}"] = [np.ascontiguousarray(up[..., b].reshape(len(up), -1)) for b in (0, 1)]
         # columns kept per level: a level-i decoder column reads back 2 of its blocks and its upsampling one more
         # coarse block, so a newest bin reads at most about 4 * 2**depth bins back
         self.keep = max(6 * 2**depth + 2, history + 1)
@@ -140,6 +120,8 @@ class IncrementalDecoder:
         self.t = np.zeros(0, np.int64)  # each row's clock: bins seen, the first real one at 0
         self.rings: dict[str, np.ndarray] = {}
         self._primed: dict[str, np.ndarray] | None = None
+        self._names = list(self._shapes())
+        self.session = _session(step_graph(weights, self.window, self.keep, self._shapes()), threads)
         self._grow(max(1, int(batch)))
         for _ in range(int(batch)):
             self.open()
@@ -192,117 +174,29 @@ class IncrementalDecoder:
                 ring[:, r] = 0
             zero = np.zeros((1, self.n_in), np.float32)
             while self.t[r[0]] < 0:
-                self._encode(r, zero)
+                self._step(r, zero)
             self._primed = {k: v[:, r[0]].copy() for k, v in self.rings.items()}
         for k, v in self.rings.items():
             v[:, rows] = self._primed[k][:, None]
         self.t[rows] = 0
 
-    # ---- layers ------------------------------------------------------------------------------------------------
-    def _lif(self, x: np.ndarray, steps: int | None = None) -> np.ndarray:
-        """Multi-step LIF over axis 1 of (N, Ts, ...) as ``model.lif.PlainLIF``, with the same float32 results (the
-        terms it skips are exact: v - 0, 0 + y); with ``steps``, x (N, ...) is one input repeated that many steps."""
-        tau, v_th, v_reset = np.float32(self.tau), np.float32(self.v_th), np.float32(self.v_reset)
-        n = steps or x.shape[1]
-        out = np.empty((x.shape[0], n, *x.shape[(1 if steps else 2):]), np.float32)
-        v = None
-        for t in range(n):
-            xt = x if steps else x[:, t]
-            if v is None:  # v starts at v_reset
-                h = xt / tau if v_reset == 0 else v_reset + xt / tau
-            else:
-                h = v + (xt - (v - v_reset if v_reset else v)) / tau
-            fired = h >= v_th
-            out[:, t] = fired
-            v = np.where(fired, v_reset, h)  # PlainLIF's h * (1 - s) + v_reset * s, for finite h
-        return out
-
-    @staticmethod
-    def _mean(s: np.ndarray, axis: int) -> np.ndarray:
-        """Over the step axis, as numpy's mean computes it (without its Python overhead)."""
-        return np.add.reduce(s, axis) / np.float32(s.shape[axis])
-
-    def _at(self, name: str, rows: np.ndarray, back) -> np.ndarray:
-        """Ring ``name`` at ``back`` bins before each row's newest (an int: (N, ...); a tuple: (len, N, ...))."""
-        t = self.t[rows] - 1  # the newest bin's clock
-        if isinstance(back, tuple):
-            return self.rings[name][(t[None] - np.asarray(back)[:, None]) % self.keep, rows[None]]
-        return self.rings[name][(t - back) % self.keep, rows]
-
-    def _encode(self, rows: np.ndarray, x: np.ndarray) -> None:
-        """A new bin for each row into every level: at level i, the column of the 2**i-bin block that ends at it;
-        at the bottom, the latent of the coarsest block that ends at it."""
-        w, r = self.w, self.rings
-        slot = self.t[rows] % self.keep
-        self.t[rows] += 1
-        if "read_in.w" in w:
-            x = x @ w["read_in.w"].T + w["read_in.b"]
-        r["readin"][slot, rows] = x
-        if "spike_in.w" in w:  # (out, in, history) on the last `history` bins, oldest first
-            hist = self._at("readin", rows, tuple(range(self.history - 1, -1, -1)))  # (history, N, C)
-            u = np.einsum("knc,ock->no", hist, w["spike_in.w"], optimize=False) + w["spike_in.b"]
-        else:
-            u = x
-        col = np.zeros((len(rows), 1, self.h0), np.float32)
-        col[:, 0, :self.n_channels] = u
-        for i in range(self.depth):
-            size, n = 1 << i, len(rows)
-            r[f"cols{i}"][slot, rows] = col
-            taps = self._at(f"cols{i}", rows, (2 * size, size, 0))  # (3, N, [Ts,] c, H), oldest first
-            if i == 0:  # direct encoding: the same input every step
-                s = self._lif(_conv3(taps, self.mats["enc0.w"], w["enc0.b"]), self.steps)
-            else:  # steps folded into the batch for the convolution
-                z = _conv3(taps.reshape(3, n * self.steps, *taps.shape[3:]), self.mats[f"enc{i}.w"], w[f"enc{i}.b"])
-                s = self._lif(z.reshape(n, self.steps, *z.shape[1:]))
-            r[f"spikes{i}"][slot, rows], r[f"rates{i}"][slot, rows] = s, self._mean(s, 1)
-            pooled = _pool(self._at(f"spikes{i}", rows, size), s)  # the block of 2 ** (i + 1) ending here
-            if i + 1 < self.depth:
-                col = pooled
-            else:  # bottleneck: rates, 1x1 conv, ReLU
-                lat = np.einsum("nch,lc->nlh", self._mean(pooled, 1), w["bottleneck.w"], optimize=False)
-                r["latent"][slot, rows] = np.maximum(lat + w["bottleneck.b"][None, :, None], 0)
-
-    def _up(self, rows: np.ndarray, i: int, back: int, memo: dict) -> np.ndarray:
-        """Level i's upsampled column ending ``back`` bins before the newest, in the newest bin's window: the
-        coarser decoder column one block before its parent block, through the transposed conv's kernel column for
-        its half of the parent. Which half depends only on ``back`` (the window's blocks start at its first bin).
-        -> (N, w_i, H_i)."""
-        if ("up", i, back) in memo:
-            return memo["up", i, back]
-        size = 1 << i
-        second = (self.window - back) % (2 * size) == 0
-        src = back + (2 * size if second else size)
-        coarse = self._at("latent", rows, src) if i == self.depth - 1 else self._decode(rows, i + 1, src, memo)
-        n, _, hc = coarse.shape
-        up = coarse.transpose(0, 2, 1) @ self.mats[f"up{i}"][int(second)]  # (N, H/2, out * 2)
-        up = up.reshape(n, hc, -1, 2).transpose(0, 2, 1, 3).reshape(n, -1, 2 * hc)
-        memo["up", i, back] = out = np.maximum(up + self.w[f"up{i}.b"][None, :, None], 0)
-        return out
-
-    def _decode(self, rows: np.ndarray, i: int, back: int, memo: dict) -> np.ndarray:
-        """Level i's decoder column ending ``back`` bins before the newest: ReLU(conv(upsampled ++ skip rates))."""
-        if ("dec", i, back) in memo:
-            return memo["dec", i, back]
-        size = 1 << i
-        backs = (back + 2 * size, back + size, back)  # oldest first
-        ups = np.stack([self._up(rows, i, b, memo) for b in backs])  # (3, N, w_i, H_i)
-        taps = np.concatenate([ups, self._at(f"rates{i}", rows, backs)], axis=2)
-        memo["dec", i, back] = d = np.maximum(_conv3(taps, self.mats[f"dec{i}.w"], self.w[f"dec{i}.b"]), 0)
-        return d
+    def _step(self, rows: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """Run the step graph for ``rows`` and store each ring's new column at its slot."""
+        t = self.t[rows]
+        out = self.session.run(None, {"x": x, "t": t, "rows": rows, **self.rings})
+        slot = t % self.keep
+        for name, new in zip(self._names, out[1:]):
+            self.rings[name][slot, rows] = new
+        self.t[rows] = t + 1
+        return out[0]
 
     # ---- the interface -----------------------------------------------------------------------------------------
     def step_rows(self, rows, x: np.ndarray, output: bool = True) -> np.ndarray | None:
         """One new normalised bin for each of ``rows`` (distinct), (len(rows), C_in) -> (len(rows), D) normalised
         behavior of those bins (None without ``output``: the bins only enter the history)."""
         rows = np.asarray(rows, np.int64)
-        self._encode(rows, np.asarray(x, np.float32).reshape(len(rows), self.n_in))
-        if not output:
-            return None
-        w = self.w
-        d0 = self._decode(rows, 0, 0, {})  # (N, w_0, H_0)
-        head = (np.einsum("nch,c->nh", d0, w["head.w"][0], optimize=False) + w["head.b"][0])[:, :self.n_channels]
-        hid = np.maximum(head @ w["out0.w"].T + w["out0.b"], 0)
-        return hid @ w["out1.w"].T + w["out1.b"]
+        y = self._step(rows, np.ascontiguousarray(x, np.float32).reshape(len(rows), self.n_in))
+        return y if output else None
 
     def step(self, x: np.ndarray, output: bool = True) -> np.ndarray | None:
         """(open rows, C_in) normalised bins, one per open row in row order -> (open rows, D)."""

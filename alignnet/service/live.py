@@ -2,13 +2,13 @@
 
 Each source's bridge holds a ``LiveStream`` (its row). Bins are stepped in batches across sources
 (``IncrementalDecoder.step_rows``: rows keep their own clocks, so sources at any phase batch together), one step at
-a time: a step is many small numpy calls that hold the GIL, and threads that interleave them hand the GIL back and
-forth at every call (16 sources each stepping alone at 50 Hz: 57 ms a step instead of 1.5,
-``scripts/live_step_checks.py``). Two ways in:
+a time (when a step was many small numpy calls holding the GIL, 16 sources each stepping alone at 50 Hz took 57 ms
+a step instead of 1.5, ``scripts/live_step_checks.py``; a step is now one ONNX Runtime call). Two ways in:
 
 - ``submit`` (the LSL bridges): the bins are queued and the bridge goes back to its source at once. The pool's own
-  stepping thread waits up to ``wait_s`` for every open row to have bins, steps them all in one batch and calls each
-  submitter back with its outputs, on that thread. Before this, each bridge stepped (or waited for) the batch itself
+  stepping thread waits up to ``wait_s`` for every open row to have bins, steps them all in one batch and hands the
+  outputs to the pool's output thread, which calls each submitter back (the bridges push to LSL there) while the
+  next batch steps. Before this, each bridge stepped (or waited for) the batch itself
   and then pushed its own output: 32 bridge threads queued for the decoder's lock and the GIL one after another
   every bin, a step caught only the few sources that had got in meanwhile (5.8 bins a step at 32 sources), and the
   service fell behind (docs/benchmarks.md).
@@ -21,6 +21,7 @@ The queue, locks and condition are the standard library's; the batching is writt
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 import weakref
@@ -42,14 +43,14 @@ class _Job:
     out: np.ndarray | None = None  # (m, D) normalised behavior
     error: BaseException | None = None
     done: bool = False
-    callback: Callable | None = None  # submitted bins: called with (out or None, error) on the stepping thread
+    callback: Callable | None = None  # submitted bins: called with (out or None, error) on the output thread
 
 
 class StreamPool:
     """The rows of one artifact's incremental decoder, shared by its live sources; ``stats`` counts batched steps
     and their time. ``wait_s``: how long the stepping thread waits for every open row's bins before a step."""
 
-    IDLE_S = 5.0  # the stepping thread ends after this long without bins; the next submit starts another
+    IDLE_S = 5.0  # the stepping and output threads end after this long without work; the next submit restarts them
 
     def __init__(self, weights: dict[str, np.ndarray], window_bins: int, wait_s: float = 0.001) -> None:
         self.decoder = IncrementalDecoder(weights, window_bins, batch=0)
@@ -60,6 +61,8 @@ class StreamPool:
         self._cv = threading.Condition()  # guards the submitted bins and the stepping thread
         self._submitted: list[_Job] = []
         self._worker: threading.Thread | None = None
+        self._outputs: queue.SimpleQueue = queue.SimpleQueue()  # stepped batches for the output thread
+        self._caller: threading.Thread | None = None
         self.stats = {"steps": 0, "bins": 0, "largest_batch": 0, "step_s": 0.0}
 
     def open(self) -> int:
@@ -83,7 +86,7 @@ class StreamPool:
 
     def submit(self, row: int, x: np.ndarray, callback: Callable) -> None:
         """Queue (m, C) normalised bins of ``row`` and return at once. ``callback(out, error)`` follows on the pool's
-        stepping thread: out (m, D), or None with the exception that stopped the step. A row's callbacks come in the
+        output thread: out (m, D), or None with the exception that stopped the step. A row's callbacks come in the
         order of its submits."""
         job = _Job(row, x, callback=callback)
         with self._cv:
@@ -115,7 +118,26 @@ class StreamPool:
                       for row, js in by_row.items()]
             with self._lock:
                 self._step(merged)
-            for m, js in zip(merged, by_row.values()):
+            self._outputs.put(list(zip(merged, by_row.values())))
+            with self._cv:
+                if self._caller is None:
+                    self._caller = threading.Thread(target=self._call_back, name="stream-pool-out", daemon=True)
+                    self._caller.start()
+
+    def _call_back(self) -> None:
+        """The output thread: each stepped batch's callbacks, in order, while the stepping thread goes on (pushing 32
+        outputs to LSL took a third as long as their step; on the stepping thread the next batch waited for it).
+        Ends after ``IDLE_S`` without a batch."""
+        while True:
+            try:
+                batch = self._outputs.get(timeout=self.IDLE_S)
+            except queue.Empty:
+                with self._cv:
+                    if self._outputs.empty():  # checked under the lock the stepping thread starts us under
+                        self._caller = None
+                        return
+                continue
+            for m, js in batch:
                 k = 0
                 for j in js:
                     out, k = (None if m.error is not None else m.out[k:k + len(j.x)]), k + len(j.x)
@@ -195,7 +217,7 @@ class LiveStream:
 
     def submit(self, counts: np.ndarray, callback: Callable) -> None:
         """(m, C) counts, returning at once: ``callback(behavior (D, m) or None, error)`` follows on the pool's
-        stepping thread, once they are stepped with the other rows' waiting bins."""
+        output thread, once they are stepped with the other rows' waiting bins."""
         post = self.contract.postprocess_behavior
 
         def done(y: np.ndarray | None, error: BaseException | None) -> None:
