@@ -115,6 +115,35 @@ with threadpool_limits(1, user_api="blas"):
     out["batch 32 beside a busy Python thread"] = {
         "ms_per_step": [round(float(np.percentile(times, q)) * 1e3, 3) for q in (50, 99)],
         "that_threads_progress": round(counted[0] / alone, 3)}
+    if hasattr(dec, "session"):  # the ONNX Runtime step: two threads, and where a step's time goes
+        import collections, onnxruntime as ort
+        from alignnet.model.stream_graph import step_graph
+        two = IncrementalDecoder(weights, window, batch=32, threads=2)
+        for _ in range(20):
+            two.step(x)
+        times = []
+        for _ in range(20 if quick else 600):
+            t = time.perf_counter()
+            two.step(x)
+            times.append(time.perf_counter() - t)
+        out["batch 32, 2 ONNX Runtime threads"] = [round(float(np.percentile(times, q)) * 1e3, 3) for q in (50, 99)]
+        dec = IncrementalDecoder(weights, window, batch=20)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.enable_profiling = 1, True
+        options.profile_file_prefix = "/tmp/alignnet-step-profile"
+        dec.session = ort.InferenceSession(step_graph(weights, window, dec.keep, dec._shapes()).SerializeToString(),
+                                           options, providers=["CPUExecutionProvider"])
+        x20, n = x[:20], 20 if quick else 300
+        for _ in range(n):
+            dec.step(x20)
+        by_op, profile = collections.Counter(), dec.session.end_profiling()
+        events = json.load(open(profile))
+        __import__("os").remove(profile)
+        for e in events:
+            if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+                by_op[e["args"]["op_name"]] += e["dur"] / n
+        out["batch 20 profile, us per step by op (ONNX Runtime's profiler)"] = {
+            "total": round(sum(by_op.values())), **{k: round(v) for k, v in by_op.most_common(8)}}
 print(json.dumps(out))
 """
 

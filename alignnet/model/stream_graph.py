@@ -209,8 +209,9 @@ class _StepBuilder:
 
     def upsampler(self, i: int, second: bool):
         """Level i's transposed conv (stride 2 along H) through its kernel column for one half of the parent block,
-        with ReLU: (M, in, H/2) -> (M, out, H). As a 1x1 convolution to both halves' channels, then interleaved
-        (ONNX Runtime's ConvTranspose took 45 us a call for a few thousand multiply-adds)."""
+        with ReLU: (M, in, H/2) -> (M, out, H). As a 1x1 convolution to both halves' channels, then interleaved:
+        ONNX Runtime's ConvTranspose took about as long here as the convolutions with a hundred times its work (its
+        profiler, batch 20, while this was built)."""
         g, w = self.g, self.w[f"up{i}.w"][..., int(second)]  # (in, out, 2)
         n_in, out, _ = w.shape
         h = self.h0 >> i

@@ -126,7 +126,7 @@ class StreamPool:
 
     def _call_back(self) -> None:
         """The output thread: each stepped batch's callbacks, in order, while the stepping thread goes on (pushing 32
-        outputs to LSL took a third as long as their step; on the stepping thread the next batch waited for it).
+        outputs to LSL took more than half as long as their step; on the stepping thread the next batch waited).
         Ends after ``IDLE_S`` without a batch."""
         while True:
             try:
