@@ -140,3 +140,36 @@ def test_the_service_limits_numpy_blas_threads_while_it_runs(artifacts):
         assert c.get("/health").status_code == 200
         assert set(blas_threads().values()) == {3}
     assert blas_threads() == before
+
+
+def test_concurrent_decode_requests_are_batched_with_each_its_own_answer(artifacts):
+    """With ``http_batch_wait_s``, the windows of requests that arrive together go through one engine call, and
+    each request gets its own rows back; a bad request is refused alone (422), not with its batch."""
+    import threading
+
+    from alignnet.service.batching import HopBatcher
+
+    engine = load_engine(artifacts[0], "onnx")
+    counts = [np.random.default_rng(i).poisson(1.0, (i + 1, 16, 20)).astype(np.float32) for i in range(4)]
+    batcher = HopBatcher(0.05, max_batch=64, workers=1, name="test-batcher")
+    outs: list = [None] * 4
+    threads = [threading.Thread(target=lambda i=i: outs.__setitem__(
+        i, batcher.decode(engine, engine.contract.preprocess_spikes(counts[i])))) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    batcher.stop()
+    for i in range(4):
+        np.testing.assert_allclose(outs[i], engine.decode(counts[i]), atol=1e-6)
+    assert batcher.stats["windows"] == 10 and batcher.stats["calls"] < 4, batcher.stats
+    settings = Settings(artifact=artifacts[0], workers=3, http_batch_wait_s=0.002)
+    with service_client(create_app(settings)) as c:
+        r = c.post("/decode", json={"spikes": counts[2].tolist()})
+        assert r.status_code == 200
+        np.testing.assert_allclose(r.json()["behavior"], engine.decode(counts[2]), atol=1e-6)
+        bad = c.post("/decode", json={"spikes": np.full((16, 20), -1.0).tolist()})
+        assert bad.status_code == 422 and "negative" in bad.text
+        assert c.get("/health").json()["http_batching"]["windows"] == 3
+    with service_client(create_app(Settings(artifact=artifacts[0]))) as c:
+        assert c.get("/health").json()["http_batching"] is None

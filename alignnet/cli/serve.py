@@ -24,6 +24,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None, help="engine threads (default: 1)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 in a container)")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=int, default=None, help="engine worker threads for HTTP requests (default: 1)")
+    p.add_argument("--http-batch-wait-ms", type=float, default=None, metavar="MS",
+                   help="decode the windows of concurrent /decode requests that arrive within MS in one engine call "
+                   "(with --workers 2 or more; default: off, slower per window on 2 CPU cores)")
     g = p.add_argument_group("LSL bridge")
     g.add_argument("--lsl", action="store_true", help="decode a spike stream from LSL, push the trajectory")
     g.add_argument("--lsl-source", action="append", default=None, metavar="NAME",
@@ -64,7 +68,8 @@ def settings_from_args(args: argparse.Namespace):
         if args.calibrate_seconds:
             raise ValueError("--calibrate-seconds calibrates one session: give one --lsl-source")
     overrides = {k: v for k, v in {
-        "artifact": args.artifact, "engine": args.engine, "threads": args.threads,
+        "artifact": args.artifact, "engine": args.engine, "threads": args.threads, "workers": args.workers,
+        "http_batch_wait_s": args.http_batch_wait_ms / 1000 if args.http_batch_wait_ms is not None else None,
         "lsl_source_name": args.lsl_source[0] if args.lsl_source and len(args.lsl_source) == 1 else None,
         "lsl_sources": args.lsl_source if args.lsl_source and len(args.lsl_source) > 1 else None,
         "lsl_batch_wait_s": args.lsl_batch_wait_ms / 1000 if args.lsl_batch_wait_ms is not None else None,

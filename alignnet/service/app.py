@@ -72,6 +72,9 @@ class State:
         self.calibrator = Calibrator()
         self.drift = DriftMonitor(self.metrics.drift)
         self.pool = EnginePool(settings.workers, settings.queue)
+        # concurrent /decode requests' windows in one engine call (off by default: docs/benchmarks.md)
+        self.http_batcher = HopBatcher(settings.http_batch_wait_s, max_batch=64, workers=1, name="http-batcher") \
+            if settings.http_batch_wait_s > 0 else None
         self.root = Path(settings.artifact_root or Path(settings.artifact).resolve().parent)
         self.max_windows = settings.max_batch
         self.on_swap: list = []  # called with each new engine (the OpenAPI schema follows the served contract)
@@ -168,7 +171,9 @@ async def decode(request: Request, engine: EngineDep, state: StateDep):
 
     def work(body: bytes, ctype: str, accept: str) -> Response:
         _, x = parse(body, ctype, DecodeRequest, "spikes", state.max_windows)
-        y, timing = run_engine(engine.decode, x)
+        batcher = state.http_batcher  # checked alone first: a bad request fails by itself, not its batch
+        y, timing = run_engine(engine.decode if batcher is None else
+                               lambda x: batcher.decode(engine, engine.contract.preprocess_spikes(x)), x)
         state.metrics.windows.labels("decode").inc(len(y))
         state.drift.observe_request(engine, x if x.ndim == 3 else x[None])
         c = engine.contract
@@ -207,6 +212,7 @@ def health(state: StateDep) -> dict[str, Any]:
     return {"status": "ok" if state.engine is not None else "no model", "model_loaded": state.engine is not None,
             "error": state.error and public(state.error, state.root), "lsl": state.bridges.status(),
             "calibration": state.calibrator.status, "drift": state.drift.status(), "engine_pool": state.pool.status(),
+            "http_batching": None if state.http_batcher is None else dict(state.http_batcher.stats),
             "pid": os.getpid()}
 
 
@@ -314,6 +320,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             state.bridges.stop()
             state.pool.shutdown()
+            if state.http_batcher is not None:
+                state.http_batcher.stop()
             blas.restore_original_limits()
 
     # the event loop asks for the GIL often and briefly; a 1-ms switch interval (Python's default is 5 ms) lets it in

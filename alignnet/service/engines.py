@@ -48,7 +48,10 @@ class Engine:
     # ---- the interface -----------------------------------------------------------------------------------------
     def decode(self, counts: np.ndarray) -> np.ndarray:
         """(B, C, T) spike counts -> (B, D, T) behavior in data units."""
-        x = self.contract.preprocess_spikes(counts)
+        return self.decode_scaled(self.contract.preprocess_spikes(counts))
+
+    def decode_scaled(self, x: np.ndarray) -> np.ndarray:
+        """(B, C, T) model input (``contract.preprocess_spikes``: checked and normalised) -> (B, D, T) behavior."""
         return self.contract.postprocess_behavior(self.in_chunks(self._decode, x))
 
     tail_bins = 0  # the receptive-field window of the artifact's decode_tail graph (0: it has none)

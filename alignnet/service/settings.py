@@ -29,6 +29,10 @@ class Settings(BaseSettings):
     workers: int = Field(1, ge=1, le=64, description="engine worker threads (requests decoded at once; on 2 cores "
                          "one gave 200 req/s and p99 0.41 s under 64 clients, two 122 req/s and 2.3 s: "
                          "scripts/hardening_bench.py --engine-choices)")
+    http_batch_wait_s: float = Field(0.0, ge=0, le=0.05, description="> 0: the windows of concurrent /decode "
+                                     "requests that arrive within this wait are decoded in one engine call (needs "
+                                     "workers >= 2 to have requests to batch). Off by default: on 2 CPU cores a "
+                                     "batch cost more per window than one at a time (docs/benchmarks.md)")
     queue: int = Field(64, ge=0, le=10_000, description="requests waiting for a worker beyond which 503 is answered "
                        "(each holds its body: at most (workers + queue) x max_body_bytes in memory)")
     blas_threads: int = Field(1, ge=1, le=64, description="numpy's BLAS threads in the service (the incremental "
