@@ -69,7 +69,7 @@ def engine_batches(out: Path, quick: bool = False) -> dict:
 
 
 STEP_WORKER = """
-import json, sys, threading, time
+import collections, json, os, sys, threading, time
 import numpy as np
 from threadpoolctl import threadpool_limits
 from alignnet.model.incremental import IncrementalDecoder, load_weights
@@ -79,6 +79,21 @@ quick = sys.argv[1] == "1"
 window = json.loads((DEFAULT_ARTIFACT / "config.json").read_text())["contract"]["window_bins"]
 weights = load_weights(DEFAULT_ARTIFACT / "decode_stream.npz")
 out = {"ms_per_step": {}}
+
+
+def ms(times):
+    return [round(float(np.percentile(times, q)) * 1e3, 3) for q in (50, 99)]
+
+
+def timed(dec, x):  # p50, p99 ms of dec.step(x) after a warm-up
+    for _ in range(20):
+        dec.step(x)
+    times = []
+    for _ in range(20 if quick else 600):
+        t = time.perf_counter()
+        dec.step(x)
+        times.append(time.perf_counter() - t)
+    return ms(times)
 
 
 def spin(seconds, stop=None):
@@ -92,14 +107,7 @@ with threadpool_limits(1, user_api="blas"):
     for batch in (1, 8, 20, 32):
         dec = IncrementalDecoder(weights, window, batch=batch)
         x = np.random.default_rng(0).normal(size=(batch, dec.n_in)).astype(np.float32)
-        for _ in range(20):
-            dec.step(x)
-        times = []
-        for _ in range(20 if quick else 600):
-            t = time.perf_counter()
-            dec.step(x)
-            times.append(time.perf_counter() - t)
-        out["ms_per_step"][f"batch {batch}"] = [round(float(np.percentile(times, q)) * 1e3, 3) for q in (50, 99)]
+        out["ms_per_step"][f"batch {batch}"] = timed(dec, x)
     seconds = 0.3 if quick else 3.0
     alone = spin(seconds)
     counted, stop, times = [], threading.Event(), []
@@ -113,20 +121,12 @@ with threadpool_limits(1, user_api="blas"):
     stop.set()
     other.join()
     out["batch 32 beside a busy Python thread"] = {
-        "ms_per_step": [round(float(np.percentile(times, q)) * 1e3, 3) for q in (50, 99)],
+        "ms_per_step": ms(times),
         "that_threads_progress": round(counted[0] / alone, 3)}
     if hasattr(dec, "session"):  # the ONNX Runtime step: two threads, and where a step's time goes
-        import collections, onnxruntime as ort
+        import onnxruntime as ort
         from alignnet.model.stream_graph import step_graph
-        two = IncrementalDecoder(weights, window, batch=32, threads=2)
-        for _ in range(20):
-            two.step(x)
-        times = []
-        for _ in range(20 if quick else 600):
-            t = time.perf_counter()
-            two.step(x)
-            times.append(time.perf_counter() - t)
-        out["batch 32, 2 ONNX Runtime threads"] = [round(float(np.percentile(times, q)) * 1e3, 3) for q in (50, 99)]
+        out["batch 32, 2 ONNX Runtime threads"] = timed(IncrementalDecoder(weights, window, batch=32, threads=2), x)
         dec = IncrementalDecoder(weights, window, batch=20)
         options = ort.SessionOptions()
         options.intra_op_num_threads, options.enable_profiling = 1, True
@@ -138,7 +138,7 @@ with threadpool_limits(1, user_api="blas"):
             dec.step(x20)
         by_op, profile = collections.Counter(), dec.session.end_profiling()
         events = json.load(open(profile))
-        __import__("os").remove(profile)
+        os.remove(profile)
         for e in events:
             if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
                 by_op[e["args"]["op_name"]] += e["dur"] / n
