@@ -142,7 +142,7 @@ def test_the_service_limits_numpy_blas_threads_while_it_runs(artifacts):
     assert blas_threads() == before
 
 
-def test_concurrent_decode_requests_are_batched_with_each_its_own_answer(artifacts):
+def test_concurrent_decode_requests_are_batched_with_each_its_own_answer(artifacts, caplog):
     """With ``http_batch_wait_s``, the windows of requests that arrive together go through one engine call, and
     each request gets its own rows back; a bad request is refused alone (422), not with its batch."""
     import threading
@@ -173,3 +173,6 @@ def test_concurrent_decode_requests_are_batched_with_each_its_own_answer(artifac
         assert c.get("/health").json()["http_batching"]["windows"] == 3
     with service_client(create_app(Settings(artifact=artifacts[0]))) as c:
         assert c.get("/health").json()["http_batching"] is None
+    with caplog.at_level("WARNING"):  # one worker: requests reach the engine one at a time, nothing to batch
+        create_app(Settings(artifact=artifacts[0], http_batch_wait_s=0.002)).state.alignnet.http_batcher.stop()
+    assert "workers is 1" in caplog.text

@@ -75,6 +75,10 @@ class State:
         # concurrent /decode requests' windows in one engine call (off by default: docs/benchmarks.md)
         self.http_batcher = HopBatcher(settings.http_batch_wait_s, max_batch=64, workers=1, name="http-batcher") \
             if settings.http_batch_wait_s > 0 else None
+        if self.http_batcher is not None and settings.workers < 2:
+            log.warning("http_batch_wait_s is set but workers is 1: requests reach the engine one at a time, so "
+                        "there is nothing to batch and each waits %.1f ms; give --workers 2 or more",
+                        settings.http_batch_wait_s * 1e3)
         self.root = Path(settings.artifact_root or Path(settings.artifact).resolve().parent)
         self.max_windows = settings.max_batch
         self.on_swap: list = []  # called with each new engine (the OpenAPI schema follows the served contract)

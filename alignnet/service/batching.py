@@ -94,7 +94,7 @@ class HopBatcher:
             for job in jobs:
                 groups.setdefault((id(job.engine), job.k), []).append(job)
             for group in groups.values():
-                t = time.perf_counter()
+                t, n = time.perf_counter(), sum(len(j.windows) for j in group)
                 try:
                     x, k = np.concatenate([j.windows for j in group]), group[0].k
                     y = group[0].engine.decode_scaled(x) if k is None else group[0].engine.decode_newest(x, k)
@@ -109,5 +109,5 @@ class HopBatcher:
                 with self._lock:
                     self.stats["engine_s"] += time.perf_counter() - t
                     self.stats["calls"] += 1
-                    self.stats["windows"] += len(x)
-                    self.stats["largest_batch"] = max(self.stats["largest_batch"], len(x))
+                    self.stats["windows"] += n
+                    self.stats["largest_batch"] = max(self.stats["largest_batch"], n)

@@ -8,10 +8,10 @@ a step instead of 1.5, ``scripts/live_step_checks.py``; a step is now one ONNX R
 - ``submit`` (the LSL bridges): the bins are queued and the bridge goes back to its source at once. The pool's own
   stepping thread waits up to ``wait_s`` for every open row to have bins, steps them all in one batch and hands the
   outputs to the pool's output thread, which calls each submitter back (the bridges push to LSL there) while the
-  next batch steps. Before this, each bridge stepped (or waited for) the batch itself
-  and then pushed its own output: 32 bridge threads queued for the decoder's lock and the GIL one after another
-  every bin, a step caught only the few sources that had got in meanwhile (5.8 bins a step at 32 sources), and the
-  service fell behind (docs/benchmarks.md).
+  next batch steps. Before this, each bridge stepped (or waited for) the batch itself and then pushed its own
+  output: 32 bridge threads queued for the decoder's lock and the GIL one after another every bin, a step caught
+  only the few sources that had got in meanwhile (5.8 bins a step at 32 sources), and the service fell behind
+  (docs/benchmarks.md).
 - ``run``/``run_many`` (a caller with its bins in hand: FALCON's sessions, tests): flat combining. The caller queues
   its bins and takes the decoder's lock; whoever holds it steps everything queued, so no thread sits in between.
 
