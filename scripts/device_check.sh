@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU path's check in one short run (~8 min on an H100/H200), for a GPU machine with a CUDA torch and no
+# The GPU path's check in one short run (~10 min on an H100/H200), for a GPU machine with a CUDA torch and no
 # internet. From the repository root:
 #
 #   bash scripts/device_check.sh --download   # here, with a package registry: the wheels that machine lacks,
@@ -50,9 +50,9 @@ fi
 cat "$OUT/device.txt"
 
 if [[ -n "${QUICK:-}" ]]; then
-  MODEL=test-alignnet BATCH=8 STEPS=2 DAYS=3 TRIALS=24 COMPILE=off
+  MODEL=test-alignnet BATCH=8 BIG=16 STEPS=2 DAYS=3 TRIALS=24 COMPILE=off COMPILE_FAST=off
 else
-  MODEL=alignnet-paper BATCH=256 STEPS=30 DAYS=4 TRIALS=120 COMPILE=both
+  MODEL=alignnet-paper BATCH=256 BIG=1024 STEPS=30 DAYS=4 TRIALS=120 COMPILE=both COMPILE_FAST=reduce-overhead
 fi
 
 log "CUDA tests (they skip with a reason where there is no GPU)"
@@ -63,6 +63,11 @@ tail -3 "$OUT/pytest.txt"
 log "training throughput: $MODEL, batch $BATCH, eager/compiled x fp32/bf16"
 "$PY" -m alignnet bench train --model "$MODEL" --batch "$BATCH" --steps "$STEPS" --device "$DEVICE" \
   --compile "$COMPILE" --precision fp32,bf16 --json "$OUT/train.json" 2>&1 | tee "$OUT/train.txt"
+log "training throughput: $MODEL, bf16, CUDA graphs (compile mode reduce-overhead), batch $BATCH and $BIG"
+for b in "$BATCH" "$BIG"; do
+  "$PY" -m alignnet bench train --model "$MODEL" --batch "$b" --steps "$STEPS" --device "$DEVICE" \
+    --compile "$COMPILE_FAST" --precision bf16 --json "$OUT/train-graphs-$b.json" 2>&1 | tee -a "$OUT/train.txt"
+done
 
 log "a small evaluation on $DEVICE: $DAYS simulated days x $TRIALS trials, Table 1 and its figures"
 "$PY" -m alignnet data simulate --days "$DAYS" --trials "$TRIALS" --out "$OUT/data" --overwrite \

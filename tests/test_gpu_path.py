@@ -73,7 +73,29 @@ def test_device_check_script_runs_end_to_end_as_a_dry_run(tmp_path):
     assert "passed" in (out / "pytest.txt").read_text() and (out / "device.txt").is_file()
 
 
+def test_paper_scale_script_runs_end_to_end_as_a_dry_run(tmp_path):
+    """scripts/paper_scale.sh with QUICK=1 on the CPU: simulate (days in worker processes), train the paper config,
+    Table 1 with every protocol, and the timings of each stage."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "paper"
+    env = {**os.environ, "DEVICE": "cpu", "QUICK": "1", "OUT": str(out), "PYTHON": sys.executable}
+    proc = subprocess.run(["bash", "scripts/paper_scale.sh"], env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    timings = json.loads((out / "timings.json").read_text())
+    assert timings["device"] == "cpu" and set(timings["seconds"]) == {"simulate", "train", "evaluate"}
+    assert all(s > 0 for s in timings["seconds"].values()) and (out / "timings.png").stat().st_size > 1000
+    assert set(timings["train_stages"]) == {"pretrain", "finetune"}
+    results = json.loads((out / "evaluate" / "results.json").read_text())
+    assert {"single-day", "cross-day", "pretrain"} <= set(results["protocols"])
+    workers = min(os.cpu_count() or 1, 3)  # auto: as many as cores and days (memory is plenty at this size)
+    assert f"simulating days ({workers} worker" in (out / "simulate.txt").read_text()
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here: the GPU figures wait for a GPU run")
 def test_bench_train_on_cuda_compiled_bf16():
-    fast = step_rate("test-alignnet", batch=64, steps=5, device="cuda", compile_step=True, precision="bf16")
+    fast = step_rate("test-alignnet", batch=64, steps=5, device="cuda", compile_mode="reduce-overhead",
+                     precision="bf16")
     assert fast["device"].startswith("cuda") and fast["finite"] and fast["windows_per_s"] > 0

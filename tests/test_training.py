@@ -60,7 +60,7 @@ def test_resume_after_interruption_gives_the_same_weights(tiny_dataset, tmp_path
     torch.manual_seed(0)
     interrupted = create_model("test-gru")
     trainer = Trainer(interrupted, cfg, run_dir=tmp_path / "b")
-    real_step, calls = Trainer.step, {"n": 0}
+    real_step, calls = Trainer.step_parts, {"n": 0}
 
     def dying_step(self, batch):
         calls["n"] += 1
@@ -68,10 +68,10 @@ def test_resume_after_interruption_gives_the_same_weights(tiny_dataset, tmp_path
             raise KeyboardInterrupt
         return real_step(self, batch)
 
-    monkeypatch.setattr(Trainer, "step", dying_step)
+    monkeypatch.setattr(Trainer, "step_parts", dying_step)
     with pytest.raises(KeyboardInterrupt):
         trainer.fit(train, val, contract)
-    monkeypatch.setattr(Trainer, "step", real_step)
+    monkeypatch.setattr(Trainer, "step_parts", real_step)
     assert (tmp_path / "b" / "checkpoint.pt").is_file()
 
     torch.manual_seed(123)  # a fresh process: nothing but the checkpoint carries state

@@ -81,8 +81,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=int, default=256, help="windows per step (default: %(default)s, the paper's)")
     p.add_argument("--steps", type=int, default=30, help="timed steps per variant (default: %(default)s)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: %(default)s)")
-    p.add_argument("--compile", choices=("off", "on", "both"), default="both",
-                   help="eager, compiled, or both in one run (default: %(default)s)")
+    p.add_argument("--compile", default="both",
+                   help="comma-separated: off (eager), on (torch.compile's default mode), reduce-overhead (CUDA "
+                        "graphs), max-autotune, max-autotune-no-cudagraphs; both = off,on (default: %(default)s)")
+    p.add_argument("--channels-last", choices=("off", "on", "both"), default="off",
+                   help="the 2-D convolutions' memory layout: default, channels-last, or both (default: %(default)s)")
     p.add_argument("--precision", default="fp32,bf16", help="comma-separated fp32/bf16 (default: %(default)s)")
     p.add_argument("--json", type=Path, default=None, help="write the figures here")
     p.set_defaults(func=cmd_train)
@@ -186,16 +189,26 @@ def cmd_streams(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from alignnet.recordings.dataset import DataError
     from alignnet.training.throughput import bench_train
+    from alignnet.training.trainer import COMPILE_MODES
 
     def show(r: dict) -> None:
         print(f"{r['model']} {r['stage']} on {r['device']}, batch {r['batch']}, "
-              f"{'compiled' if r['compiled'] else 'eager'} {r['precision']}: {r['windows_per_s']:,.0f} windows/s "
+              f"{r['compile_mode'] or 'eager'} {r['precision']}{' channels-last' * r['channels_last']}: "
+              f"{r['windows_per_s']:,.0f} windows/s "
               f"(step {r['step_ms_median']:.1f} ms, warm-up {r['warmup_s']:.1f} s)", flush=True)
 
-    modes = {"off": (False,), "on": (True,), "both": (False, True)}[args.compile]
+    modes = []
+    for name in args.compile.replace("both", "off,on").split(","):
+        mode = {"off": None, "on": "default"}.get(name.strip(), name.strip())
+        if mode is not None and mode not in COMPILE_MODES:
+            raise DataError(f"--compile {name!r}: expected off, on, both or one of {', '.join(COMPILE_MODES)}")
+        modes.append(mode)
     precisions = tuple(p.strip() for p in args.precision.split(",") if p.strip())
-    result = bench_train(args.model, args.batch, args.steps, args.device, modes, precisions, args.stage, show)
+    layouts = {"off": (False,), "on": (True,), "both": (False, True)}[args.channels_last]
+    result = bench_train(args.model, args.batch, args.steps, args.device, tuple(modes), precisions, args.stage, show,
+                         layouts)
     if "graph_breaks" in result:
         g = result["graph_breaks"]
         print(f"torch.compile: {g['graphs']} graph(s), {g['graph_breaks']} break(s) in the step's forward"

@@ -24,7 +24,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--trials", type=int, default=200, help="trials per day (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same data (default: %(default)s)")
     p.add_argument("--paper-scale", action="store_true",
-                   help="22 days and 32,083 trials as in the paper (overrides --days/--trials; a few minutes)")
+                   help="22 days of 1,459 trials, the paper's 32,083 rounded up to whole days (overrides --days and "
+                        "--trials)")
     p.add_argument("--setting", choices=["cortex", "simple"], default="cortex",
                    help="cortex: rates driven by a latent dynamical system (rotational, driven by the intended "
                         "movement), trial-to-trial variability, drift within a day, channels on a 2-D array; simple: "
@@ -39,6 +40,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="also write this many seconds of 30-kHz broadband of day 0 with spike waveforms in noise "
                         "(broadband/day000.npz), input for `alignnet data import --format broadband`")
     p.add_argument("--snr", type=float, default=6.0, help="spike trough / noise std of the broadband (default: 6)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="days simulated at once, each in its own process (0: as many as cores, days and free "
+                        "memory allow; 1: in this process); the dataset is the same for any number (default: 0)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --out")
     p.set_defaults(func=cmd_simulate)
 
@@ -102,7 +106,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                      setting=args.setting)
     ds = simulate_dataset(args.out, cfg, bin_ms=args.bin_ms, smooth_ms=args.smooth_ms, window_bins=args.window_bins,
                           hop_bins=args.hop_bins, behavior=args.behavior, nwb=args.nwb,
-                          broadband_seconds=args.broadband_seconds, snr=args.snr, overwrite=args.overwrite)
+                          broadband_seconds=args.broadband_seconds, snr=args.snr, overwrite=args.overwrite,
+                          workers=args.workers)
     print(f"wrote {len(ds)} simulated days to {args.out}")
     _print_days(ds)
     return 0

@@ -146,6 +146,33 @@ class DataContract:
         self.behavior_std = [float(s) if s > 1e-9 else 1.0 for s in std]
         return self
 
+    def fit_weighted(self, days: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> DataContract:
+        """``fit`` from days' continuous bins instead of their windows: per day, counts (n_bins, C), behavior
+        (n_bins, D) and each bin's weight (how many training windows hold it). The same statistics as ``fit`` on
+        those windows, without building them (overlapping windows take ten times the day's memory)."""
+        for counts, behavior, _ in days:
+            if self.units_matched and counts.shape[1] != self.n_channels:
+                raise ValueError(f"spike counts have {counts.shape[1]} channels, expected {self.n_channels}")
+            if not np.isfinite(counts).all() or (counts < 0).any():
+                raise ValueError("spike counts must be finite and non-negative")
+            if behavior.shape[1] != self.behavior_dims or not np.isfinite(behavior).all():
+                raise ValueError(f"behavior must be finite with {self.behavior_dims} dims, got {behavior.shape[1]}")
+        weights = [np.asarray(w, np.float64) for *_, w in days]
+        if sum(w.sum() for w in weights) == 0:
+            raise ValueError("no training windows to fit the normalisation on")
+        if self.units_matched:
+            std = weighted_std([(np.log1p(c.astype(np.float64)), w) for (c, _, _), w in zip(days, weights)])
+            self.spike_scale = [float(v) if v > 1e-6 else 1.0 for v in std]
+        else:  # one scale over every unit of every day
+            std = weighted_std([(np.log1p(c.astype(np.float64)).reshape(-1, 1), np.repeat(w, c.shape[1]))
+                                for (c, _, _), w in zip(days, weights)])
+            self.spike_scale = [1.0] * self.n_channels
+            self.readin_spike_scale = float(std[0]) if std[0] > 1e-6 else 1.0
+        beh = [(b.astype(np.float64), w) for (_, b, _), w in zip(days, weights)]
+        self.behavior_mean = [float(v) for v in weighted_mean(beh)]
+        self.behavior_std = [float(v) if v > 1e-9 else 1.0 for v in weighted_std(beh)]
+        return self
+
     def as_spikes(self, counts: np.ndarray) -> np.ndarray:
         """Counts (C, T) or (B, C, T), any real dtype -> validated (B, C, T) float32 (cast once; values beyond
         float32 become inf and are refused). Raises ValueError naming the problem. With units not matched, C is
@@ -206,6 +233,11 @@ class DataContract:
         self._require_fitted()
         return self.scale_counts(self.as_spikes(counts))
 
+    def scale_behavior(self, behavior: np.ndarray) -> np.ndarray:
+        """``preprocess_behavior`` without its checks, for (N, D, T) of any length that are already clean."""
+        mean = np.asarray(self.behavior_mean, dtype=np.float32)[None, :, None]
+        return (behavior - mean) / np.asarray(self.behavior_std, dtype=np.float32)[None, :, None]
+
     def scale_counts(self, counts: np.ndarray) -> np.ndarray:
         """``preprocess_spikes`` without its checks, for windows of any length that are already clean (the live
         path's ring buffer, whose samples were sanitised on arrival)."""
@@ -229,3 +261,16 @@ class DataContract:
         """Model spike output in log1p/scale space (N, C, T) -> non-negative expected counts per bin."""
         self._require_fitted()
         return np.clip(np.expm1(np.maximum(np.asarray(y, dtype=np.float32), 0.0) * self._spike_scale()), 0.0, None)
+
+
+# by hand: numpy's np.average weighs one array's mean, and nothing in numpy or scipy weighs a standard deviation
+# over several arrays (days) without concatenating them
+def weighted_mean(parts: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """Per-column mean of rows (n, F) weighted by (n,), over several arrays."""
+    return sum(w @ x for x, w in parts) / sum(w.sum() for _, w in parts)
+
+
+def weighted_std(parts: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """Per-column population standard deviation of weighted rows (two passes, as numpy's std)."""
+    mean = weighted_mean(parts)
+    return np.sqrt(sum(w @ (x - mean) ** 2 for x, w in parts) / sum(w.sum() for _, w in parts))

@@ -6,7 +6,11 @@ The functions the ``alignnet data`` command drives; every choice has a keyword w
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+import multiprocessing
+import os
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +22,12 @@ from alignnet.recordings.broadband import simulate_broadband
 from alignnet.recordings.dataset import MANIFEST, DataError, Dataset, Day, atomic_savez, segment_lengths, write_dataset
 from alignnet.recordings.dynamics import DynamicsConfig
 from alignnet.recordings.importers import export_nwb, import_binned_npz, import_broadband, import_nwb, simday_to_day
-from alignnet.recordings.simulator import SPIKE_FS, SimConfig, simulate_days
+from alignnet.recordings.simulator import SPIKE_FS, SimConfig, day_plans, simulate_day
 
 log = logging.getLogger(__name__)
+# peak memory of simulating one day, per trial and channel: a paper-scale day (1,459 trials, 64 channels) peaked at
+# 9.1 GB (/usr/bin/time -v alignnet data simulate --paper-scale --workers 1)
+SIM_BYTES_PER_TRIAL_CHANNEL = 100_000
 FORMATS = ("nwb", "binned", "broadband", "xdf", "falcon-m1", "falcon-m2", "falcon-h1")
 
 
@@ -51,28 +58,76 @@ def sim_config(days: int = 6, trials: int = 200, seed: int = 0, paper_scale: boo
 def simulate_dataset(out: Path, cfg: SimConfig, *, bin_ms: float = 20.0, smooth_ms: float | None = None,
                      window_bins: int | None = None, hop_bins: int | None = None, behavior: str = "pos",
                      nwb: bool = False, broadband_seconds: float = 0.0, snr: float = 6.0,
-                     overwrite: bool = False) -> Dataset:
+                     overwrite: bool = False, workers: int = 1) -> Dataset:
     """Simulate ``cfg`` and write it as a dataset (2-s windows by default, as in the paper); optionally also NWB
-    files per day and 30-kHz broadband of day 0."""
+    files per day and 30-kHz broadband of day 0. ``workers`` > 1 simulates that many days at once in worker
+    processes (0: as many as cores, days and memory allow); the dataset is the same for any number."""
     if (out / MANIFEST).exists() and not overwrite:
         raise DataError(f"{out}: a dataset already exists here; pass --overwrite to replace it")
     bin_s = bin_ms / 1000
     smooth_s = (smooth_ms if smooth_ms is not None else 2 * bin_ms) / 1000
-
-    def days() -> Iterable[Day]:
-        for sd in simulate_days(cfg, progress=True):
-            if nwb:
-                export_nwb(sd, out / "nwb" / f"day{sd.index:03d}.nwb", subject=cfg.subject)
-            if broadband_seconds > 0 and sd.index == 0:
-                write_broadband(sd, out / "broadband" / "day000.npz", broadband_seconds, snr, cfg.seed)
-            yield simday_to_day(sd, bin_s, smooth_s)
-
+    workers = workers if workers > 0 else auto_sim_workers(cfg)
+    jobs = ((cfg, d, pop, seq, out, bin_s, smooth_s, nwb, broadband_seconds, snr) for d, pop, seq in day_plans(cfg))
+    days = tqdm(in_order(simulate_binned_day, jobs, workers), total=cfg.n_days, unit="day",
+                desc=f"simulating days ({workers} worker{'s' * (workers > 1)})")
     window = window_bins or max(2, int(round(2.0 / bin_s)))
     contract = DataContract(n_channels=cfg.neural.n_channels, bin_s=bin_s, window_bins=window,
                             behavior_kind=behavior)
-    return write_dataset(out, days(), subject=cfg.subject, source="alignnet simulator", contract=contract,
+    return write_dataset(out, days, subject=cfg.subject, source="alignnet simulator", contract=contract,
                          units_matched=True, overwrite=overwrite,
                          extra={"default_hop_bins": hop_bins or max(1, window // 10), "simulator": cfg.to_dict()})
+
+
+def simulate_binned_day(cfg: SimConfig, index: int, pop, seq, out: Path, bin_s: float, smooth_s: float, nwb: bool,
+                        broadband_seconds: float, snr: float) -> Day:
+    """One simulated day, binned (and its NWB file and broadband written where asked): the work of one worker."""
+    sd = simulate_day(pop, cfg, cfg.trials_per_day, np.random.default_rng(seq), index=index)
+    if nwb:
+        export_nwb(sd, out / "nwb" / f"day{sd.index:03d}.nwb", subject=cfg.subject)
+    if broadband_seconds > 0 and sd.index == 0:
+        write_broadband(sd, out / "broadband" / "day000.npz", broadband_seconds, snr, cfg.seed)
+    return simday_to_day(sd, bin_s, smooth_s)
+
+
+def auto_sim_workers(cfg: SimConfig) -> int:
+    """As many workers as cores and days, fewer where memory is short: a day's 1-ms rates and draws take about
+    ``SIM_BYTES_PER_TRIAL_CHANNEL`` per trial and channel while it is simulated."""
+    per_day = cfg.trials_per_day * cfg.neural.n_channels * SIM_BYTES_PER_TRIAL_CHANNEL
+    fit = max(1, int(available_memory() * 0.8 // per_day)) if available_memory() else cfg.n_days
+    return max(1, min(os.cpu_count() or 1, cfg.n_days, fit))
+
+
+def available_memory() -> int | None:
+    """MemAvailable of /proc/meminfo in bytes (None where there is none: not Linux)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def in_order(fn, jobs: Iterable[tuple], workers: int) -> Iterator:
+    """``fn(*job)`` for each job, yielded in the jobs' order; with ``workers`` > 1 in that many processes, at most
+    one job waiting beyond those running, so finished results are read as they come instead of piling up."""
+    if workers <= 1:
+        for job in jobs:
+            yield fn(*job)
+        return
+    # spawn, not fork: the parent may hold threads (tqdm's monitor, torch's pools) that a forked child inherits
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pending: deque = deque()
+        try:
+            for job in jobs:
+                pending.append(pool.submit(fn, *job))
+                if len(pending) > workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:  # the consumer stopped early or a day failed: cancel what has not started
+            for f in pending:
+                f.cancel()
 
 
 def write_broadband(sd, path: Path, seconds: float, snr: float, seed: int) -> None:

@@ -57,6 +57,7 @@ class Day:
     target: np.ndarray  # (n_bins,) int, -1 where unknown
     time_s: np.ndarray  # (n_bins,) start time of each bin
     extra: dict[str, np.ndarray] = field(default_factory=dict)  # e.g. truth_* arrays of simulated days
+    _float32: dict[str, tuple] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -87,6 +88,13 @@ class Day:
     @property
     def n_trials(self) -> int:
         return int(np.unique(self.trial_id).size)
+
+    def float_series(self, behavior: str = "pos") -> tuple[np.ndarray, np.ndarray]:
+        """Counts and ``behavior`` as float32 (n_bins, F), made once and kept: every set of windows cut from the
+        day shares them."""
+        if behavior not in self._float32:
+            self._float32[behavior] = (self.counts.astype(np.float32), self.behavior(behavior).astype(np.float32))
+        return self._float32[behavior]
 
     def behavior(self, kind: str = "pos") -> np.ndarray:
         if kind not in ("pos", "vel"):
@@ -144,7 +152,7 @@ class Day:
         day.name, day.bin_s = str(arrays["name"]), scalar_seconds(arrays["bin_s"], f"{path}: bin_s")
         day.counts, day.pos, day.vel = arrays["counts"], arrays["pos"], arrays["vel"]
         day.trial_id, day.segment_id = arrays["trial_id"], arrays["segment_id"]
-        day.target, day.time_s, day.extra = arrays["target"], arrays["time_s"], extra
+        day.target, day.time_s, day.extra, day._float32 = arrays["target"], arrays["time_s"], extra, {}
         day.validate(path)
         day._time_blocks()
         return day

@@ -90,7 +90,7 @@ class SimConfig:
 
     @classmethod
     def paper_scale(cls, seed: int = 0) -> SimConfig:
-        """22 days and 32,083 trials, as in the paper (trials split as evenly as possible)."""
+        """22 days of 1,459 trials: the paper's 32,083 trials split evenly, rounded up (32,098)."""
         return cls(n_days=22, trials_per_day=32_083 // 22 + 1, seed=seed)
 
     def to_dict(self) -> dict[str, Any]:
@@ -339,15 +339,24 @@ def simulate_day(
     )
 
 
-def simulate_days(cfg: SimConfig, progress: bool = False):
-    """Yield SimDay for each day of the recording, deterministically from cfg.seed."""
-    from tqdm.auto import tqdm
-
+def day_plans(cfg: SimConfig):
+    """Yield (day index, population, the day's seed) for each day, deterministically from cfg.seed. The populations
+    drift one day to the next (cheap, in order); each day's trials and spikes depend only on its population and
+    seed, so days can be simulated in any order or in parallel with the same result."""
     root = np.random.SeedSequence(cfg.seed)
     pop_seq, *day_seqs = root.spawn(cfg.n_days + 1)
     pop_rng = np.random.default_rng(pop_seq)
     pop = initial_population(pop_rng, cfg.neural, cfg.dynamics)
-    for d in tqdm(range(cfg.n_days), desc="simulating days", unit="day", disable=not progress):
+    for d in range(cfg.n_days):
         if d > 0:
             pop = drift_population(pop, pop_rng, cfg.neural, cfg.drift, cfg.dynamics)
-        yield simulate_day(pop, cfg, cfg.trials_per_day, np.random.default_rng(day_seqs[d]), index=d)
+        yield d, pop, day_seqs[d]
+
+
+def simulate_days(cfg: SimConfig, progress: bool = False):
+    """Yield SimDay for each day of the recording, deterministically from cfg.seed."""
+    from tqdm.auto import tqdm
+
+    for d, pop, seq in tqdm(day_plans(cfg), total=cfg.n_days, desc="simulating days", unit="day",
+                            disable=not progress):
+        yield simulate_day(pop, cfg, cfg.trials_per_day, np.random.default_rng(seq), index=d)

@@ -113,7 +113,7 @@ def fit_readin(model, config: dict[str, Any], name: str, w: DayWindows, zero_lab
     early stopping); with ``zero_label`` the behavior is ignored and the read-in is the closed-form channel match
     (``match_channels``). Returns the fit's summary."""
     mc = model_contract(config)
-    n_channels = w.counts.shape[1]
+    n_channels = w.n_channels
     if mc.units_matched and n_channels != mc.n_channels:
         raise DataError(f"the calibration spikes have {n_channels} channels; the model reads {mc.n_channels} "
                         "matched channels")

@@ -148,7 +148,7 @@ class Protocol:
             # a closed-form filter has no read-in: it is fitted on one day's own units
             if len({w.day for w in train}) > 1:
                 raise ValueError(f"{name} on days with different units: fit it on one day")
-            over = {**self.cfg.models.get(name, {}), "n_channels": train[0].counts.shape[1],
+            over = {**self.cfg.models.get(name, {}), "n_channels": train[0].n_channels,
                     "window_bins": self.window}
             model, use_readin = create_model(name, **over), False
         else:
@@ -167,7 +167,7 @@ class Protocol:
 
     def new_day_readin(self, model: BidirectionalModel, day: str, calib: DayWindows, contract: DataContract) -> None:
         """Fit a new day's read-in (and read-out) alone on its labelled calibration slice."""
-        model.add_day(day, calib.counts.shape[1])
+        model.add_day(day, calib.n_channels)
         n = len(calib)
         val_idx = np.arange(n)[int(n * 0.8):]
         cfg = self.train_cfg("readin", train_only=[f"days.{day}."])

@@ -21,6 +21,7 @@ import yaml
 from alignnet.model import create_model
 from alignnet.model.artifacts import save_artifact
 from alignnet.model.base import run_batched
+from alignnet.model.contract import weighted_mean, weighted_std
 from alignnet.model.metrics import pearson, r2
 from alignnet.model.registry import model_class
 from alignnet.recordings.dataset import (
@@ -182,14 +183,14 @@ def train(cfg: dict[str, Any], config_path: Path, *, data: Path | None = None, o
             name = "config.resumed.yaml"
         atomic_write_bytes(out / name, yaml.safe_dump(recorded).encode())
     # units that differ by day: one read-in per day into a shared model space of train.model_channels channels
-    space = {} if ds.units_matched else {"n_channels": trainw[0].counts.shape[1] if matched
+    space = {} if ds.units_matched else {"n_channels": trainw[0].n_channels if matched
                                          else int(train_cfg.get("model_channels", 64))}
     contract = fit_contract(ds.contract(window_bins=window, behavior_kind=behavior, **space), trainw)
     model = create_model(cfg.get("model", "alignnet"), **{"n_channels": contract.n_channels, "window_bins": window,
                                                           **cfg.get("model_config", {})})
     if not matched:
         for w in trainw:
-            model.add_day(w.day, w.counts.shape[1])
+            model.add_day(w.day, w.n_channels)
     summaries = {}
     t0 = time.perf_counter()
     stages = (["pretrain"] if hasattr(model, "pretrain_outputs") and cfg.get("pretrain") else []) + ["finetune"]
@@ -202,7 +203,7 @@ def train(cfg: dict[str, Any], config_path: Path, *, data: Path | None = None, o
         summaries[stage]["windows_per_s"] = last.get("windows_per_s")
     metrics = None
     if is_rank0():
-        model = model.cpu().eval()
+        model.eval()  # metrics and references on the training device (at paper scale, minutes on a CPU)
         metrics = {**split_metrics(model, valw, contract, "val", not matched),
                    **split_metrics(model, testw, contract, "test", not matched)}
         extra = {"latent_reference": latent_reference(model, trainw, contract, not matched),
@@ -210,7 +211,8 @@ def train(cfg: dict[str, Any], config_path: Path, *, data: Path | None = None, o
         served = contract
         if not matched:  # served through the last day's read-in until a new day is calibrated
             extra.update(served_day=ds.day_names[day_idx[-1]], model_contract=contract.to_dict())
-            served = contract.for_day(trainw[-1].counts.shape[1])
+            served = contract.for_day(trainw[-1].n_channels)
+        model = model.cpu()
         save_artifact(out / "artifact", model, served, metrics=metrics, extra=extra, provenance={
             "dataset": str(data), "days": [ds.day_names[d] for d in day_idx], "config": str(config_path),
             "train_s": round(time.perf_counter() - t0, 1), "stages": summaries, "seed": seed})
@@ -254,12 +256,15 @@ def split_metrics(model, windows, contract, prefix: str, use_day: bool = False) 
 def channel_reference(windows, contract) -> dict[str, list]:
     """Mean and standard deviation of every model input channel (preprocessed counts) over the training windows:
     what zero-label calibration maps a new day's channels back to (matched channels only)."""
-    total, sq, n = 0.0, 0.0, 0
-    for w in windows:
-        x = contract.preprocess_spikes(w.counts).astype(np.float64)
-        total, sq, n = total + x.sum(axis=(0, 2)), sq + (x ** 2).sum(axis=(0, 2)), n + x.shape[0] * x.shape[2]
-    mean = total / n
-    return {"mean": mean.tolist(), "std": np.sqrt(np.maximum(sq / n - mean ** 2, 0.0)).tolist()}
+    parts = []
+    for w in windows:  # rows (bins, C), weighted by how many windows hold each bin (windows given as arrays: 1)
+        if w.series is not None:
+            x, weight = contract.scale_counts(w.series[0].T[None])[0].T, w.coverage()
+        else:
+            x = contract.preprocess_spikes(w.counts).transpose(0, 2, 1).reshape(-1, w.n_channels)
+            weight = np.ones(len(x))
+        parts.append((x.astype(np.float64), weight.astype(np.float64)))
+    return {"mean": weighted_mean(parts).tolist(), "std": weighted_std(parts).tolist()}
 
 
 @torch.no_grad()
@@ -270,8 +275,8 @@ def latent_reference(model, windows, contract, use_day: bool, max_windows: int =
         return None
     z = []
     for w in windows:
-        z.append(run_batched(model.spike_embedding, model, contract.preprocess_spikes(w.counts[:max_windows]),
-                             w.day if use_day else None))
+        x = contract.preprocess_spikes(w.take(slice(0, max_windows)).counts)
+        z.append(run_batched(model.spike_embedding, model, x, w.day if use_day else None))
     z = torch.from_numpy(np.concatenate(z)).double()
     return {"mean": z.mean(0).tolist(), "cov": torch.cov(z.T).tolist(), "n_windows": int(len(z))}
 

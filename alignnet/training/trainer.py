@@ -29,11 +29,13 @@ from alignnet.model.atomic import atomic_path
 from alignnet.model.base import BidirectionalModel
 from alignnet.model.contract import DataContract
 from alignnet.model.losses import overlapping, pretrain_loss
+from alignnet.training.batches import Batches, is_rank0  # noqa: F401  (is_rank0 re-exported)
 from alignnet.training.windows import DayWindows
 
 log = logging.getLogger(__name__)
 
 STAGES = ("pretrain", "decode", "simulate", "both")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 @dataclass
@@ -51,6 +53,11 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     compile: bool | str = "auto"  # torch.compile the training step: auto = on CUDA only (CPU compiles cost more
     # than they save on this project's small steps), true, false
+    compile_mode: str = "default"  # torch.compile mode: default | reduce-overhead (CUDA graphs of the fixed-shape
+    # step) | max-autotune | max-autotune-no-cudagraphs
+    lr_batch: int | None = None  # the batch size lr was tuned at: another batch size (x processes under DDP)
+    # scales lr by the square root of the ratio
+    channels_last: bool = False  # the U-Nets' 2-D convolutions in channels-last memory layout (a GPU choice)
     precision: str = "fp32"  # fp32 | bf16: the forward under bf16 autocast on the step's device (weights stay fp32)
     data_on_device: bool | str = "auto"  # keep every window on the device once (auto = on CUDA), not one batch a step
     train_only: list[str] = field(default_factory=list)  # parameter-name prefixes to train (empty = all)
@@ -69,6 +76,15 @@ class TrainConfig:
                 raise ValueError(f"{name} must be true, false or auto, got {getattr(self, name)!r}")
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be fp32 or bf16, got {self.precision!r}")
+        if self.compile_mode not in COMPILE_MODES:
+            raise ValueError(f"compile_mode must be one of {', '.join(COMPILE_MODES)}, got {self.compile_mode!r}")
+        if self.lr_batch is not None and int(self.lr_batch) < 1:
+            raise ValueError(f"lr_batch must be >= 1, got {self.lr_batch}")
+
+    def peak_lr(self, processes: int = 1) -> float:
+        """``lr``, scaled by the square root of the step's whole batch (batch_size x processes under DDP) over
+        lr_batch where the rate was tuned at another batch size (the usual rule for Adam-type optimisers)."""
+        return self.lr * (math.sqrt(self.batch_size * processes / self.lr_batch) if self.lr_batch else 1.0)
 
     def wants(self, name: str, device: torch.device) -> bool:
         """A true/false/auto switch resolved for ``device`` (auto: on CUDA)."""
@@ -90,58 +106,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def is_rank0() -> bool:
-    return not dist.is_initialized() or dist.get_rank() == 0
-
-
 def as_numbers(parts: dict[str, torch.Tensor]) -> dict[str, float]:
     """Loss parts (0-d tensors, on the step's device) as floats: one transfer, after the step."""
     keys = list(parts)
     values = torch.stack([parts[k].float() for k in keys]).tolist() if keys else []
     return dict(zip(keys, values))
-
-
-class Batches:
-    """Day-homogeneous batches (each day may have its own read-in), shuffled by (seed, epoch), sharded by rank."""
-
-    def __init__(self, data: list[DayWindows], contract: DataContract, batch_size: int, device: torch.device,
-                 on_device: bool = False) -> None:
-        """``on_device``: every window moved to ``device`` once (a batch is then an index on the device), else each
-        batch on its way to a step."""
-        home = device if on_device else torch.device("cpu")
-        self.days = [d.day for d in data]
-        self.spikes = [torch.from_numpy(contract.preprocess_spikes(d.counts)).to(home) for d in data]
-        self.behavior = [torch.from_numpy(contract.preprocess_behavior(d.behavior)).to(home) for d in data]
-        self.starts = [None if d.starts is None else torch.from_numpy(np.asarray(d.starts, np.int64)).to(home)
-                       for d in data]
-        self.batch_size, self.device, self.home = batch_size, device, home
-
-    def __len__(self) -> int:
-        return sum(len(s) for s in self.spikes)
-
-    def plan(self, epoch: int | None, seed: int) -> list[tuple[int, np.ndarray]]:
-        """(day index, window indices) per batch; epoch=None: in order, for evaluation."""
-        rng = np.random.default_rng([seed, epoch]) if epoch is not None else None
-        plan = []
-        for k, s in enumerate(self.spikes):
-            idx = rng.permutation(len(s)) if rng is not None else np.arange(len(s))
-            plan += [(k, idx[i:i + self.batch_size]) for i in range(0, len(idx), self.batch_size)]
-        if rng is not None:
-            plan = [plan[i] for i in rng.permutation(len(plan))]
-            # a lone window cannot be batch-normalised in training mode; drop such remnants
-            plan = [(k, i) for k, i in plan if len(i) > 1]
-        if dist.is_initialized():
-            world, rank = dist.get_world_size(), dist.get_rank()
-            if epoch is not None:  # training: the same number of steps on every rank (DDP syncs each step)
-                plan = plan[: len(plan) // world * world]
-            plan = plan[rank::world]
-        return plan
-
-    def get(self, k: int, idx: np.ndarray) -> dict[str, Any]:
-        ti = torch.from_numpy(idx).to(self.home)
-        starts = self.starts[k]
-        return {"spikes": self.spikes[k][ti].to(self.device), "behavior": self.behavior[k][ti].to(self.device),
-                "day": self.days[k], "starts": None if starts is None else starts[ti].to(self.device)}
 
 
 class Objective(nn.Module):
@@ -186,24 +155,31 @@ class Trainer:
         for n, p in model.named_parameters():
             p.requires_grad_(not cfg.train_only or any(n.startswith(pref) for pref in cfg.train_only))
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.net: nn.Module = Objective(model, cfg.stage, cfg.contrastive_weight)
+        if cfg.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.objective = Objective(model, cfg.stage, cfg.contrastive_weight)
+        self.net: nn.Module = self.objective
         if dist.is_initialized():
             from torch.nn.parallel import DistributedDataParallel
 
             self.net = DistributedDataParallel(self.net, find_unused_parameters=True)
-        if cfg.wants("compile", self.device):
-            self.net = torch.compile(self.net)
-        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay) if self.params \
-            else None
+        self.compiled = cfg.wants("compile", self.device)
+        if self.compiled:
+            self.net = torch.compile(self.net, mode=None if cfg.compile_mode == "default" else cfg.compile_mode)
+        self.peak_lr = cfg.peak_lr(dist.get_world_size() if dist.is_initialized() else 1)
+        # fused AdamW on CUDA: one kernel for every parameter's update instead of several per tensor
+        self.optimizer = torch.optim.AdamW(self.params, lr=self.peak_lr, weight_decay=cfg.weight_decay,
+                                           fused=self.device.type == "cuda") if self.params else None
         self.epoch, self.best, self.bad_epochs, self.global_step = 0, math.inf, 0, 0
         self.history: list[dict[str, float]] = []
         self.best_state: dict[str, torch.Tensor] | None = None
 
     # ---- one step ----------------------------------------------------------------------------------------------
-    def losses(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def losses(self, batch: dict[str, Any], net: nn.Module | None = None
+               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         with torch.autocast(self.device.type, torch.bfloat16, enabled=self.cfg.precision == "bf16"):
-            return self.net(batch["spikes"], batch["behavior"], batch["day"] if self.use_readin else None,
-                            batch.get("starts"))
+            return (net or self.net)(batch["spikes"], batch["behavior"], batch["day"] if self.use_readin else None,
+                                     batch.get("starts"))
 
     def _train_mode(self) -> None:
         """Train mode for what is trained; with ``train_only`` (a new day's read-in) every other module stays in eval
@@ -217,7 +193,14 @@ class Trainer:
 
     def step(self, batch: dict[str, Any]) -> dict[str, float]:
         """One optimisation step; returns the loss parts."""
+        return as_numbers(self.step_parts(batch))
+
+    def step_parts(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """One optimisation step; returns the loss parts as 0-d tensors on the device, unread, so the host can queue
+        the next step while the device still runs this one."""
         self._train_mode()
+        if self.compiled and self.cfg.compile_mode in ("reduce-overhead", "max-autotune"):
+            torch.compiler.cudagraph_mark_step_begin()  # a new step: the last replay's outputs may be overwritten
         loss, parts = self.losses(batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -228,20 +211,24 @@ class Trainer:
         torch.nn.utils.clip_grad_norm_(self.params, 5.0)
         self.optimizer.step()
         self.global_step += 1
-        return as_numbers(parts)
+        return parts
 
     @torch.no_grad()
     def evaluate(self, data: Batches) -> dict[str, float]:
+        """Validation loss parts, averaged over windows. Eager even when the step is compiled: validation batches
+        end in remnants of any size, each of which would be a compilation."""
         self.model.eval()
-        totals, n = {}, 0
+        sums: dict[str, torch.Tensor] = {}
+        n = 0
         for k, idx in data.plan(None, self.cfg.seed):
             batch = data.get(k, idx)
             if len(idx) < 2 and self.cfg.stage == "pretrain":
                 continue
-            _, parts = self.losses(batch)
-            for key, v in as_numbers(parts).items():
-                totals[key] = totals.get(key, 0.0) + v * len(idx)
+            _, parts = self.losses(batch, self.objective)
+            for key, v in parts.items():
+                sums[key] = sums.get(key, 0.0) + v.double() * len(idx)
             n += len(idx)
+        totals = as_numbers(sums)
         if dist.is_initialized():  # every rank saw a shard: sum them so all ranks take the same decisions
             keys = sorted(totals)
             packed = torch.tensor([totals[k] for k in keys] + [float(n)], dtype=torch.float64)
@@ -253,9 +240,9 @@ class Trainer:
     def _lr(self, epoch_progress: float) -> float:
         c = self.cfg
         if epoch_progress < c.warmup_epochs:
-            return c.lr * max(epoch_progress / c.warmup_epochs, 0.05)
+            return self.peak_lr * max(epoch_progress / c.warmup_epochs, 0.05)
         t = (epoch_progress - c.warmup_epochs) / max(c.epochs - c.warmup_epochs, 1e-9)
-        return c.lr * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+        return self.peak_lr * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
 
     def fit(self, train: list[DayWindows], val: list[DayWindows], contract: DataContract,
             resume: bool = False) -> dict[str, Any]:
@@ -277,21 +264,25 @@ class Trainer:
             log.info("resumed from %s at epoch %d", self.run_dir / "checkpoint.pt", self.epoch)
         windows_seen = 0
         while self.epoch < c.epochs and self.bad_epochs < c.patience:
-            plan = train_b.plan(self.epoch, c.seed)
+            # compiled: full batches only, so every step has one shape (no recompiles; CUDA graphs replay)
+            plan = train_b.plan(self.epoch, c.seed, full_only=self.compiled)
             if c.max_steps_per_epoch:
                 plan = plan[: c.max_steps_per_epoch]
             bar = tqdm(plan, desc=f"{self.model.model_name} {c.stage} epoch {self.epoch + 1}/{c.epochs}",
                        disable=not (c.progress and is_rank0()), leave=False, unit="batch")
-            sums: dict[str, float] = {}
-            epoch_t = time.perf_counter()
+            sums: dict[str, torch.Tensor] = {}  # on the device: read once an epoch, and for the bar now and then
+            epoch_t = shown = time.perf_counter()
             for i, (k, idx) in enumerate(bar):
                 for g in self.optimizer.param_groups:
                     g["lr"] = self._lr(self.epoch + i / max(len(plan), 1))
-                parts = self.step(train_b.get(k, idx))
+                parts = self.step_parts(train_b.get(k, idx))
                 windows_seen += len(idx)
                 for key, v in parts.items():
-                    sums[key] = sums.get(key, 0.0) + v
-                bar.set_postfix(loss=f"{parts['loss']:.4f}")
+                    sums[key] = sums.get(key, 0.0) + v.double()
+                if not bar.disable and time.perf_counter() - shown > 1.0:  # one host sync a second at most
+                    bar.set_postfix(loss=f"{float(parts['loss']):.4f}")
+                    shown = time.perf_counter()
+            sums = as_numbers(sums)
             train_s = time.perf_counter() - epoch_t
             row = {"epoch": self.epoch + 1, **{k: v / max(len(plan), 1) for k, v in sums.items()},
                    **self.evaluate(val_b), "lr": self.optimizer.param_groups[0]["lr"], "epoch_train_s": train_s,
