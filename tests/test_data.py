@@ -181,6 +181,8 @@ def test_days_simulated_in_worker_processes_are_the_same_days(tmp_path):
     # a day that fails in a worker fails the whole run with its own error, not a hang or a half-written dataset
     with pytest.raises(ZeroDivisionError):
         list(in_order(divmod, [(1, 1), (1, 0), (2, 1)], workers=2))
+    with pytest.raises(DataError, match="--workers"):
+        simulate_dataset(tmp_path / "bad", cfg, workers=-1)
 
 
 def test_bad_inputs_get_clear_errors(tmp_path, capsys, tiny_days):

@@ -66,7 +66,9 @@ def simulate_dataset(out: Path, cfg: SimConfig, *, bin_ms: float = 20.0, smooth_
         raise DataError(f"{out}: a dataset already exists here; pass --overwrite to replace it")
     bin_s = bin_ms / 1000
     smooth_s = (smooth_ms if smooth_ms is not None else 2 * bin_ms) / 1000
-    workers = workers if workers > 0 else auto_sim_workers(cfg)
+    if workers < 0:
+        raise DataError(f"--workers must be 0 (auto) or more, got {workers}")
+    workers = workers or auto_sim_workers(cfg)
     jobs = ((cfg, d, pop, seq, out, bin_s, smooth_s, nwb, broadband_seconds, snr) for d, pop, seq in day_plans(cfg))
     days = tqdm(in_order(simulate_binned_day, jobs, workers), total=cfg.n_days, unit="day",
                 desc=f"simulating days ({workers} worker{'s' * (workers > 1)})")
