@@ -32,9 +32,11 @@ class Batches:
         self.days = [d.day for d in data]
         self.spikes, self.behavior, self.by_start = [], [], []
         for d in data:
-            if d.series is not None:  # the day's bins, channel-major (F, n_bins), seen as every window
-                counts, beh, window = d.series  # (n_bins - W + 1, F, W): a view, no copy; a window's row of a
-                for out, x in ((self.spikes, contract.scale_counts(counts.T[None])[0]),  # channel is contiguous
+            if d.series is not None:
+                # the day's bins, channel-major (F, n_bins), seen as every window (n_bins - W + 1, F, W): a view,
+                # no copy, in which each channel's row of a window is contiguous (a fast gather)
+                counts, beh, window = d.series
+                for out, x in ((self.spikes, contract.scale_counts(counts.T[None])[0]),
                                (self.behavior, contract.scale_behavior(beh.T[None])[0])):
                     day = torch.from_numpy(np.ascontiguousarray(x)).to(home)
                     out.append(day.unfold(1, window, 1).permute(1, 0, 2))
