@@ -246,9 +246,7 @@ class DataContract:
     def preprocess_behavior(self, behavior: np.ndarray) -> np.ndarray:
         """(N, D, T) or (D, T) behavior in data units -> standardised float32 (N, D, T)."""
         self._require_fitted()
-        mean = np.asarray(self.behavior_mean, dtype=np.float32)[None, :, None]
-        std = np.asarray(self.behavior_std, dtype=np.float32)[None, :, None]
-        return (self.as_behavior(behavior) - mean) / std
+        return self.scale_behavior(self.as_behavior(behavior))
 
     def postprocess_behavior(self, z: np.ndarray) -> np.ndarray:
         """Standardised (N, D, T) model output -> behavior in data units."""

@@ -95,7 +95,8 @@ def auto_sim_workers(cfg: SimConfig) -> int:
     """As many workers as cores and days, fewer where memory is short: a day's 1-ms rates and draws take about
     ``SIM_BYTES_PER_TRIAL_CHANNEL`` per trial and channel while it is simulated."""
     per_day = cfg.trials_per_day * cfg.neural.n_channels * SIM_BYTES_PER_TRIAL_CHANNEL
-    fit = max(1, int(available_memory() * 0.8 // per_day)) if available_memory() else cfg.n_days
+    free = available_memory()
+    fit = max(1, int(free * 0.8 // per_day)) if free else cfg.n_days
     return max(1, min(os.cpu_count() or 1, cfg.n_days, fit))
 
 
