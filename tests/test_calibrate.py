@@ -109,6 +109,30 @@ def test_calibration_input_errors_are_clear(tiny_dataset, tmp_path, capsys):
     assert cli(["calibrate", art, str(tiny_dataset / "D"), "--day", "nope", "--out", str(tmp_path / "c")]) == 2
     assert "no day named" in capsys.readouterr().err
     assert not (tmp_path / "c").exists()
+    base = ["calibrate", art, str(tiny_dataset / "D"), "--day", "2", "--out", str(tmp_path / "c"), "--trials", "8"]
+    assert cli(base + ["--set", "epoch=3"]) == 2  # a misspelt setting: named, with the list of settings
+    err = capsys.readouterr().err
+    assert "unknown calibration setting(s) epoch" in err and "epochs" in err and "Traceback" not in err
+    assert cli(base + ["--set", "device=gpu0"]) == 2
+    assert "unknown device 'gpu0'" in capsys.readouterr().err
+    if not __import__("torch").cuda.is_available():  # once silently fitted on the CPU
+        assert cli(base + ["--set", "device=cuda"]) == 2
+        assert "no CUDA device" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(),
+                    reason="no CUDA device on this machine (a GPU machine runs it)")
+def test_calibrate_fits_on_cuda_and_writes_a_cpu_artifact(tiny_dataset, tmp_path):
+    run = tmp_path / "run"
+    assert cli(["train", str(tiny_dataset / "train.yaml"), "--data", str(tiny_dataset / "D"), "--out", str(run),
+                "--set", "train.days=[0,1]", "--device", "cuda"]) == 0
+    out = tmp_path / "cal"
+    assert cli(["calibrate", str(run / "artifact"), str(tiny_dataset / "D"), "--day", "2", "--out", str(out),
+                "--trials", "10", "--set", "epochs=2", "--set", "device=cuda", "--set", "progress=false"]) == 0
+    counts = np.random.default_rng(0).poisson(0.5, (2, 16, 20)).astype(np.float32)
+    np.testing.assert_allclose(load_engine(out, "onnx").decode(counts), load_engine(out, "eager").decode(counts),
+                               atol=1e-4)
 
 
 def test_matched_model_calibration_starts_from_the_identity(tiny_dataset, tmp_path):

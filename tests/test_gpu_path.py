@@ -39,6 +39,48 @@ def test_switches_resolve_per_device_and_refuse_nonsense():
             TrainConfig(**bad)
 
 
+def test_a_compiled_fit_compiles_its_step_once(monkeypatch):
+    """The GPU path's switches together on the CPU (compile, data kept on the device, channels-last, the learning
+    rate scaled with the batch), through the Trainer's own fit, with validation between epochs. The step compiles
+    once: it recompiled for each kind of LIF membrane state a call started from (three times), and a day's smaller
+    last batch would be another shape. ``aot_eager`` traces as inductor does, without generating code."""
+    from torch._dynamo.utils import counters
+
+    from alignnet.model import DataContract, create_model
+    from alignnet.training.trainer import Trainer
+    from alignnet.training.windows import DayWindows
+
+    real = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, mode=None, **kw: real(model, backend="aot_eager"))
+    rng = np.random.default_rng(0)
+    days = [DayWindows(f"d{k}", rng.poisson(1.0, (n, 16, 20)).astype(np.float32),
+                       rng.normal(size=(n, 2, 20)).astype(np.float32)) for k, n in enumerate((45, 37, 11))]
+    contract = DataContract(n_channels=16, bin_s=0.02, window_bins=20).fit(days[0].counts, days[0].behavior)
+    torch.manual_seed(0)
+    model = create_model("test-alignnet")
+    before = [p.detach().clone() for p in model.parameters()]
+    cfg = TrainConfig(stage="pretrain", epochs=2, batch_size=16, lr=3e-3, lr_batch=8, compile=True,
+                      data_on_device=True, channels_last=True, progress=False)
+    trainer = Trainer(model, cfg)
+    counters.clear()
+    fit = trainer.fit(days[:2], days[2:], contract)
+    assert counters["frames"]["ok"] == 1 and counters["stats"]["unique_graphs"] == 1
+    assert fit["windows_seen"] == 2 * (2 * 16 + 2 * 16)  # full batches only: 45 -> 2 x 16, 37 -> 2 x 16
+    assert trainer.peak_lr == pytest.approx(3e-3 * 2 ** 0.5)
+    assert all(np.isfinite(r["loss"]) and np.isfinite(r["val_loss"]) for r in trainer.history)
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_device_names_resolve_or_are_refused_by_name():
+    from alignnet.training.trainer import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    for bad in ("gpu", "meta", "cuda:99"):
+        with pytest.raises(ValueError, match="device"):
+            resolve_device(bad)
+
+
 def test_bf16_step_trains_on_cpu_and_tracks_fp32():
     """bf16 autocast runs the same step: finite, and close to fp32's loss on the same seeded windows."""
     fp32 = step_rate("test-alignnet", batch=8, steps=2, device="cpu", precision="fp32", warmup=1)

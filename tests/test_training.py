@@ -225,6 +225,31 @@ def test_set_reads_exponent_floats_as_numbers():
     assert cfg == {"finetune": {"lr": 1e-4}, "name": "abc", "days": [0, 1], "x": 2.5, "tag": "e"}
 
 
+@pytest.mark.parametrize("setting, named", [
+    ("pretrain.epoch=3", "unknown pretrain setting(s) epoch"),  # a TypeError deep in the run, once
+    ("train.epochs=3", "unknown train setting(s) epochs"),  # once dropped without a word
+    ("pretrian.epochs=3", "unknown config section(s) pretrian"),
+    ("finetune.seed=3", "seed go in train:"),
+    ("train.device=gpu", "unknown device 'gpu'"),
+])
+def test_train_refuses_a_wrong_setting_by_name_before_writing(tiny_dataset, tmp_path, capsys, setting, named):
+    out = tmp_path / "run"
+    assert cli(["train", str(tiny_dataset / "train.yaml"), "--data", str(tiny_dataset / "D"), "--out", str(out),
+                "--set", setting]) == 2
+    assert named in capsys.readouterr().err and not out.exists()
+
+
+def test_evaluate_refuses_a_wrong_training_setting_by_name(tiny_dataset, tmp_path, capsys):
+    base = ["evaluate", "--data", str(tiny_dataset / "D"), "--config", str(tiny_dataset / "train.yaml"),
+            "--protocol", "single-day", "--models", "test-wiener", "--out", str(tmp_path / "ev")]
+    for setting, named in (("train.epoch=1", "evaluate.train setting(s) epoch"),
+                           ("model_train.test-wiener.lrr=1", "evaluate.model_train.test-wiener setting(s) lrr"),
+                           ("readin.device=gpu", "unknown device 'gpu'")):
+        assert cli(base + ["--set", setting]) == 2
+        assert named in capsys.readouterr().err
+    assert not (tmp_path / "ev").exists()
+
+
 def test_evaluation_feeds_a_model_on_its_own_device(monkeypatch):
     """A CPU check for device mix-ups (a GPU run crashed on one: CPU tensors fed to a model on CUDA). On PyTorch's
     'meta' device a model has shapes and no data, and a CPU tensor handed to it raises, as it would on CUDA; the

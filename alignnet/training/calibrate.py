@@ -58,6 +58,7 @@ def calibrate(base: Path, data: Path, day: str | int, out: Path, *, trials: int 
               export: bool = True) -> dict[str, Any]:
     """Fit ``day``'s read-in on its first trials (or seconds) and write the calibrated artifact to ``out``.
     Returns a report: slice, fit, and the R² of the rest of the day (when it has behavior) before and after."""
+    readin_config("day", train)  # a wrong setting is refused before any data is read
     model, _, config = load_artifact(base)
     mc = model_contract(config)
     if zero_label and (problem := zero_label_problem(config)):  # before reading any data
@@ -122,6 +123,7 @@ def fit_readin(model, config: dict[str, Any], name: str, w: DayWindows, zero_lab
     if len(w) < MIN_WINDOWS:
         raise DataError(f"the calibration data holds {len(w)} windows of {mc.window_bins} bins; at least "
                         f"{MIN_WINDOWS} are needed — give more trials or seconds")
+    cfg = readin_config(name, train)  # a wrong setting is refused before the model changes
     adapter = model.add_day(name, n_channels)
     if mc.units_matched:  # start from no change
         with torch.no_grad():
@@ -138,13 +140,23 @@ def fit_readin(model, config: dict[str, Any], name: str, w: DayWindows, zero_lab
     w = DayWindows(name, w.counts, w.behavior, w.starts)  # the Trainer reads each batch through its day's read-in
     n = len(w)
     cut = max(1, int(round(n * 0.8)))
-    cfg = TrainConfig(**{"epochs": 60, "batch_size": 32, "lr": 0.01, "patience": 10, "progress": True,
-                         **(train or {}), "stage": "both", "train_only": [f"days.{name}."], "device": "cpu"})
     fit = Trainer(model, cfg, day_names_use_readin=True).fit([w.take(np.arange(cut))], [w.take(np.arange(cut, n))],
                                                              mc)
-    model.eval()
+    model.cpu().eval()  # saved, exported and served from the CPU whatever device fitted it
     return {"fit_s": round(time.perf_counter() - t0, 1), "method": "read-in fitted on labelled windows",
             "epochs": fit.get("epochs"), "best_val_loss": fit.get("best_val_loss")}
+
+
+READIN_DEFAULTS = {"epochs": 60, "batch_size": 32, "lr": 0.01, "patience": 10, "progress": True,
+                   "device": "cpu", "compile": False}  # a few hundred windows: a compile would cost more than it saves
+
+
+def readin_config(name: str, train: dict[str, Any] | None) -> TrainConfig:
+    """The read-in fit's settings: ``READIN_DEFAULTS`` overridden by ``train`` (``alignnet calibrate --set
+    device=cuda``, ``--set epochs=30``, ...). A setting that is not a training setting is refused, naming it."""
+    train = dict(train or {})
+    TrainConfig.check_keys(train, "calibration", ("stage", "train_only"), "the fit trains the day's read-in alone")
+    return TrainConfig(**{**READIN_DEFAULTS, **train, "stage": "both", "train_only": [f"days.{name}."]})
 
 
 @torch.no_grad()

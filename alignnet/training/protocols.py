@@ -77,6 +77,10 @@ class EvalConfig:
         unknown = sorted(set(d) - valid)
         if unknown:
             raise ValueError(f"unknown evaluation setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}")
+        for key in ("train", "pretrain", "readin"):
+            TrainConfig.check_keys(d.get(key) or {}, f"evaluate.{key}")
+        for name, own in (d.get("model_train") or {}).items():
+            TrainConfig.check_keys(own or {}, f"evaluate.model_train.{name}")
         return cls(**d)
 
 

@@ -31,7 +31,7 @@ from alignnet.recordings.dataset import (
     atomic_write_bytes,
     atomic_write_json,
 )
-from alignnet.training.trainer import TrainConfig, Trainer, is_rank0, seed_everything
+from alignnet.training.trainer import TrainConfig, Trainer, is_rank0, resolve_device, seed_everything
 from alignnet.training.windows import fit_contract, fit_hop, short_segments, split_trials, windows_in_trials
 
 log = logging.getLogger(__name__)
@@ -151,13 +151,34 @@ def check_resume(path: Path, new: dict[str, Any], force: bool) -> None:
         log.warning("--resume --force: continuing with changed settings: %s", "; ".join(changed))
 
 
+RUN_SECTIONS = ("model", "model_config", "train", "pretrain", "finetune", "evaluate")
+DATA_SETTINGS = ("behavior", "cross_segments", "data", "days", "device", "hop_bins", "model_channels", "seed",
+                 "test_fraction", "val_fraction", "window_bins")  # what train: holds (read by _train_windows, train)
+
+
+def check_config(cfg: dict[str, Any]) -> None:
+    """Refuse, naming them, the keys no part of training reads: a misspelt section or setting would otherwise be
+    dropped without a word, or fail deep in a run. ``resolved`` and ``split`` are what a run records."""
+    unknown = sorted(set(map(str, cfg)) - set(RUN_SECTIONS) - {"resolved", "split"})
+    if unknown:
+        raise ValueError(f"unknown config section(s) {', '.join(unknown)}; the sections are {', '.join(RUN_SECTIONS)}")
+    unknown = sorted(set(map(str, cfg.get("train") or {})) - set(DATA_SETTINGS))
+    if unknown:
+        raise ValueError(f"unknown train setting(s) {', '.join(unknown)}; train: takes {', '.join(DATA_SETTINGS)} "
+                         "(epochs, batch size and learning rate go in pretrain: and finetune:)")
+    for stage in ("pretrain", "finetune"):
+        TrainConfig.check_keys(cfg.get(stage) or {}, stage, ("device", "seed"), "device and seed go in train:")
+
+
 def train(cfg: dict[str, Any], config_path: Path, *, data: Path | None = None, out: Path | None = None,
           device: str | None = None, resume: bool = False, force: bool = False, command: str = "") -> dict[str, Any]:
     """Pretrain (AlignNet) and fine-tune per ``cfg`` on every day of ``data``; writes OUT/config.yaml, OUT/<stage>/
     metrics and checkpoints, and the artifact OUT/artifact. Returns the artifact folder, a summary per stage and
     the validation metrics (None on ranks other than 0)."""
+    check_config(cfg)  # a wrong setting or device is refused before anything is read or written
     train_cfg = cfg.get("train", {})
     device = device or train_cfg.get("device", "auto")
+    resolve_device(device)
     init_distributed(device)
     out = out or Path("runs") / config_path.stem
     data = data or Path(train_cfg.get("data", DEFAULT_DATASET))

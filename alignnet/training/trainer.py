@@ -14,7 +14,7 @@ import logging
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from alignnet.model.atomic import atomic_path
 from alignnet.model.base import BidirectionalModel
 from alignnet.model.contract import DataContract
+from alignnet.model.lif import reset_states
 from alignnet.model.losses import overlapping, pretrain_loss
 from alignnet.training.batches import Batches, is_rank0  # noqa: F401  (is_rank0 re-exported)
 from alignnet.training.windows import DayWindows
@@ -81,6 +82,19 @@ class TrainConfig:
         if self.lr_batch is not None and int(self.lr_batch) < 1:
             raise ValueError(f"lr_batch must be >= 1, got {self.lr_batch}")
 
+    @classmethod
+    def check_keys(cls, settings: dict[str, Any], where: str, fixed: tuple[str, ...] = (), why: str = "") -> None:
+        """Refuse, naming them, the keys of ``settings`` that are not training settings (a misspelt ``epoch``
+        would otherwise be a TypeError deep in a run, or be dropped), and a device no machine here has; ``fixed``
+        are set by the caller (``why`` says where)."""
+        valid = sorted({f.name for f in fields(cls)} - set(fixed))
+        unknown = sorted(str(k) for k in settings if k not in valid)
+        if unknown:
+            raise ValueError(f"unknown {where} setting(s) {', '.join(unknown)}; the settings are {', '.join(valid)}"
+                             + (f" ({why})" if why and set(unknown) & set(fixed) else ""))
+        if "device" in settings:
+            resolve_device(settings["device"])
+
     def peak_lr(self, processes: int = 1) -> float:
         """``lr``, scaled by the square root of the step's whole batch (batch_size x processes under DDP) over
         lr_batch where the rate was tuned at another batch size (the usual rule for Adam-type optimisers)."""
@@ -93,11 +107,21 @@ class TrainConfig:
 
 
 def resolve_device(name: str) -> torch.device:
+    """``auto`` (CUDA where there is one), ``cpu``, ``cuda`` or ``cuda:N``; anything else, or a CUDA device this
+    machine lacks, is refused with a ValueError naming it."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda, but no CUDA device is available (install a CUDA build of torch)")
-    return torch.device(name)
+    try:
+        device = torch.device(str(name))
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ValueError(f"unknown device {name!r}: give auto, cpu, cuda or cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}, but no CUDA device is available (install a CUDA build of torch)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {name}, but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
 
 
 def seed_everything(seed: int) -> None:
@@ -177,6 +201,10 @@ class Trainer:
     # ---- one step ----------------------------------------------------------------------------------------------
     def losses(self, batch: dict[str, Any], net: nn.Module | None = None
                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        # every LIF membrane at rest before the call, outside any compiled graph: the model resets them too, but
+        # torch.compile guards on the state a call starts from (a float, a tensor with or without grad after the
+        # last step or an eager validation), and recompiled the step for each: three compilations, not one
+        reset_states(self.model)
         with torch.autocast(self.device.type, torch.bfloat16, enabled=self.cfg.precision == "bf16"):
             return (net or self.net)(batch["spikes"], batch["behavior"], batch["day"] if self.use_readin else None,
                                      batch.get("starts"))
