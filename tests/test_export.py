@@ -141,3 +141,43 @@ def test_a_causal_model_exports_its_receptive_field_graph_with_the_same_newest_b
         near[..., -2] += 3
         np.testing.assert_allclose(engine.decode(far)[..., -1], engine.decode(x)[..., -1], atol=1e-5)
         assert not np.allclose(engine.decode(near)[..., -1], engine.decode(x)[..., -1])
+
+
+def test_a_receptive_field_graph_that_misses_is_left_out_not_a_failed_export(tmp_path, monkeypatch, capsys):
+    """decode_tail.onnx is a shortcut: one window whose newest bins moved past the tolerance (a spike at the
+    threshold flipped; live calibrations met it, and failed whole) still writes it, and a tail that misses on every
+    window is left out with a warning: the export, and a calibration that exports, succeed and serve whole windows."""
+    import torch
+
+    import alignnet.training.export as export
+    from alignnet.model import DataContract, create_model
+    from alignnet.model.artifacts import read_config, save_artifact
+    from alignnet.service.engines import load_engine
+
+    contract = DataContract(n_channels=16, bin_s=0.02, window_bins=40, spike_scale=[0.7] * 16,
+                            behavior_mean=[0.0, 0.0], behavior_std=[1.0, 1.0])
+    real = export._run_onnx
+
+    def shifted(windows):  # the tail graph's answers moved by 2e-4 on the first `windows` windows
+        def run(path, x):
+            out = real(path, x)
+            if str(path).endswith("decode_tail.onnx"):
+                out[:windows] += 2e-4
+            return out
+        return run
+
+    for windows, written in ((1, True), (16, False)):
+        torch.manual_seed(0)
+        folder = tmp_path / f"w{windows}"
+        save_artifact(folder, create_model("test-alignnet-causal", window_bins=40).eval(), contract)
+        # an earlier export's tail: one that fails its check now must not stay behind
+        monkeypatch.setattr(export, "_run_onnx", real)
+        export.export_artifact(folder, ("onnx",))
+        assert (folder / "decode_tail.onnx").is_file()
+        monkeypatch.setattr(export, "_run_onnx", shifted(windows))
+        tail = export.export_artifact(folder, ("onnx",))["decode_tail.onnx"]
+        config = read_config(folder)
+        assert tail["written"] is written and tail["windows_over_atol"] == windows
+        assert ("tail" in config["export"]) is written and (folder / "decode_tail.onnx").is_file() is written
+        assert ("decode_tail.onnx" in config["files"]) is written
+        assert load_engine(folder).tail_bins == (config["export"]["tail"]["bins"] if written else 0)

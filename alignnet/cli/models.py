@@ -82,9 +82,10 @@ def cmd_export(args: argparse.Namespace) -> int:
                   f"{r['window_bins']} bins; the live path decodes windows)")
             continue
         if "receptive_field" in r:  # the receptive-field graph
-            print(f"{name}: the newest {r['hops']} bins from the last {r['bins']} bins (receptive field "
+            left_out = "" if r.get("written", True) else "NOT WRITTEN (the live path decodes windows): "
+            print(f"{name}: {left_out}the newest {r['hops']} bins from the last {r['bins']} bins (receptive field "
                   f"{r['receptive_field']}); max |diff| to the full window {r['max_abs_diff_newest_bins']:.2e} on "
-                  f"{r['windows']} windows")
+                  f"{r['windows']} windows ({r.get('windows_over_atol', 0)} past the tolerance)")
             continue
         if "bins_over_atol" in r:  # the incremental decoder
             print(f"{name}: {'' if r['written'] else 'NOT WRITTEN (the live path decodes windows): '}incremental "

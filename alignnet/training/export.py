@@ -36,6 +36,7 @@ MAX_FLIP_RATE = 1e-5
 STREAM_CHECK_BINS = 400  # bins streamed through the incremental decoder at export, against the window graph
 STREAM_MEDIAN_ATOL = 1e-5  # the median bin's largest difference
 MAX_STREAM_DIFF_BINS = 0.25  # bins allowed past PARITY_ATOL (after a flipped spike: up to a receptive field of them)
+MAX_TAIL_DIFF_WINDOWS = 0.25  # windows whose newest bins may pass PARITY_ATOL in the receptive-field graph
 OPSET = 17
 
 
@@ -172,7 +173,8 @@ def export_artifact(
                     tail = _export_tail(eager, plain, day, x, got, tmp)
                     if tail is not None:
                         report["decode_tail.onnx"] = tail
-                        staged.append(("decode_tail.onnx", tmp / "decode_tail.onnx"))
+                        if tail["written"]:
+                            staged.append(("decode_tail.onnx", tmp / "decode_tail.onnx"))
                     stream = _export_stream(eager, plain, day, in_ch, path, tmp)
                     if stream is not None:
                         report[STREAM_FILE] = stream
@@ -183,10 +185,12 @@ def export_artifact(
     config = read_config(folder)
     config.setdefault("export", {}).update({"parity": report, "day": day, "opset": OPSET,
                                             "torch": torch.__version__, "atol": PARITY_ATOL})
-    if "decode_tail.onnx" in report:
+    if report.get("decode_tail.onnx", {}).get("written"):
         config["export"]["tail"] = {k: report["decode_tail.onnx"][k] for k in ("bins", "receptive_field", "hops")}
-    else:
+    else:  # none, or one that failed its check: an older decode_tail.onnx must not stay behind
         config["export"].pop("tail", None)
+        if config["files"].pop("decode_tail.onnx", None) is not None:
+            (folder / "decode_tail.onnx").unlink(missing_ok=True)
     if report.get(STREAM_FILE, {}).get("written"):
         config["export"]["stream"] = {"file": STREAM_FILE, "window_bins": int(c.window_bins)}
     else:  # none, or one that failed its check: an older decode_stream.npz must not stay behind
@@ -199,7 +203,13 @@ def export_artifact(
 
 def _export_tail(eager, plain, day: str | None, x: np.ndarray, full: np.ndarray, tmp: Path) -> dict[str, Any] | None:
     """``decode_tail.onnx``: the causal decoder on its receptive field only (``training/tail.py``), written when its
-    newest bins match the full window's ONNX graph to ``PARITY_ATOL`` on every window compared."""
+    newest bins match the full window's ONNX graph: the median window within ``STREAM_MEDIAN_ATOL`` and at most
+    ``MAX_TAIL_DIFF_WINDOWS`` of the windows past ``PARITY_ATOL``. The two graphs usually agree exactly, but not
+    always: the demo's live calibration met 1.26e-4 in 2 runs of 10 and, when this check was all-or-nothing, failed
+    whole on it (ONNX Runtime may run the cropped input's convolutions another way, and a spike at the threshold
+    that rounding flips moves its window's newest bins). A wrong receptive field moves every window. Where the check
+    fails the artifact goes without the file (the live path decodes whole windows, which passed their own check),
+    with a warning and the figures in the report."""
     from alignnet.training.tail import tail_model, tail_plan
 
     n_in = x.shape[1]
@@ -215,11 +225,17 @@ def _export_tail(eager, plain, day: str | None, x: np.ndarray, full: np.ndarray,
         got = _run_onnx(path, short)
     except Exception as e:  # exporters raise many types
         raise ExportError(f"onnx export of decode_tail failed: {type(e).__name__}: {e}") from e
-    diff = float(np.abs(got[..., -hops:] - full[..., -hops:]).max())
-    if not diff <= PARITY_ATOL:
-        raise ExportError(f"onnx decode_tail: the newest {hops} bins differ from the full window's by {diff:.3g} > "
-                          f"{PARITY_ATOL}; nothing was written")
-    return {**plan, "windows": int(len(x)), "max_abs_diff_newest_bins": diff}
+    diff = np.abs(got[..., -hops:] - full[..., -hops:]).reshape(len(x), -1).max(axis=1)  # per window
+    report = {**plan, "windows": int(len(x)), "max_abs_diff_newest_bins": float(diff.max()),
+              "median_abs_diff_newest_bins": float(np.median(diff)),
+              "windows_over_atol": int((diff > PARITY_ATOL).sum())}
+    report["written"] = bool(report["median_abs_diff_newest_bins"] <= STREAM_MEDIAN_ATOL
+                             and report["windows_over_atol"] <= MAX_TAIL_DIFF_WINDOWS * len(x))
+    if not report["written"]:
+        log.warning("decode_tail.onnx not written: the newest %d bins of %d of %d windows differ from the full "
+                    "window's by more than %g (max %.3g, median %.3g); the live path will decode whole windows", hops,
+                    report["windows_over_atol"], len(x), PARITY_ATOL, diff.max(), report["median_abs_diff_newest_bins"])
+    return report
 
 
 def _export_stream(eager, plain, day: str | None, n_in: int, decode_onnx: Path,
