@@ -136,15 +136,9 @@ class DataContract:
         self.check_behavior(behavior)
         if self.units_matched:
             scale = np.log1p(np.concatenate(days)).std(axis=(0, 2))
-            self.spike_scale = [float(s) if s > 1e-6 else 1.0 for s in scale]
         else:
-            self.spike_scale = [1.0] * self.n_channels
             scale = np.concatenate([np.log1p(c).ravel() for c in days]).std()
-            self.readin_spike_scale = float(scale) if scale > 1e-6 else 1.0
-        self.behavior_mean = [float(v) for v in behavior.mean(axis=(0, 2))]
-        std = behavior.std(axis=(0, 2))
-        self.behavior_std = [float(s) if s > 1e-9 else 1.0 for s in std]
-        return self
+        return self._set_statistics(scale, behavior.mean(axis=(0, 2)), behavior.std(axis=(0, 2)))
 
     def fit_weighted(self, days: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> DataContract:
         """``fit`` from days' continuous bins instead of their windows: per day, counts (n_bins, C), behavior
@@ -161,16 +155,23 @@ class DataContract:
         if sum(w.sum() for w in weights) == 0:
             raise ValueError("no training windows to fit the normalisation on")
         if self.units_matched:
-            std = weighted_std([(np.log1p(c.astype(np.float64)), w) for (c, _, _), w in zip(days, weights)])
-            self.spike_scale = [float(v) if v > 1e-6 else 1.0 for v in std]
+            scale = weighted_std([(np.log1p(c.astype(np.float64)), w) for (c, _, _), w in zip(days, weights)])
         else:  # one scale over every unit of every day
-            std = weighted_std([(np.log1p(c.astype(np.float64)).reshape(-1, 1), np.repeat(w, c.shape[1]))
-                                for (c, _, _), w in zip(days, weights)])
-            self.spike_scale = [1.0] * self.n_channels
-            self.readin_spike_scale = float(std[0]) if std[0] > 1e-6 else 1.0
+            scale = weighted_std([(np.log1p(c.astype(np.float64)).reshape(-1, 1), np.repeat(w, c.shape[1]))
+                                  for (c, _, _), w in zip(days, weights)])[0]
         beh = [(b.astype(np.float64), w) for (_, b, _), w in zip(days, weights)]
-        self.behavior_mean = [float(v) for v in weighted_mean(beh)]
-        self.behavior_std = [float(v) if v > 1e-9 else 1.0 for v in weighted_std(beh)]
+        return self._set_statistics(scale, weighted_mean(beh), weighted_std(beh))
+
+    def _set_statistics(self, spike_std, behavior_mean: np.ndarray, behavior_std: np.ndarray) -> DataContract:
+        """Keep fitted statistics (``fit``, ``fit_weighted``): ``spike_std`` per channel where units are matched,
+        else one value over every unit (the read-ins' scale); a constant channel or dimension scales by 1."""
+        if self.units_matched:
+            self.spike_scale = [float(v) if v > 1e-6 else 1.0 for v in spike_std]
+        else:
+            self.spike_scale = [1.0] * self.n_channels
+            self.readin_spike_scale = float(spike_std) if spike_std > 1e-6 else 1.0
+        self.behavior_mean = [float(v) for v in behavior_mean]
+        self.behavior_std = [float(v) if v > 1e-9 else 1.0 for v in behavior_std]
         return self
 
     def as_spikes(self, counts: np.ndarray) -> np.ndarray:
