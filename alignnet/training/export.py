@@ -187,18 +187,30 @@ def export_artifact(
                                             "torch": torch.__version__, "atol": PARITY_ATOL})
     if report.get("decode_tail.onnx", {}).get("written"):
         config["export"]["tail"] = {k: report["decode_tail.onnx"][k] for k in ("bins", "receptive_field", "hops")}
-    else:  # none, or one that failed its check: an older decode_tail.onnx must not stay behind
-        config["export"].pop("tail", None)
-        if config["files"].pop("decode_tail.onnx", None) is not None:
-            (folder / "decode_tail.onnx").unlink(missing_ok=True)
+    else:
+        _drop_shortcut(folder, config, "tail", "decode_tail.onnx")
     if report.get(STREAM_FILE, {}).get("written"):
         config["export"]["stream"] = {"file": STREAM_FILE, "window_bins": int(c.window_bins)}
-    else:  # none, or one that failed its check: an older decode_stream.npz must not stay behind
-        config["export"].pop("stream", None)
-        if config["files"].pop(STREAM_FILE, None) is not None:
-            (folder / STREAM_FILE).unlink(missing_ok=True)
+    else:
+        _drop_shortcut(folder, config, "stream", STREAM_FILE)
     write_config(folder, config)
     return report
+
+
+def _drop_shortcut(folder: Path, config: dict[str, Any], key: str, file: str) -> None:
+    """No shortcut graph this export (none, or one that failed its check): an older one must not stay behind."""
+    config["export"].pop(key, None)
+    if config["files"].pop(file, None) is not None:
+        (folder / file).unlink(missing_ok=True)
+
+
+def _mostly_equal(diff: np.ndarray, max_fraction: float) -> tuple[float, int, bool]:
+    """The check of a shortcut graph against the window graph, from each window's (or bin's) largest difference:
+    (median, how many past ``PARITY_ATOL``, passed). A spike that rounding flips at the threshold moves a few; a
+    wrong shortcut moves them all. Passed: the median within ``STREAM_MEDIAN_ATOL`` and at most ``max_fraction``
+    past ``PARITY_ATOL``."""
+    median, over = float(np.median(diff)), int((diff > PARITY_ATOL).sum())
+    return median, over, bool(median <= STREAM_MEDIAN_ATOL and over <= max_fraction * len(diff))
 
 
 def _export_tail(eager, plain, day: str | None, x: np.ndarray, full: np.ndarray, tmp: Path) -> dict[str, Any] | None:
@@ -226,12 +238,10 @@ def _export_tail(eager, plain, day: str | None, x: np.ndarray, full: np.ndarray,
     except Exception as e:  # exporters raise many types
         raise ExportError(f"onnx export of decode_tail failed: {type(e).__name__}: {e}") from e
     diff = np.abs(got[..., -hops:] - full[..., -hops:]).reshape(len(x), -1).max(axis=1)  # per window
+    median, over, written = _mostly_equal(diff, MAX_TAIL_DIFF_WINDOWS)
     report = {**plan, "windows": int(len(x)), "max_abs_diff_newest_bins": float(diff.max()),
-              "median_abs_diff_newest_bins": float(np.median(diff)),
-              "windows_over_atol": int((diff > PARITY_ATOL).sum())}
-    report["written"] = bool(report["median_abs_diff_newest_bins"] <= STREAM_MEDIAN_ATOL
-                             and report["windows_over_atol"] <= MAX_TAIL_DIFF_WINDOWS * len(x))
-    if not report["written"]:
+              "median_abs_diff_newest_bins": median, "windows_over_atol": over, "written": written}
+    if not written:
         log.warning("decode_tail.onnx not written: the newest %d bins of %d of %d windows differ from the full "
                     "window's by more than %g (max %.3g, median %.3g); the live path will decode whole windows", hops,
                     report["windows_over_atol"], len(x), PARITY_ATOL, diff.max(), report["median_abs_diff_newest_bins"])
@@ -269,9 +279,10 @@ def _export_stream(eager, plain, day: str | None, n_in: int, decode_onnx: Path,
     want = offline_twin(lambda w: _run_onnx(decode_onnx, w), x, c.window_bins)  # (T, D), normalised
     got = IncrementalDecoder(weights, c.window_bins).run(x.T[None])[0].T
     diff = np.abs(got - want).max(axis=1)
-    report = {"bins": int(len(diff)), "max_abs_diff": float(diff.max()), "median_abs_diff": float(np.median(diff)),
-              "bins_over_atol": int((diff > PARITY_ATOL).sum())}
-    if report["median_abs_diff"] > STREAM_MEDIAN_ATOL or report["bins_over_atol"] > MAX_STREAM_DIFF_BINS * len(diff):
+    median, over, written = _mostly_equal(diff, MAX_STREAM_DIFF_BINS)
+    report = {"bins": int(len(diff)), "max_abs_diff": float(diff.max()), "median_abs_diff": median,
+              "bins_over_atol": over}
+    if not written:
         report["written"] = False
         log.warning("decode_stream.npz not written: %d of %d bins differ from the window graph's newest bin by more "
                     "than %g (median %.3g); the live path will decode windows", report["bins_over_atol"], len(diff),
