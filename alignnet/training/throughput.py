@@ -40,8 +40,8 @@ def step_rate(model_name: str, batch: int, steps: int, device: str = "auto", com
               channels_last: bool = False, block: int = 10) -> dict[str, Any]:
     """One variant: windows per second of the training step, its time, and the warm-up's (compile) time.
     ``compile_mode``: None (eager) or a torch.compile mode. Steps run as the trainer runs them, queued without a
-    host sync; the device is synchronised after each block of ``block`` steps, and a step's time is its block's
-    median over ``block``."""
+    host sync; the device is synchronised after each block of ``block`` steps, and a step's time is the median
+    over blocks of a block's time divided by ``block``."""
     torch.manual_seed(seed)
     model = create_model(model_name)
     cfg = TrainConfig(stage=stage, batch_size=batch, device=device, compile=compile_mode is not None,
