@@ -158,23 +158,24 @@ def test_a_receptive_field_graph_that_misses_is_left_out_not_a_failed_export(tmp
                             behavior_mean=[0.0, 0.0], behavior_std=[1.0, 1.0])
     real = export._run_onnx
 
-    def shifted(windows):  # the tail graph's answers moved by 2e-4 on the first `windows` windows
+    def shifted(windows, by):  # the tail graph's answers moved by `by` on the first `windows` windows
         def run(path, x):
             out = real(path, x)
             if str(path).endswith("decode_tail.onnx"):
-                out[:windows] += 2e-4
+                out[:windows] += by
             return out
         return run
 
-    for windows, written in ((1, True), (16, False)):
+    # one window a little off passes (a flipped spike); every window off, or one window far off, does not
+    for windows, by, written in ((1, 2e-4, True), (16, 2e-4, False), (1, 0.05, False)):
         torch.manual_seed(0)
-        folder = tmp_path / f"w{windows}"
+        folder = tmp_path / f"w{windows}-{by}"
         save_artifact(folder, create_model("test-alignnet-causal", window_bins=40).eval(), contract)
         # an earlier export's tail: one that fails its check now must not stay behind
         monkeypatch.setattr(export, "_run_onnx", real)
         export.export_artifact(folder, ("onnx",))
         assert (folder / "decode_tail.onnx").is_file()
-        monkeypatch.setattr(export, "_run_onnx", shifted(windows))
+        monkeypatch.setattr(export, "_run_onnx", shifted(windows, by))
         tail = export.export_artifact(folder, ("onnx",))["decode_tail.onnx"]
         config = read_config(folder)
         assert tail["written"] is written and tail["windows_over_atol"] == windows

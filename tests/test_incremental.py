@@ -17,9 +17,15 @@ from alignnet.service.engines import load_engine
 from alignnet.training.export import export_artifact
 from tests.conftest import wait_until
 
+STREAM_ATOL = 2e-5  # stream against the window's newest bin, normalised units
+
 
 def causal_model(seed: int, window: int = 40, day_channels: int | None = None, lif_impl: str = "plain", **config):
-    """A causal test AlignNet with batch norms that are not the identity (so folding them is tested)."""
+    """A causal test AlignNet with batch norms that are not the identity (so folding them is tested), whose latent
+    path carries a real part of the decode: the bottleneck and the deepest upsampling are scaled up (tenfold) and
+    the output layer twentyfold, so zeroing the latent moves the newest bin by about a thousand times the stream
+    test's tolerance (``latent_effect``). A freshly drawn model's latent moved it by 2e-5, the tolerance itself, so
+    a stream that got the latent wrong would still have passed."""
     torch.manual_seed(seed)
     model = create_model("test-alignnet-causal", window_bins=window, lif_impl=lif_impl, **config)
     with torch.no_grad():
@@ -29,6 +35,10 @@ def causal_model(seed: int, window: int = 40, day_channels: int | None = None, l
                 m.running_var.uniform_(0.5, 1.5)
                 m.weight.uniform_(0.5, 1.5)
                 m.bias.uniform_(-0.2, 0.2)
+        model.spike_bottleneck.conv.weight.mul_(10.0)
+        model.spike_bottleneck.conv.bias.add_(0.5)
+        model.behavior_decoder.ups[-1].weight.mul_(10.0)
+        model.behavior_out[2].weight.mul_(20.0)
     if day_channels:
         model.add_day("d1", day_channels)
     return model.eval()
@@ -43,6 +53,18 @@ def window_newest(model, x: np.ndarray, day: str | None = None) -> np.ndarray:
     return offline_twin(decode, x, model.config.window_bins)
 
 
+def latent_effect(model, x: np.ndarray, day: str | None = None) -> float:
+    """Mean |newest bin - the same with the spike latent zeroed| over the bins of ``x`` (T, C): how much of the
+    decode flows through the bottleneck rather than the skip connections."""
+    with_latent = window_newest(model, x, day)
+    hook = model.spike_bottleneck.register_forward_hook(lambda _m, _i, out: torch.zeros_like(out))
+    try:
+        without = window_newest(model, x, day)
+    finally:
+        hook.remove()
+    return float(np.abs(with_latent - without).mean())
+
+
 @pytest.mark.parametrize("window,day_channels,v_reset", [(40, None, 0.0), (37, 11, 0.0), (40, None, -0.2)])
 def test_stream_gives_each_windows_newest_bin(window, day_channels, v_reset):
     """Bin by bin, every phase of the pooling blocks (window lengths that are and are not multiples of 4), with and
@@ -52,11 +74,13 @@ def test_stream_gives_each_windows_newest_bin(window, day_channels, v_reset):
     n_in = day_channels or 16
     rng = np.random.default_rng(1)
     x = np.log1p(rng.poisson(0.7, (2, 150, n_in))).astype(np.float32)
+    assert latent_effect(model, x[0], day) > 200 * STREAM_ATOL  # a stream that mishandled the latent would show
     dec = IncrementalDecoder(stream_weights(model, day), window, batch=2)
     got = dec.run(x.transpose(0, 2, 1))  # (2, D, T)
     for b in range(2):
         want = window_newest(model, x[b], day)
-        np.testing.assert_allclose(got[b].T, want, atol=2e-5)
+        assert want.std(axis=0).min() > 100 * STREAM_ATOL  # the decoded bins vary: equality says something
+        np.testing.assert_allclose(got[b].T, want, atol=STREAM_ATOL, rtol=0)
     # reset starts afresh: the same stream gives the same numbers again
     dec.reset()
     np.testing.assert_allclose(dec.run(x[:, :30].transpose(0, 2, 1)), got[..., :30], atol=0)
@@ -89,7 +113,7 @@ def test_rows_at_different_phases_step_together():
             seen[r] += 1
     for r in range(3):
         assert len(got[r]) == 60
-        np.testing.assert_allclose(np.stack(got[r]), window_newest(model, x[r, :60]), atol=2e-5)
+        np.testing.assert_allclose(np.stack(got[r]), window_newest(model, x[r, :60]), atol=STREAM_ATOL, rtol=0)
 
 
 def test_sources_pushing_from_many_threads_are_batched_and_each_gets_its_own_bins(causal_artifact):
@@ -237,6 +261,24 @@ def test_export_leaves_out_a_stream_that_does_not_match_the_window_graph(tmp_pat
     assert not (folder / STREAM_FILE).exists() and (folder / "decode.onnx").is_file()
     assert not load_engine(folder).can_stream
 
+    # a few bins off by little pass (spikes that rounding flips); a single bin far off does not: how far any bin
+    # may differ is bounded, not only how many
+    monkeypatch.setattr(export, "stream_weights", real)
+
+    def decoder_off_in(bins: int, by: float):
+        class Off(IncrementalDecoder):
+            def run(self, x):
+                y = super().run(x)
+                y[..., 100:100 + bins] += by
+                return y
+        return Off
+
+    for bins, by, written in ((3, 5e-4, True), (1, export.MAX_SHORTCUT_DIFF * 2, False)):
+        monkeypatch.setattr(export, "IncrementalDecoder", decoder_off_in(bins, by))
+        report = export_artifact(folder, ("onnx",))[STREAM_FILE]
+        assert report["written"] is written and report["bins_over_atol"] == bins, report
+        assert (folder / STREAM_FILE).is_file() is written
+
 
 def test_a_window_no_longer_than_the_receptive_field_gets_no_stream(tmp_path):
     """Its newest bin sees the window's zero padding, which a stream cannot: export names that and leaves it out."""
@@ -314,3 +356,29 @@ def test_the_bridge_raises_a_failed_step_on_its_own_thread_and_drops_stale_outpu
     flight.take(12)  # a burst beyond the limit goes when nothing is out
     with pytest.raises(RuntimeError, match="gave nothing back"):
         flight.take(1, timeout=0.05)
+
+
+def test_the_exported_window_graphs_are_causal_at_every_bin(causal_artifact):
+    """decode.onnx and decode_tail.onnx, as ONNX Runtime runs them: for every bin t, changing every input bin after t
+    leaves the outputs up to t bit for bit the same (their weights were checked by gradient in eager PyTorch,
+    tests/test_models.py; this is the graph the service runs). The stream needs no such check: it is handed the bins
+    up to t only, and it gives each window's newest bin (the tests above)."""
+    from alignnet.training.export import _run_onnx
+
+    config = read_config(causal_artifact)
+    graphs = {"decode.onnx": config["contract"]["window_bins"]}
+    if "decode_tail.onnx" in config["files"]:
+        graphs["decode_tail.onnx"] = config["export"]["tail"]["bins"]
+    assert len(graphs) == 2, "the test artifact should have a receptive-field graph too"
+    rng = np.random.default_rng(9)
+    for graph, bins in graphs.items():
+        x = np.log1p(rng.poisson(2.0, (1, 16, bins))).astype(np.float32)
+        later = np.repeat(x, bins, axis=0)  # copy t: every bin after t redrawn
+        for t in range(bins):
+            later[t, :, t + 1:] = np.log1p(rng.poisson(2.0, (16, bins - t - 1)))
+        base = _run_onnx(causal_artifact / graph, np.repeat(x, bins, axis=0))
+        moved = _run_onnx(causal_artifact / graph, later)
+        assert np.abs(base[-1] - base[0]).max() == 0  # the same window gives the same numbers in any batch row
+        for t in range(bins):
+            np.testing.assert_array_equal(moved[t, :, :t + 1], base[t, :, :t + 1], err_msg=f"{graph}, bin {t}")
+        assert np.abs(moved[:-1, :, -1] - base[:-1, :, -1]).max() > 1e-3  # later bins do move the later outputs

@@ -214,3 +214,65 @@ def test_causal_claim_holds(name):
     same = torch.allclose(a, b, atol=1e-5)
     assert same == model.causal_decode, f"{name}: causal_decode={model.causal_decode}, outputs before t0 " \
                                         f"{'unchanged' if same else 'changed'} by later bins"
+
+
+# ---- causality by gradient -----------------------------------------------------------------------------------------
+CAUSAL = [n for n in ALL if create_model(n).causal_decode]
+LOOKS_AHEAD = [n for n in TEST_MODELS if n not in CAUSAL]
+
+
+def trained_like(name: str, seed: int = 0):
+    """A model with weights that carry signal everywhere, in eval mode (as served): a closed-form filter's zero
+    weights drawn at random, and every batch norm's gain and offset raised so that its spiking layers fire densely
+    (a silent layer passes no surrogate gradient, and a path that passes none cannot be checked)."""
+    torch.manual_seed(seed)
+    model = create_model(name)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.0)
+                m.weight.uniform_(1.0, 2.0)
+                m.bias.uniform_(0.1, 0.4)
+        if not model.needs_gradients:
+            for p in model.parameters():
+                p.normal_(0, 0.3)
+    return model.eval()
+
+
+def output_input_gradients(model, seed: int = 0) -> torch.Tensor:
+    """(T, T): entry [t, s] = the largest |d output[:, t] / d input[:, s]| over behavior dims and channels, from one
+    dense window of spikes. One backward pass: the window is repeated T times in a batch (eval mode: the batch
+    elements are independent) and copy t contributes only its output bin t."""
+    c = model.config
+    g = torch.Generator().manual_seed(seed)
+    window = torch.log1p(torch.poisson(torch.full((c.n_channels, c.window_bins), 2.0), generator=g))
+    x = window.expand(c.window_bins, -1, -1).clone().requires_grad_(True)
+    y = model.decode(x)  # (T, D, T)
+    t = torch.arange(c.window_bins)
+    y[t, :, t].sum().backward()
+    return x.grad.abs().amax(dim=1)  # (T copies = output bin t, T input bins s)
+
+
+@pytest.mark.parametrize("name", CAUSAL)
+def test_a_causal_models_output_has_no_gradient_from_any_later_bin(name):
+    """For every bin t of a window, d output[t] / d input[s] is exactly zero for every s > t, on weights that carry
+    signal (the surrogate gradient of a spiking layer is non-zero wherever it is reached, so a look-ahead anywhere
+    in the network shows). The gradient from earlier bins is not zero: the check can see a path."""
+    model = trained_like(name)
+    if hasattr(model, "firing_rates"):
+        c = model.config
+        dense = torch.log1p(torch.poisson(torch.full((4, c.n_channels, c.window_bins), 2.0)))
+        assert min(model.firing_rates(dense)) > 0.1, model.firing_rates(dense)  # the spiking layers are not silent
+    grad = output_input_gradients(model)
+    later = torch.triu(torch.ones_like(grad, dtype=torch.bool), diagonal=1)
+    leaks = (grad > 0) & later
+    assert not leaks.any(), f"{name}: output bin {int(leaks.nonzero()[0, 0])} has a gradient from later bins " \
+                            f"{leaks[leaks.nonzero()[0, 0]].nonzero().flatten().tolist()[:8]}"
+    assert (grad.diagonal() > 0).all(), f"{name}: some output bin has no gradient from its own bin"
+
+
+@pytest.mark.parametrize("name", LOOKS_AHEAD)
+def test_a_model_that_claims_no_causality_has_gradient_from_later_bins(name):
+    grad = output_input_gradients(trained_like(name))
+    assert torch.triu(grad, diagonal=1).amax() > 0, f"{name} says it looks ahead, but no later bin moves its output"

@@ -118,6 +118,43 @@ def test_tiny_end_to_end_evaluate(tiny_dataset, tmp_path, capsys):
         assert (out / fig).stat().st_size > 10_000, fig
 
 
+def test_evaluate_with_seeds_reports_mean_and_sd_and_reuses_finished_seeds(tiny_dataset, tmp_path, capsys):
+    out = tmp_path / "ev"
+    args = ["evaluate", "--data", str(tiny_dataset / "D"), "--config", str(tiny_dataset / "train.yaml"),
+            "--protocol", "cross-day", "--models", "test-wiener,test-gru", "--out", str(out), "--seeds", "2"]
+    assert cli(args) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["seeds"] == [0, 1] and results["seed_runs"] == ["seed-0", "seed-1"]
+    per_seed = [json.loads((out / s / "results.json").read_text()) for s in results["seed_runs"]]
+    assert [r["config"]["seed"] for r in per_seed] == [0, 1]
+    for i, row in enumerate(results["protocols"]["cross-day"]):
+        values = [r["protocols"]["cross-day"][i]["online_r2"] for r in per_seed]
+        assert row["values"]["online_r2"] == values and row["online_r2"] == pytest.approx(np.mean(values))
+        assert row["sd"]["online_r2"] == pytest.approx(np.std(values, ddof=1))
+    wiener, gru = results["protocols"]["cross-day"]
+    assert wiener["sd"]["s2b_r2"] == 0.0 and gru["sd"]["s2b_r2"] > 0  # closed form vs seeded initialisation
+    md = (out / "results.md").read_text()
+    assert "Seeds 0, 1" in md and " ± " in md and "(seed-0/results.md)" in md
+    assert (out / "fig_window_vs_newest_bin.png").stat().st_size > 10_000
+    stamp = (out / "seed-0" / "results.json").stat().st_mtime_ns
+    assert cli(args) == 0  # the finished seeds are reused, not trained again
+    assert (out / "seed-0" / "results.json").stat().st_mtime_ns == stamp
+    assert cli(args[:-1] + ["3"]) == 0  # one more seed: only it runs
+    assert (out / "seed-0" / "results.json").stat().st_mtime_ns == stamp
+    assert json.loads((out / "results.json").read_text())["seeds"] == [0, 1, 2]
+    capsys.readouterr()
+    for bad in ("0", "1,1", "-1", "x"):
+        with pytest.raises(SystemExit):
+            cli(args[:-1] + [bad])
+        assert "--seeds" in capsys.readouterr().err
+
+
+def test_evaluate_compares_the_served_default_and_the_lstm_by_default():
+    from alignnet.cli.train import DEFAULT_MODELS
+
+    assert {"alignnet-causal", "lstm", "wiener", "alignnet"} <= set(DEFAULT_MODELS.split(","))
+
+
 def test_train_writes_a_loadable_artifact(tiny_dataset, tmp_path):
     out = tmp_path / "run"
     assert cli(["train", str(tiny_dataset / "train.yaml"), "--data", str(tiny_dataset / "D"), "--out", str(out),

@@ -10,6 +10,9 @@ import numpy as np
 from alignnet.cli.main import command_line
 from alignnet.recordings.dataset import DEFAULT_DATASET
 
+# the Table 1 rows, the served default (the causal AlignNet) and the strongest causal baseline (the LSTM)
+DEFAULT_MODELS = "wiener,lstm,gru,mlp,resnet,resnet-unet,alignnet,alignnet-causal"
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -42,6 +45,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated: single-day, cross-day, pretrain, 'all', or 'auto' (single-day, plus "
                    "cross-day when the dataset has two days or more) (default: %(default)s)")
     _evaluation_inputs(p, Path("runs/evaluate"), "cross_test_day=5")
+    p.add_argument("--seeds", type=_seeds, default=None, metavar="N|K,K,...",
+                   help="train every model with N seeds (0 .. N-1) or the listed ones and report each score as mean "
+                   "± sd; each seed's run goes to OUT/seed-K, and a finished one with the same settings is reused "
+                   "(default: one run with the config's seed)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser(
@@ -94,13 +101,29 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def _evaluation_inputs(p: argparse.ArgumentParser, out: Path, set_example: str) -> None:
     """The options `evaluate` and `search` share: models, dataset, config, output folder, overrides."""
-    p.add_argument("--models", default="wiener,gru,mlp,resnet,resnet-unet,alignnet",
+    p.add_argument("--models", default=DEFAULT_MODELS,
                    help="comma-separated registered models (default: %(default)s)")
     p.add_argument("--data", type=Path, default=DEFAULT_DATASET, help="dataset folder (default: %(default)s)")
     p.add_argument("--config", default="quick", help="YAML file or name in configs/ (its 'evaluate' section)")
     p.add_argument("--out", type=Path, default=out, help="output folder (default: %(default)s)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help=f"override an evaluate setting, e.g. --set {set_example}")
+
+
+def _seeds(text: str) -> list[int]:
+    """``--seeds 3`` (seeds 0, 1, 2) or ``--seeds 4,7,9``."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seeds or a comma-separated list, got {text!r}") \
+            from None
+    if len(values) == 1 and "," not in text:
+        if values[0] < 1:
+            raise argparse.ArgumentTypeError(f"--seeds needs at least 1 seed, got {values[0]}")
+        values = list(range(values[0]))
+    if not values or len(set(values)) != len(values) or min(values) < 0:
+        raise argparse.ArgumentTypeError(f"seeds must be distinct non-negative integers, got {text!r}")
+    return values
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -139,7 +162,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     protocols = list(PROTOCOLS) if args.protocol == "all" else args.protocol.split(",")
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     results, figs = evaluate(apply_overrides(dict(cfg.get("evaluate", {})), args.set), args.data, args.out,
-                             protocols, models, command=command_line(args))
+                             protocols, models, command=command_line(args), seeds=args.seeds)
     print(report.table(results))
     print(f"\nwrote {args.out / 'results.json'}, {args.out / 'results.md'} and {len(figs)} figures")
     return 0

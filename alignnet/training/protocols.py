@@ -191,12 +191,18 @@ class Protocol:
         return (r2(test.behavior, behavior_pred, feature_axis=1), pearson(test.counts, counts_pred, feature_axis=1),
                 behavior_pred, counts_pred)
 
-    @torch.no_grad()
     def online_r2(self, model: BidirectionalModel, day_index: int, trials: np.ndarray, contract: DataContract,
                   use_day: bool) -> float:
         """Newest-bin R², what a live user gets: the day from the first of ``trials`` to the last, streamed bin by
         bin from zero history (as ``alignnet replay --start-s`` streams it to the service), each bin decoded as the
         newest of its window (hop 1)."""
+        return r2(*self.newest_bins(model, day_index, trials, contract, use_day)[1:])
+
+    @torch.no_grad()
+    def newest_bins(self, model: BidirectionalModel, day_index: int, trials: np.ndarray, contract: DataContract,
+                    use_day: bool) -> tuple[int, np.ndarray, np.ndarray]:
+        """What ``online_r2`` scores, bin by bin: (first bin, behavior (n, D), decoded (n, D)) of the streamed
+        range."""
         model.eval()
         day = self.ds.day(day_index)
         inside = np.flatnonzero(np.isin(day.trial_id, trials))
@@ -211,7 +217,7 @@ class Protocol:
                                                              name))
 
         pred = offline_twin(decode, day.counts[start:start + n], self.window, hop=1)
-        return r2(day.behavior(self.behavior)[start:start + n], pred)
+        return start, day.behavior(self.behavior)[start:start + n], pred
 
     def score(self, tag: str, name: str, model: BidirectionalModel, test: DayWindows, day_index: int,
               trials: np.ndarray, contract: DataContract, use_day: bool, info: dict[str, Any]) -> ModelResult:

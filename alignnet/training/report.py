@@ -22,8 +22,15 @@ def _name(m: str) -> str:
     return NAMES.get(m, m)
 
 
-def _fmt(v: Any) -> str:
-    return "–" if v is None else f"{v:.3f}"
+def _fmt(v: Any, sd: float | None = None) -> str:
+    """A score, with ``± sd`` over seeds where there is one."""
+    if v is None:
+        return "–"
+    return f"{v:.3f}" if sd is None else f"{v:.3f} ± {sd:.3f}"
+
+
+def _score(row: dict[str, Any], key: str) -> str:
+    return _fmt(row.get(key), (row.get("sd") or {}).get(key))
 
 
 def _secs(row: dict[str, Any] | None) -> str:
@@ -32,14 +39,14 @@ def _secs(row: dict[str, Any] | None) -> str:
 
 def _r2s(row: dict[str, Any] | None) -> str:
     """Window R² / newest-bin R²."""
-    return "–" if row is None else f"{_fmt(row['s2b_r2'])} / {_fmt(row.get('online_r2'))}"
+    return "–" if row is None else f"{_score(row, 's2b_r2')} / {_score(row, 'online_r2')}"
 
 
 def _b2s(row: dict[str, Any] | None) -> str:
     """B->S r against counts / against the true rates (simulated data) / of the PSTHs."""
     if row is None:
         return "–"
-    return f"{_fmt(row['b2s_r'])} / {_fmt(row.get('rate_r'))} / {_fmt(row.get('psth_r'))}"
+    return f"{_score(row, 'b2s_r')} / {_score(row, 'rate_r')} / {_score(row, 'psth_r')}"
 
 
 def ceilings(results: dict[str, Any]) -> str:
@@ -91,9 +98,14 @@ def table(results: dict[str, Any]) -> str:
 
 def markdown(results: dict[str, Any], command: str) -> str:
     c = results["config"]
+    seeds = results.get("seeds")
+    spread = ([f"Seeds {', '.join(map(str, seeds))}: each score is the mean over seeds ± its standard deviation "
+               "(ddof 1); the data, splits and test day are the same for every seed, the training seed (weights, "
+               "batch order) differs.", ""] if seeds else [f"Seed {c['seed']} (one run: no spread).", ""])
     head = [
         "# Results", "",
         f"Command: `{command}`", "",
+        *spread,
         f"Dataset `{results['dataset']}` (subject {results['subject']}); windows of {results['window_bins']} bins, "
         f"hop {results['hop_bins']}; behavior `{results['behavior']}`; units matched across days: "
         f"{results['units_matched']}.",
@@ -133,15 +145,16 @@ def figures(results: dict[str, Any], predictions: dict[str, dict[str, np.ndarray
             if "psth" in truth and "psth" in predictions[f"{tag}/{ours}"]:
                 paths.append(_psths(truth["psth"], predictions[f"{tag}/{ours}"]["psth"], tag, _name(ours),
                                     out / f"fig8_psth_{tag}.png", bin_s))
-    paths.append(_window_vs_newest(results, out / "fig_window_vs_newest_bin.png"))
+    paths.append(window_vs_newest(results, out / "fig_window_vs_newest_bin.png"))
     by_day = {r["model"]: r["details"].get("r2_by_day") for r in results["protocols"].get("cross-day", [])}
     if any(by_day.values()):
         paths.append(_days_apart(by_day, results["config"]["cross_train_days"], out / "fig_r2_vs_days_apart.png"))
     return paths
 
 
-def _window_vs_newest(results, path) -> Path:
-    """S→B R² per model and protocol: whole windows (Table 1) next to the newest bin (served); hatched = causal."""
+def window_vs_newest(results, path) -> Path:
+    """S→B R² per model and protocol: whole windows (Table 1) next to the newest bin (served); hatched = causal;
+    error bars: the sd over seeds (results of several seeds)."""
     protos = [p for p, rows in results["protocols"].items() if rows]
     fig, axes = plt.subplots(1, len(protos), figsize=(max(8.0, 4.8 * len(protos)), 4.2), squeeze=False)
     for ax, proto in zip(axes[0], protos):
@@ -149,8 +162,10 @@ def _window_vs_newest(results, path) -> Path:
         x = np.arange(len(rows))
         win = [r["s2b_r2"] for r in rows]
         new = [r.get("online_r2") if r.get("online_r2") is not None else np.nan for r in rows]
-        ax.bar(x - 0.2, win, 0.4, label="window", color="#9bb7d4")
-        bars = ax.bar(x + 0.2, new, 0.4, label="newest bin (served)", color="#d9822b")
+        err = [[(r.get("sd") or {}).get(k, 0.0) for r in rows] for k in ("s2b_r2", "online_r2")]
+        ax.bar(x - 0.2, win, 0.4, yerr=err[0] if any(err[0]) else None, label="window", color="#9bb7d4")
+        bars = ax.bar(x + 0.2, new, 0.4, yerr=err[1] if any(err[1]) else None, label="newest bin (served)",
+                      color="#d9822b")
         for b, r in zip(bars, rows):
             if r.get("causal"):
                 b.set_hatch("//")
