@@ -4,6 +4,8 @@ Each method fits a new day's read-in of the default model on the day's first 60 
 the per-channel statistics map (``stats``: the method kept), and is scored on the rest of the day:
 
     .venv/bin/python scripts/zero_label_variants.py 12,7 stats,rec,mom,beh     # ~3 min a gradient method and day
+    # another model and dataset (the choice re-made on simulated population 1, docs/results.md):
+    .venv/bin/python scripts/zero_label_variants.py 12,7 stats,rec,mom,beh runs/quick-s1/artifact data/sim-13-s1
 
 Methods (``+`` combines them): ``stats`` (no gradient steps), ``rec`` (spike reconstruction through the frozen
 autoencoder), ``mom`` (diagonal Gaussian KL + CORAL of the AlignNet latent against the training days', as NoMAD
@@ -29,15 +31,16 @@ def gauss_loss(z: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor) -> torch.
     return kl + ((torch.cov(z.T) - cov) / torch.sqrt(torch.outer(rv, rv))).pow(2).mean()
 
 
-def main(days: list[int], methods: list[str], steps: int = 150) -> None:
+def main(days: list[int], methods: list[str], artifact: str = "alignnet/service/default_models/alignnet-quick",
+         data: str = "data/sim-13", steps: int = 150) -> None:
     torch.set_num_threads(1)
-    model, _, config = load_artifact(Path("alignnet/service/default_models/alignnet-quick"))
+    model, _, config = load_artifact(Path(artifact))
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
     mc = model_contract(config)
     ref = {k: torch.tensor(config["latent_reference"][k], dtype=torch.float32) for k in ("mean", "cov")}
-    ds = Dataset(Path("data/sim-13"))
+    ds = Dataset(Path(data))
     w_bins = mc.window_bins
     for di in days:
         d = ds.day(di)
@@ -83,4 +86,4 @@ def main(days: list[int], methods: list[str], steps: int = 150) -> None:
 
 
 if __name__ == "__main__":
-    main([int(a) for a in sys.argv[1].split(",")], sys.argv[2].split(","))
+    main([int(a) for a in sys.argv[1].split(",")], sys.argv[2].split(","), *sys.argv[3:5])

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from alignnet.cli.main import command_line
+from alignnet.model.drift import ADVISE_RECALIBRATION
 from alignnet.recordings.dataset import DEFAULT_DATASET
 
 # the Table 1 rows, the served default (the causal AlignNet) and the strongest causal baseline (the LSTM)
@@ -89,7 +90,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "drift", help="the latent drift gauge of a model on every day of a dataset (and its R² there)",
         description="Embed each day's windows with the artifact's spike encoder and measure how far their latent "
         "distribution is from the training days' (Wasserstein-2 between Gaussian fits / the reference's total "
-        "variance; recalibration is advised above 0.5), next to the model's R² on the day. Writes a figure with "
+        f"variance; recalibration is advised above {ADVISE_RECALIBRATION:g}), next to the model's R² on the day. "
+        "Writes a figure with "
         "--figure.",
     )
     p.add_argument("artifact", type=Path, help="trained AlignNet artifact (has a latent_reference)")

@@ -22,6 +22,7 @@ from starlette.middleware.cors import CORSMiddleware
 from threadpoolctl import threadpool_limits
 
 from alignnet.model.artifacts import ArtifactError
+from alignnet.model.drift import ADVISE_RECALIBRATION
 from alignnet.service.batching import HopBatcher
 from alignnet.service.binning import BlockCollector
 from alignnet.service.bodies import as_float32, body_schema, parse, respond, run_engine, validate
@@ -54,7 +55,8 @@ class Metrics:
         self.windows = Counter("alignnet_windows_total", "windows processed", ["path"], registry=self.registry)
         self.reloads = Counter("alignnet_reloads_total", "model reloads", ["result"], registry=self.registry)
         self.drift = Gauge("alignnet_drift", "latent drift gauge: W2 distance of recent windows' latents from the "
-                           "training days' / their total variance (recalibration advised above 0.5)",
+                           "training days' / their total variance (recalibration advised above "
+                           f"{ADVISE_RECALIBRATION:g})",
                            registry=self.registry)
         self.lsl = BridgeMetrics(self.registry)
 

@@ -46,7 +46,6 @@ from alignnet.training.windows import (
 log = logging.getLogger(__name__)
 
 PROTOCOLS = ("single-day", "cross-day", "pretrain")
-TABLE_ROWS = ("wiener", "gru", "mlp", "resnet", "resnet-unet", "alignnet")
 
 
 @dataclass
@@ -193,21 +192,18 @@ class Protocol:
 
     def online_r2(self, model: BidirectionalModel, day_index: int, trials: np.ndarray, contract: DataContract,
                   use_day: bool) -> float:
-        """Newest-bin R², what a live user gets: the day from the first of ``trials`` to the last, streamed bin by
-        bin from zero history (as ``alignnet replay --start-s`` streams it to the service), each bin decoded as the
-        newest of its window (hop 1)."""
         return r2(*self.newest_bins(model, day_index, trials, contract, use_day)[1:])
 
     @torch.no_grad()
     def newest_bins(self, model: BidirectionalModel, day_index: int, trials: np.ndarray, contract: DataContract,
                     use_day: bool) -> tuple[int, np.ndarray, np.ndarray]:
-        """What ``online_r2`` scores, bin by bin: (first bin, behavior (n, D), decoded (n, D)) of the streamed
-        range."""
+        """What a live user gets, scored by ``online_r2`` (newest-bin R²): the day from the first of ``trials`` to the
+        last, streamed bin by bin from zero history (as ``alignnet replay --start-s`` streams it to the service),
+        each bin decoded as the newest of its window (hop 1). -> (first bin, behavior (n, D), decoded (n, D))."""
         model.eval()
         day = self.ds.day(day_index)
         inside = np.flatnonzero(np.isin(day.trial_id, trials))
-        start = int(inside[0])
-        n = int(inside[-1]) + 1 - start
+        start, n = int(inside[0]), int(inside[-1]) + 1 - int(inside[0])
         if self.cfg.online_seconds:
             n = min(n, int(round(self.cfg.online_seconds / day.bin_s)))
         name = self.ds.day_names[day_index] if use_day else None
@@ -229,8 +225,11 @@ class Protocol:
         rate_r, psth_r_, psth_ = (self.simulation_scores(tag, counts, test, day_index, trials)
                                   if counts is not None and trial_day else (None, None, None))
         self.predictions[f"{tag}/{name}"] = {"behavior": beh, "counts": counts, "psth": psth_}
-        return ModelResult(name, score_r2, score_r, info["train_s"], n_params(model), online,
-                           bool(model.causal_decode), rate_r, psth_r_, dict(info))
+        res = ModelResult(name, score_r2, score_r, info["train_s"], n_params(model), online,
+                          bool(model.causal_decode), rate_r, psth_r_, dict(info))
+        log.info("%s %s: R2 %.3f (newest bin %.3f) r %s (%.0f s)", tag, name, res.s2b_r2, online, res.b2s_r,
+                 res.train_s)
+        return res
 
     def simulation_scores(self, tag: str, counts_pred: np.ndarray, test: DayWindows, day_index: int,
                           trials: np.ndarray) -> tuple[float | None, float, np.ndarray]:
@@ -270,10 +269,8 @@ class Protocol:
         for name in models:
             model, info = self.fit_model(name, train, val, contract)
             use_day = not self.matched and not _closed_form(name)
-            res = self.score("single-day", name, model, test, c.single_day, split["test"], contract, use_day, info)
-            out.append(res)
-            log.info("single-day %s: R2 %.3f (newest bin %.3f) r %s (%.0f s)", name, res.s2b_r2, res.online_r2,
-                     res.b2s_r, res.train_s)
+            out.append(self.score("single-day", name, model, test, c.single_day, split["test"], contract, use_day,
+                                  info))
         self.predictions.setdefault("single-day/truth", {}).update(behavior=test.behavior, counts=test.counts)
         return out
 
@@ -324,8 +321,6 @@ class Protocol:
             if not pretrain and self.matched:  # accuracy against days apart
                 res.details["r2_by_day"] = self.by_day(model, contract)
             out.append(res)
-            log.info("%s %s: R2 %.3f (newest bin %.3f) r %s (%.0f s)", tag, name, res.s2b_r2, res.online_r2,
-                     res.b2s_r, res.train_s)
         self.predictions.setdefault(f"{tag}/truth", {}).update(behavior=test.behavior, counts=test.counts)
         return out
 
