@@ -237,7 +237,7 @@ def test_headless_demo_calibrates_live_and_reports_before_and_after(tmp_path):
 
     out = tmp_path / "demo.json"
     r = subprocess.run([str(Path(sys.executable).parent / "alignnet"), "demo", "--headless", "--trials", "1",
-                        "--day", "9", "--calibrate", "--calibrate-seconds", "4", "--json", str(out)],
+                        "--day", "9", "--calibrate", "--calibrate-seconds", "6", "--json", str(out)],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     report = json.loads(out.read_text())

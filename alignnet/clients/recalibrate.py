@@ -58,7 +58,7 @@ class LiveCalibration:
         end = time.monotonic() + self.timeout_s
         while time.monotonic() < end:
             cal = httpx.get(self.url + "/health", timeout=5.0).json()["calibration"]
-            if cal.get("state") in ("done", "failed"):
+            if cal.get("state") in ("done", "rejected", "failed"):  # rejected: worse than the served model, kept
                 loop.calibration = {**status, "state": cal["state"], "error": cal.get("error"),
                                     "fit_s": (cal.get("report") or {}).get("fit_s"),
                                     "swapped_at_trial": loop.task.trials}

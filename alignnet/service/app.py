@@ -26,17 +26,24 @@ from alignnet.model.drift import ADVISE_RECALIBRATION
 from alignnet.service.batching import HopBatcher
 from alignnet.service.binning import BlockCollector
 from alignnet.service.bodies import as_float32, body_schema, parse, respond, run_engine, validate
-from alignnet.service.calibration import Calibrator, resume_artifact
+from alignnet.service.calibration import (
+    CalibrationBusy,
+    Calibrator,
+    calibration_dir,
+    max_calibration_bins,
+    resume_artifact,
+)
 from alignnet.service.codec import NPY  # noqa: F401  (re-exported for clients and tests)
 from alignnet.service.drift_monitor import DriftMonitor
 from alignnet.service.engines import Engine, load_engine
 from alignnet.service.errors import (
     BadInput,
     Conflict,
+    TooLarge,
     error_responses,
     install_handlers,
 )
-from alignnet.service.guard import Guard, public, require_admin, under_root
+from alignnet.service.guard import Guard, public, require_admin, scrub, under_root
 from alignnet.service.lsl import Bridge, BridgeConfig, BridgeMetrics, Bridges
 from alignnet.service.openapi import contract_openapi
 from alignnet.service.pool import EnginePool
@@ -82,48 +89,78 @@ class State:
                         "there is nothing to batch and each waits %.1f ms; give --workers 2 or more",
                         settings.http_batch_wait_s * 1e3)
         self.root = Path(settings.artifact_root or Path(settings.artifact).resolve().parent)
+        self.base = Path(settings.artifact)  # the artifact named at start: what calibrations are fitted from
+        self.fallback: dict[str, str] | None = None  # a calibration refused at start, and what is served instead
+        self.reloading = 0  # reloads in progress (a calibration does not start meanwhile)
         self.max_windows = settings.max_batch
         self.on_swap: list = []  # called with each new engine (the OpenAPI schema follows the served contract)
 
-    def load(self, artifact=None) -> Engine:
-        """Open, verify whole (every file's hash, config.json's record and, with a key, signature), probe with a
-        trial decode and simulate, and only then swap in. On any failure the served engine stays."""
+    def open(self, path) -> Engine:
+        """Open ``path`` as the service serves it (verified whole — every file's hash, config.json's record and,
+        with a key, its signature — and probed with a trial decode and simulate) without swapping it in."""
         s = self.settings
-        path = artifact or s.artifact
-        if artifact is None and s.resume_calibrated:  # a restart serves the last calibrated day
-            path = resume_artifact(s.artifact, s.calibration_dir) or path
         key = s.artifact_key.get_secret_value() if s.artifact_key else None
+        return load_engine(path, s.engine, s.threads, key=key, chunk=s.engine_chunk)
+
+    def load(self, artifact=None) -> Engine:
+        """Open ``artifact`` (default: the served folder; at start, the last calibration of the base where one is
+        recorded) and only then swap it in. On any failure the served engine stays. A recorded calibration that
+        cannot be served is replaced by the base, and the fallback is shown in ``/health`` (status "degraded")."""
+        s = self.settings
+        path = asked = Path(artifact or s.artifact)
+        fallback = None
+        if artifact is None and s.resume_calibrated and asked == self.base:  # a restart serves the last calibration
+            resumed, why = resume_artifact(self.base, s.calibration_dir)
+            if why:
+                fallback = {"refused": "current.json", "why": why, "serving": self.base.name}
+            path = resumed or asked
         try:
-            engine = load_engine(path, s.engine, s.threads, key=key, chunk=s.engine_chunk)
+            engine = self.open(path)
         except (ArtifactError, OSError, ValueError) as e:
-            if path == s.artifact or artifact is not None:
+            if path == asked:
                 raise
-            log.error("the last calibrated artifact %s cannot be served (%s); serving %s", path, e, s.artifact)
-            engine = load_engine(s.artifact, s.engine, s.threads, key=key, chunk=s.engine_chunk)
+            log.error("the last calibrated artifact %s cannot be served (%s); serving %s", path, e, self.base)
+            fallback = {"refused": path.name, "why": public(str(e), *self.roots), "serving": self.base.name}
+            engine = self.open(asked)
+        if fallback:
+            log.error("calibration refused at start: %s", fallback["why"])
         with self.lock:
-            self.engine, self.error = engine, None
+            self.engine, self.error, self.fallback = engine, None, fallback
             self.max_windows = windows_within(engine, s.max_batch, s.request_memory_mb)
             s.artifact = engine.folder
         for hook in self.on_swap:
             hook(engine)
         return engine
 
-    def reload(self, artifact=None) -> Engine:
-        """``load`` for a running service, counted in the metrics; on failure the old engine keeps serving."""
+    def reload(self, artifact=None, calibration: bool = False) -> Engine:
+        """``load`` for a running service, counted in the metrics; on failure the old engine keeps serving. Refused
+        (CalibrationBusy) while a calibration runs — its swap would undo this one — unless it is that swap."""
+        with self.calibrator.lock:
+            if not calibration and (busy := self.calibrator.busy()):
+                raise CalibrationBusy(f"{busy}: reload when it has finished (GET /health shows it)")
+            self.reloading += 1
         try:
             engine = self.load(artifact)
         except (ArtifactError, OSError, ValueError):
             self.metrics.reloads.labels("failed").inc()
             raise
+        finally:
+            with self.calibrator.lock:
+                self.reloading -= 1
         self.metrics.reloads.labels("ok").inc()
         return engine
+
+    @property
+    def roots(self) -> tuple[Path, ...]:
+        """The folders whose absolute paths no answer shows: the artifact root, the base's, its calibrations'."""
+        return (self.root, self.base.parent, calibration_dir(self.base, self.settings.calibration_dir))
 
     def reload_on_signal(self) -> None:
         """SIGHUP: reload the served artifact folder (e.g. after scripts/build_default_models.sh rewrote it)."""
         try:
             engine = self.reload()
             log.warning("SIGHUP: reloaded %s", engine.folder)
-        except (ArtifactError, OSError, ValueError) as e:
+        except (ArtifactError, OSError, ValueError, CalibrationBusy) as e:
             log.error("SIGHUP: reload failed, still serving the previous model: %s", e)
 
 
@@ -215,20 +252,24 @@ meta = APIRouter(tags=["metadata"])
 
 @meta.get("/health")
 def health(state: StateDep) -> dict[str, Any]:
-    return {"status": "ok" if state.engine is not None else "no model", "model_loaded": state.engine is not None,
-            "error": state.error and public(state.error, state.root), "lsl": state.bridges.status(),
-            "calibration": state.calibrator.status, "drift": state.drift.status(), "engine_pool": state.pool.status(),
-            "http_batching": None if state.http_batcher is None else dict(state.http_batcher.stats),
-            "pid": os.getpid()}
+    """Whether a model is served ("degraded": a recorded calibration was refused at start, see ``fallback``), the
+    LSL bridges, the last calibration, drift, the engine pool. No answer names a folder by its absolute path."""
+    status = "no model" if state.engine is None else "degraded" if state.fallback else "ok"
+    return scrub({"status": status, "model_loaded": state.engine is not None, "error": state.error,
+                  "fallback": state.fallback, "lsl": state.bridges.status(), "calibration": state.calibrator.status,
+                  "drift": state.drift.status(), "engine_pool": state.pool.status(),
+                  "http_batching": None if state.http_batcher is None else dict(state.http_batcher.stats),
+                  "pid": os.getpid()}, *state.roots)
 
 
 @meta.get("/model", responses=error_responses(503))
 def model_info(engine: EngineDep, state: StateDep) -> dict[str, Any]:
     cfg = engine.config
-    return {"model": cfg["model"], "engine": engine.kind, "artifact": engine.folder.name,
-            "config_sha256": cfg.get("integrity", {}).get("sha256"), "signed": "hmac_sha256" in cfg.get(
-                "integrity", {}), "max_windows": state.max_windows, "contract": engine.contract.to_dict(),
-            "versions": cfg.get("versions", {}), "metrics": cfg.get("metrics", {}), "export": cfg.get("export", {})}
+    return scrub({"model": cfg["model"], "engine": engine.kind, "artifact": engine.folder.name,
+                  "config_sha256": cfg.get("integrity", {}).get("sha256"), "signed": "hmac_sha256" in cfg.get(
+                      "integrity", {}), "max_windows": state.max_windows, "contract": engine.contract.to_dict(),
+                  "versions": cfg.get("versions", {}), "metrics": cfg.get("metrics", {}),
+                  "export": cfg.get("export", {})}, *state.roots)
 
 
 @meta.get("/metrics", response_class=PlainTextResponse)
@@ -249,8 +290,10 @@ async def reload(request: Request, state: StateDep) -> dict[str, Any]:
     path = under_root(req.artifact, state.root) if req.artifact else None
     try:
         engine = await asyncio.get_running_loop().run_in_executor(None, state.reload, path)
+    except CalibrationBusy as e:
+        raise Conflict(str(e)) from None
     except (ArtifactError, OSError, ValueError) as e:
-        raise Conflict(f"reload failed, still serving the previous model: {public(str(e), state.root)}") from None
+        raise Conflict(f"reload failed, still serving the previous model: {public(str(e), *state.roots)}") from None
     return {"reloaded": True, "artifact": engine.folder.name, "model": engine.config["model"]}
 
 
@@ -261,15 +304,22 @@ async def calibrate(request: Request, engine: EngineDep, state: StateDep) -> JSO
     worker; the current model keeps serving until the calibrated one is swapped in. Progress in ``/health``."""
 
     def work(body: bytes, ctype: str, accept: str) -> JSONResponse:
+        s, c = state.settings, engine.contract
+        most = max_calibration_bins(engine.config, s.calibration_max_seconds, s.request_memory_mb)
+        limit = f"at most {most} bins ({most * c.bin_s:g} s; calibration_max_seconds, request_memory_mb)"
+        if body.count(b",") > 2 * most * (c.n_channels + c.behavior_dims):  # before parsing: its numbers' memory
+            raise TooLarge(f"the calibration block holds too many numbers: send {limit}")
         req = validate(CalibrateRequest, body)
         counts = as_float32(req.spikes, "spikes")
+        if counts.ndim == 2 and counts.shape[1] > most:
+            raise TooLarge(f"{counts.shape[1]} bins are too many to calibrate on: send {limit}")
         behavior = None if req.behavior is None else as_float32(req.behavior, "behavior")
         try:
             status = state.calibrator.start(state, counts, behavior, req.day)
+        except CalibrationBusy as e:
+            raise Conflict(str(e)) from None
         except ValueError as e:
             raise BadInput(str(e)) from None
-        except RuntimeError as e:
-            raise Conflict(str(e)) from None
         return JSONResponse(status_code=202, content=status)
 
     return await _in_worker(request, state, work)

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import re
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from fastapi import Request
@@ -153,6 +155,26 @@ def under_root(name: str, root: Path) -> Path:
     return path
 
 
-def public(message: str, root: Path) -> str:
-    """An error message with the artifact root's absolute path taken out."""
-    return message.replace(str(root.resolve()) + "/", "").replace(str(root.resolve()), ".")
+# an absolute path of two or more parts (not a route such as /decode, nor the s of spikes/s)
+ABSOLUTE_PATH = re.compile(r"(?<![\w.~])/(?:[\w.@+-]+/)+([\w.@+-]+)")
+
+
+def public(message: str, *roots: Path) -> str:
+    """A message with the service's own folders taken out: each root's absolute path made relative to it, and any
+    other absolute path cut to its last part (what an answer may name: a folder the operator knows by name)."""
+    for root in roots:
+        if root is not None:
+            full = str(Path(root).resolve())
+            message = message.replace(full + "/", "").replace(full, ".")
+    return ABSOLUTE_PATH.sub(lambda m: m.group(1), message)
+
+
+def scrub(value: Any, *roots: Path) -> Any:
+    """``public`` applied to every string of a JSON-like answer (dicts, lists), so that no answer carries a path."""
+    if isinstance(value, str):
+        return public(value, *roots)
+    if isinstance(value, dict):
+        return {k: scrub(v, *roots) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [scrub(v, *roots) for v in value]
+    return value

@@ -25,6 +25,10 @@ class Settings(BaseSettings):
     calibration_dir: Path | None = Field(None, description="where POST /calibrate writes calibrated artifacts "
                                          "(default: '<artifact>-calibrated' next to the base artifact)")
     resume_calibrated: bool = Field(True, description="serve the last calibrated artifact of the base on start")
+    calibration_keep: int = Field(5, ge=1, le=1000, description="calibrated artifacts kept per base artifact (the "
+                                  "oldest beyond this are removed; never the one served)")
+    calibration_max_seconds: float = Field(600.0, gt=0, description="most data one POST /calibrate may hold, in "
+                                           "seconds of bins (413 beyond; request_memory_mb bounds it too)")
     # the engine pool and request bounds
     workers: int = Field(1, ge=1, le=64, description="engine worker threads (requests decoded at once; on 2 cores "
                          "one gave 200 req/s and p99 0.41 s under 64 clients, two 122 req/s and 2.3 s: "

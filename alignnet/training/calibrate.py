@@ -214,8 +214,9 @@ def calibrate_block(base: Path, counts: np.ndarray, behavior: np.ndarray | None,
     w = block_windows(counts, behavior if behavior is not None else zeros, mc.window_bins, name)
     zero_label = behavior is None
     fit = fit_readin(model, config, name, w, zero_label, {"progress": False, **(train or {})})
-    report = {"base": str(base), "day": day, "served_day": name, "mode": "zero-label" if zero_label else "few-shot",
-              "bins": int(counts.shape[1]), "seconds": float(counts.shape[1] * mc.bin_s), "windows": len(w), **fit}
+    report = {"base": Path(base).name, "day": day, "served_day": name,  # a name: reports are shown to clients
+              "mode": "zero-label" if zero_label else "few-shot", "bins": int(counts.shape[1]),
+              "seconds": float(counts.shape[1] * mc.bin_s), "windows": len(w), **fit}
     write_calibrated(out, model, config, name, counts.shape[0], base, report)
     return report
 
