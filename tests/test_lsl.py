@@ -50,6 +50,10 @@ def test_ring_and_sanitize():
     assert bad == 2 and np.isfinite(x).all() and (x >= 0).all()
     x, bad = sanitize(np.array([[1, np.nan]]), counts=False, last=np.array([5.0, 6.0]))
     np.testing.assert_array_equal(x, [[1, 6]])
+    x, bad = sanitize(np.array([[1.5, 1], [1e30, 0], [2, 3], [21, 0]]), counts=True, most=20)
+    assert bad == 3 and x.tolist() == [[0, 1], [0, 0], [2, 3], [0, 0]]  # fractional, implausible: zeroed, counted
+    x, bad = sanitize(np.array([[1.5, -0.25]]), counts=False)  # behavior is not a count
+    assert bad == 0 and x.tolist() == [[1.5, -0.25]]
 
 
 # ---- loopbacks -----------------------------------------------------------------------------------------------
@@ -166,6 +170,57 @@ def test_source_loss_reconnects_and_nan_samples_are_survived(engine):
         h.src.push_sample(np.ones(16, np.float32), pylsl.local_clock())
         _, ts = _drain(out, 1)
         assert len(ts) == 1  # the same output stream carries on
+
+
+def _metric(registry, name: str, **labels) -> float | None:
+    return registry.get_sample_value(name, {"direction": "decode", **labels})
+
+
+def test_a_source_off_its_declared_rate_is_refused_until_it_runs_right(engine):
+    """A source declared 50 Hz whose stamps run at 500 Hz (or 5 Hz) would be decoded as ten times as many (or a
+    tenth as many) 20-ms bins: it is refused, flagged in /health and the metrics, and taken again once right."""
+    from prometheus_client import CollectorRegistry
+
+    from alignnet.service.lsl import BridgeMetrics
+
+    registry = CollectorRegistry()
+    name = f"test-rate-{uuid.uuid4().hex[:8]}"
+    src = _source(name)
+    bridge = Bridge(BridgeConfig(source_name=name, resolve_timeout_s=2.0, max_lag_bins=10_000), lambda: engine,
+                    BridgeMetrics(registry)).start()
+    ones = np.ones((1, 16), np.float32)
+    try:
+        assert wait_until(lambda: bridge.state == "streaming"), bridge.status()
+        t = pylsl.local_clock()
+        for period, n in ((0.002, 1200), (0.02, 240), (0.2, 40)):  # 500 Hz, then 50 Hz, then 5 Hz
+            stamps = t + period * np.arange(1, n + 1)
+            for k in range(0, n, 20):  # paced (500 samples a second), so that the 1-s inlet buffer keeps them all
+                src.push_chunk(np.repeat(ones, len(stamps[k:k + 20]), 0), stamps[k:k + 20].tolist())
+                time.sleep(0.04)
+            t = stamps[-1]
+            want_off = period != 0.02
+            assert wait_until(lambda want_off=want_off, period=period: bridge.rate.off == want_off
+                              and abs(bridge.rate.measured * period - 1) < 0.05,
+                              timeout=10), (period, bridge.status())  # the first window may straddle two rates
+            if want_off:
+                assert bridge.state == "rate mismatch" and "declares 50 Hz" in bridge.error, bridge.status()
+                assert _metric(registry, "alignnet_lsl_rate_mismatch", stream=name) == 1.0
+            else:
+                assert bridge.state == "streaming" and bridge.error is None
+                assert _metric(registry, "alignnet_lsl_rate_mismatch", stream=name) == 0.0
+        # a 10x-fast source is judged on 2 s worth of declared samples (100), so at most its first 100 are decoded
+        assert _metric(registry, "alignnet_lsl_samples_dropped_total", stream=name, reason="rate") >= 1100
+        assert abs(_metric(registry, "alignnet_lsl_rate_hz", stream=name) - 5.0) < 0.3
+    finally:
+        bridge.stop()
+
+
+def test_fractional_and_implausible_counts_are_dropped_like_nan(engine):
+    with bridged(engine, "test-counts") as h:
+        for value in (1.0, 1.5, 1e30, 1.0):
+            h.src.push_sample(np.full(16, value, np.float32), pylsl.local_clock())
+        _, ts = _drain(h.out, 4)
+        assert len(ts) == 4 and h.bridge.counts["dropped"] == 2, h.bridge.status()
 
 
 @pytest.mark.parametrize("channels,rate,expect", [(15, 50.0, "15 channels"), (16, 33.0, "33 Hz"),

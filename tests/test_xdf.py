@@ -176,3 +176,39 @@ def test_a_text_behavior_stream_is_named_not_a_traceback(tmp_path):
                 lambda: replay_xdf(tmp_path / "s.xdf", behavior="events")):
         with pytest.raises(DataError, match="behavior stream 'events' carries text"):
             run()
+
+
+def test_a_truncated_file_is_an_error_naming_where_it_ends(tmp_path, rng, capsys):
+    """pyxdf reads a file cut at 70 % without a word (2,100 of 3,000 bins, exit 0); here it is refused, by name, with
+    where it ends — cut inside a chunk, or at a chunk's end with no stream footers (a recorder that never stopped)."""
+    from alignnet.cli.main import main
+
+    n = 3000
+    _session(tmp_path / "whole.xdf", rng.poisson(1.0, (n, 8)).astype(np.float32), rng.normal(size=(n, 2)),
+             1000.0 + np.arange(1, n + 1) * 0.02)
+    data = (tmp_path / "whole.xdf").read_bytes()
+    (tmp_path / "cut.xdf").write_bytes(data[:int(0.7 * len(data))])
+    assert len(pyxdf.load_xdf(str(tmp_path / "cut.xdf"))[0]) == 3  # the finding: pyxdf takes it as it is
+    assert main(["data", "import", str(tmp_path / "cut.xdf"), "--out", str(tmp_path / "D")]) == 2
+    err = capsys.readouterr().err
+    assert "cut.xdf: the file is truncated" in err and "the file ends" in err and f"of {int(0.7 * len(data)):,} bytes" \
+        in err, err
+    assert not (tmp_path / "D").exists()
+
+    w = XdfWriter(tmp_path / "unstopped.xdf")  # chunks whole, footers never written
+    w.add_stream(1, info_xml("rig", "Spikes", 4, 50.0, "float32", "s"), "float32", 4)
+    w.samples(1, np.ones((10, 4), np.float32), np.arange(10) * 0.02)
+    w._f.close()
+    with pytest.raises(DataError, match=r"unstopped.xdf: the file is truncated: stream\(s\) \[1\] have no footer"):
+        import_xdf(tmp_path / "unstopped.xdf", None, None)
+    assert import_xdf(tmp_path / "whole.xdf", None, None).n_bins == n  # a whole file still imports
+
+
+@pytest.mark.parametrize("bin_ms", ["0", "-20", "nan", "abc"])
+def test_bin_ms_must_be_a_positive_number(tmp_path, capsys, bin_ms):
+    from alignnet.cli.main import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["data", "import", str(tmp_path / "s.xdf"), "--out", str(tmp_path / "D"), "--bin-ms", bin_ms])
+    assert e.value.code == 2
+    assert "--bin-ms" in capsys.readouterr().err

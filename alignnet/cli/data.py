@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -85,8 +86,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_info)
 
 
+def _positive_ms(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of ms, got {text}")
+    return value
+
+
 def _add_binning(p: argparse.ArgumentParser, bin_default: float | None = 20.0) -> None:
-    p.add_argument("--bin-ms", type=float, default=bin_default,
+    p.add_argument("--bin-ms", type=_positive_ms, default=bin_default,
                    help="bin width in ms" + (" (default: %(default)s)" if bin_default else
                                              " (default: the file's own bins, or 20 for spike times)"))
     p.add_argument("--smooth-ms", type=float, default=None,

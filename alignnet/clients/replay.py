@@ -43,6 +43,8 @@ class Replayer:
         rate = 1.0 / bin_s
         spikes = pylsl.StreamInfo(name, "Spikes", counts.shape[1], rate, "float32", f"{name}-spikes")
         spikes.desc().append_child_value("producer", "alignnet replay")
+        # bins of bin_s sent speed times faster: the service checks the stamps' rate against rate * speed
+        spikes.desc().append_child_value("replay_speed", f"{speed:g}")
         beh = pylsl.StreamInfo(f"{name}-behavior", "Behavior", behavior.shape[1], rate, "float32", f"{name}-beh")
         if names:
             beh.set_channel_labels(list(names))

@@ -16,7 +16,17 @@ from pathlib import Path
 
 import numpy as np
 
-from alignnet.recordings.xdf import channel_labels, load_streams, meta, numbers, pick
+from alignnet.recordings.xdf import channel_labels, desc, load_streams, meta, numbers, pick
+
+
+def recorded_speed(stream: dict) -> float:
+    """How many times faster than its bins' time a recorded stream was sent (``desc/replay_speed``, written by
+    ``alignnet replay --speed``); 1 where absent or not a positive number."""
+    try:
+        value = float((desc(stream).get("replay_speed") or ["1"])[0] or 1)
+    except (TypeError, ValueError):
+        return 1.0
+    return value if np.isfinite(value) and value > 0 else 1.0
 
 
 class XdfPlayer:
@@ -36,6 +46,9 @@ class XdfPlayer:
                                     f"{name}-xdf-replay")
             info.desc().append_child_value("producer", "alignnet replay (XDF)")
             info.desc().append_child_value("recorded_name", meta(s, "name"))
+            # the service checks stamps against the nominal rate times the declared speed: a recording of a replay
+            # sped up (its own desc/replay_speed) keeps that speed-up, times this replay's
+            info.desc().append_child_value("replay_speed", f"{recorded_speed(s) * speed:g}")
             if labels := channel_labels(s):
                 info.set_channel_labels(labels)
             self.outlets.append(pylsl.StreamOutlet(info, chunk_size=1))

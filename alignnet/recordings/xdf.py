@@ -124,11 +124,42 @@ def info_xml(name: str, type_: str, channel_count: int, srate: float, channel_fo
 
 
 # ---- reading -----------------------------------------------------------------------------------------------------
+def where_it_ends(path: Path) -> str | None:
+    """None for a whole XDF file, else where and how it ends early: a chunk cut off by the end of the file, or
+    streams without the footer a recorder writes when it stops. Walks the chunk headers only (pyxdf reads a cut
+    file without a word, so the check is ours)."""
+    size, ends, headers, footers = path.stat().st_size, None, set(), set()
+    with open(path, "rb") as f:
+        if f.read(4) != b"XDF:":
+            return None  # not XDF at all: pyxdf's error names it
+        while (at := f.tell()) < size:
+            width = f.read(1)[0]
+            if width not in (1, 4, 8):
+                return None  # not a chunk: pyxdf's error says the file is unreadable
+            raw = f.read(width)
+            if len(raw) < width:
+                ends = f"a chunk header at byte {at:,} is cut off"
+                break
+            length = int.from_bytes(raw, "little")
+            body = f.tell()
+            if body + length > size:
+                ends = f"the chunk at byte {at:,} declares {length:,} bytes but the file ends {size - body:,} bytes in"
+                break
+            head = f.read(min(length, 6))
+            if len(head) == 6 and int.from_bytes(head[:2], "little") in (STREAM_HEADER, STREAM_FOOTER):
+                sid = int.from_bytes(head[2:6], "little")
+                (headers if int.from_bytes(head[:2], "little") == STREAM_HEADER else footers).add(sid)
+            f.seek(body + length)
+    if ends is None and headers - footers:
+        ends = f"stream(s) {sorted(headers - footers)} have no footer, so the recording was not stopped cleanly"
+    return None if ends is None else f"{ends} (of {size:,} bytes)"
+
+
 def load_streams(path: str | Path, dejitter: bool = True) -> list[dict]:
-    """Every stream of an XDF file, or a DataError naming the file. Streams from several hosts are put on one clock
-    by pyxdf's clock synchronisation (from the recorded clock offsets); streams that all come from one host already
-    share its clock, and their offsets are measurement noise of tens of microseconds, so their stamps are kept as
-    recorded (bins stamped alike on two streams stay alike)."""
+    """Every stream of a whole XDF file, or a DataError naming the file (and, for a cut-off one, where it ends).
+    Streams from several hosts are put on one clock by pyxdf's clock synchronisation (from the recorded clock
+    offsets); streams that all come from one host already share its clock, and their offsets are measurement noise of
+    tens of microseconds, so their stamps are kept as recorded (bins stamped alike on two streams stay alike)."""
     import pyxdf
 
     path = Path(path)
@@ -142,6 +173,9 @@ def load_streams(path: str | Path, dejitter: bool = True) -> list[dict]:
         except Exception as e:  # pyxdf raises many types for a truncated or foreign file
             raise DataError(f"{path}: not a readable XDF file ({type(e).__name__}: {e})") from e
 
+    if problem := where_it_ends(path):
+        raise DataError(f"{path}: the file is truncated: {problem}. A recording cut short is refused rather than "
+                        "imported in part (its bins would look like a whole session)")
     streams = load(False)
     if not streams:  # pyxdf skips what it cannot parse
         raise DataError(f"{path}: not a readable XDF file (no stream in it)")

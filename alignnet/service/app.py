@@ -25,7 +25,7 @@ from alignnet.model.artifacts import ArtifactError
 from alignnet.model.drift import ADVISE_RECALIBRATION
 from alignnet.service.batching import HopBatcher
 from alignnet.service.binning import BlockCollector
-from alignnet.service.bodies import as_float32, body_schema, parse, respond, run_engine, validate
+from alignnet.service.bodies import as_float32, body_schema, parse, respond, run_engine, validate, windows_within
 from alignnet.service.calibration import (
     CalibrationBusy,
     Calibrator,
@@ -162,15 +162,6 @@ class State:
             log.warning("SIGHUP: reloaded %s", engine.folder)
         except (ArtifactError, OSError, ValueError, CalibrationBusy) as e:
             log.error("SIGHUP: reload failed, still serving the previous model: %s", e)
-
-
-def windows_within(engine: Engine, max_batch: int, memory_mb: float) -> int:
-    """The most windows one request may hold: ``max_batch``, or fewer where a request of that many would need more
-    than ``memory_mb`` (a JSON window costs about 3 x 32 bytes per number as Python objects: the request's numbers,
-    and the answer's rates and sampled spikes; the engine runs in chunks, so its activations do not grow with it)."""
-    c = engine.contract
-    per_window = 3 * 32 * (c.n_channels + c.behavior_dims) * c.window_bins
-    return max(1, min(max_batch, int(memory_mb * 2**20 // per_window)))
 
 
 # The dependencies are coroutines: FastAPI runs a plain function's dependency in a worker thread, a thread hop per
@@ -335,11 +326,13 @@ def start_bridges(state: State) -> Bridges:
             items.append(BridgeConfig("decode", name, s.lsl_source_type, s.lsl_output_name if len(sources) == 1
                                       else None, s.lsl_resolve_timeout_s, s.lsl_hop_bins,
                                       max(s.lsl_max_lag_bins, s.lsl_hop_bins), stall_s=s.lsl_stall_s,
+                                      rate_tolerance=s.lsl_rate_tolerance,
                                       incremental=s.lsl_incremental, batch_wait_s=s.lsl_batch_wait_s))
     if s.lsl_simulate:
         items.append(BridgeConfig("simulate", s.lsl_behavior_name, s.lsl_behavior_type, None,
                                   s.lsl_resolve_timeout_s, s.lsl_hop_bins, max(s.lsl_max_lag_bins, s.lsl_hop_bins),
-                                  stall_s=s.lsl_stall_s, sample=s.lsl_sample))
+                                  stall_s=s.lsl_stall_s, sample=s.lsl_sample,
+                                  rate_tolerance=s.lsl_rate_tolerance))
     collector = None
     if s.lsl_decode and s.lsl_calibrate_seconds > 0:  # zero-label calibration on the session's first seconds
         day = "lsl-" + time.strftime("%Y%m%d-%H%M%S")

@@ -6,6 +6,8 @@ Written here because no maintained library does these few lines for a live strea
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
@@ -106,12 +108,23 @@ class Ring:
             self._head = (self._head + 1) % self.window
 
 
-def sanitize(x: np.ndarray, counts: bool, last: np.ndarray | None = None) -> tuple[np.ndarray, int]:
-    """Replace non-finite values (and negative counts) so one bad sample cannot poison a window: counts become 0,
-    behavior holds the last good value. Returns (clean array, number of samples that had a bad value)."""
+MAX_RATE_HZ = 1000.0  # a channel's count above this rate is implausible (a 1-ms refractory period)
+
+
+def max_count(seconds: float) -> int:
+    """The most spikes one channel can plausibly fire in ``seconds`` (at least 1)."""
+    return max(1, math.ceil(MAX_RATE_HZ * seconds - 1e-9))
+
+
+def sanitize(x: np.ndarray, counts: bool, last: np.ndarray | None = None,
+             most: float = np.inf) -> tuple[np.ndarray, int]:
+    """Replace bad values so one bad sample cannot poison a window: non-finite ones, and for counts negative,
+    fractional, or above ``most`` (a count no channel fires in one sample's time: see ``max_count``). Counts become
+    0, behavior holds the last good value. Returns (clean array, number of samples that had a bad value)."""
     bad = ~np.isfinite(x)
     if counts:
-        bad |= x < 0
+        with np.errstate(invalid="ignore"):
+            bad |= (x < 0) | (x > most) | (x != np.round(x))
     rows = bad.any(axis=1)
     if not rows.any():
         return x, 0

@@ -96,3 +96,12 @@ def encode_json(arrays: dict[str, np.ndarray], extra: dict[str, Any]) -> bytes:
         parts.append(orjson.dumps(name) + b":[" + b",".join(windows) + b"]")
     rest = orjson.dumps(extra)[1:-1]
     return b"{" + b",".join(parts + ([rest] if rest else [])) + b"}"
+
+
+def windows_within(engine, max_batch: int, memory_mb: float) -> int:
+    """The most windows one request may hold: ``max_batch``, or fewer where a request of that many would need more
+    than ``memory_mb`` (a JSON window costs about 3 x 32 bytes per number as Python objects: the request's numbers,
+    and the answer's rates and sampled spikes; the engine runs in chunks, so its activations do not grow with it)."""
+    c = engine.contract
+    per_window = 3 * 32 * (c.n_channels + c.behavior_dims) * c.window_bins
+    return max(1, min(max_batch, int(memory_mb * 2**20 // per_window)))

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import re
 import secrets
@@ -36,6 +35,7 @@ import numpy as np
 
 from alignnet.model.artifacts import model_contract
 from alignnet.model.atomic import atomic_write_json
+from alignnet.service.binning import MAX_RATE_HZ, max_count
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,6 @@ DAY = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 CURRENT = "current.json"
 TMP_PREFIX = ".tmp-"
 HOLDOUT_SHARE = 0.2  # the newest share of a block that scores the calibration (never fitted on)
-MAX_RATE_HZ = 1000.0  # a channel's count above this rate x the bin width is implausible (a 1-ms refractory period)
 MAX_SILENT_SHARE = 0.5  # a block where more of its bins than this have no spike on any channel is refused
 # Memory a calibration needs per number of its block (measured: scripts/calibration_memory.py, docs/benchmarks.md):
 # the parsed JSON, the float32 block, its windows (hop a tenth of the window: each bin ~10 times) and the fit.
@@ -117,7 +116,7 @@ def check_block(config: dict[str, Any], day: str, counts: np.ndarray, behavior: 
         raise ValueError("spike counts must be finite and non-negative")
     if np.any(counts != np.round(counts)):
         raise ValueError("spike counts must be whole numbers (counts per bin)")
-    limit = max(1, math.ceil(MAX_RATE_HZ * mc.bin_s))
+    limit = max_count(mc.bin_s)
     if (top := float(counts.max())) > limit:
         raise ValueError(f"a count of {top:.3g} in one {mc.bin_s * 1e3:g}-ms bin is implausible (more than "
                          f"{MAX_RATE_HZ:g} spikes/s on one channel: at most {limit})")
@@ -238,7 +237,8 @@ class Calibrator:
             status = dict(self.status)
         base = Path(engine.config.get("provenance", {}).get("calibrated_from") or engine.folder)
         folder = calibration_dir(base, state.settings.calibration_dir)
-        self.thread = threading.Thread(target=self._run, args=(state, engine, base, counts, behavior, day, folder),
+        args = (state, engine, base, counts, behavior, day, folder)
+        self.thread = threading.Thread(target=lambda: (self._run(*args), release_memory()),
                                        name="alignnet-calibrate", daemon=True)
         self.thread.start()
         return status
@@ -280,6 +280,21 @@ class Calibrator:
         if self.thread is not None:
             self.thread.join(timeout)
         return dict(self.status)
+
+
+def release_memory() -> None:
+    """Give the fit's and the export's freed memory back to the system. A calibration's training and ONNX export
+    leave ~0.5 GB of freed heap in glibc's arenas, which the service would otherwise hold for the rest of its life
+    (docs/benchmarks.md, "Calibration memory"). By hand through ctypes: no library exposes ``malloc_trim``; a no-op
+    off glibc."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _fsync_dir(folder: Path) -> None:

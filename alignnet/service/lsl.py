@@ -9,7 +9,9 @@ One ``Bridge`` per direction runs in its own thread. The path of one sample:
    on its time stamps;
 3. ``open_inlet`` with a bounded buffer and pylsl's clock synchronisation where the source runs on another host
    (on the same host stamps are left exactly as sent); ``read_chunk`` pulls into a preallocated array;
-4. ``Feed.bins``: clean bad samples (NaN, inf, negative counts: zeroed and counted as dropped) and bin them;
+4. ``RateWatch``: refuse a regular source whose stamps run off its declared rate (``rate_tolerance``);
+   ``Feed.bins``: clean bad samples (NaN, inf, negative, fractional or implausible counts: zeroed and counted as
+   dropped) and bin them;
 5. ``Bridge._advance``: push bins into the ring buffer of one window and run the engine every hop (default one
    bin); when more than ``max_lag_bins`` bins wait at once only the newest hop is decoded (the skipped bins still
    fill the ring and are counted as dropped), so lag cannot grow. An artifact with ``decode_stream.npz`` decodes
@@ -38,9 +40,11 @@ import pylsl
 from alignnet.model.contract import DataContract
 from alignnet.service.binning import Ring
 from alignnet.service.lsl_io import (  # noqa: F401
+    BridgeMetrics,
     Direction,
     Feed,
     InFlight,
+    RateWatch,
     SourceLost,
     StallWatch,
     StreamMismatch,
@@ -49,6 +53,7 @@ from alignnet.service.lsl_io import (  # noqa: F401
     open_inlet,
     outlet_info,
     read_chunk,
+    replay_speed,
     resolve,
 )
 
@@ -68,6 +73,7 @@ class BridgeConfig:
     buffer_s: int = 1  # inlet buffer (seconds; liblsl's default of 360 s lets lag grow)
     event_lateness_s: float = 0.04  # spike-event streams: a bin closes this long after its end
     stall_s: float = 1.0  # a regular source silent this long is "stalled": another of the same name is looked for
+    rate_tolerance: float = 0.1  # a regular source whose stamps run this share off its nominal rate is refused
     sample: bool = False  # simulate: push Poisson counts drawn from the rates instead of the rates
     seed: int | None = None  # seed of that sampling
     incremental: bool = True  # decode: each bin from cached columns where the artifact can (else the ring's window)
@@ -87,26 +93,6 @@ class BridgeConfig:
 
 
 # ---- the bridge --------------------------------------------------------------------------------------------------
-class BridgeMetrics:
-    """Prometheus metrics of the bridges, registered on the app's registry."""
-
-    def __init__(self, registry) -> None:
-        from prometheus_client import Counter, Gauge, Histogram
-
-        def labelled(kind, name: str, doc: str, *labels: str, **kw):
-            return kind(name, doc, ["direction", "stream", *labels], registry=registry, **kw)
-
-        self.samples = labelled(Counter, "alignnet_lsl_samples_total", "LSL input samples received")
-        self.dropped = labelled(Counter, "alignnet_lsl_samples_dropped_total", "LSL input samples dropped or zeroed",
-                                "reason")
-        self.hops = labelled(Counter, "alignnet_lsl_hops_total", "engine runs of the LSL bridge")
-        self.reconnects = labelled(Counter, "alignnet_lsl_reconnects_total", "LSL source losses")
-        self.stalls = labelled(Counter, "alignnet_lsl_stalls_total", "LSL sources that stopped sending (frozen)")
-        self.lag = labelled(Histogram, "alignnet_lsl_lag_seconds", "input time stamp -> output pushed",
-                            buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0))
-        self.connected = labelled(Gauge, "alignnet_lsl_connected", "1 while the source stream is connected")
-
-
 class Bridge:
     """Runs one direction in a background thread. ``engine()`` returns the engine to use now (hot reload)."""
 
@@ -122,6 +108,7 @@ class Bridge:
         self.state = "starting"
         self.error: str | None = None
         self.source: dict[str, Any] | None = None
+        self.rate: RateWatch | None = None  # the source's measured rate (regular streams)
         self.counts = {"samples": 0, "bins": 0, "hops": 0, "pushed": 0, "dropped": 0, "reconnects": 0, "stalls": 0}
         self.last_lag_s: float | None = None
         self._stop = threading.Event()
@@ -150,6 +137,7 @@ class Bridge:
         return {"direction": self.cfg.direction, "state": self.state, "error": self.error, "source": self.source,
                 "output": self.cfg.output_name, **self.counts, "lag_s": self.last_lag_s,
                 "decoding": "incremental" if self.live is not None else "window",
+                "rate": None if self.rate is None else self.rate.status(),
                 "calibration_block": self.collector.status() if self.collector is not None else None}
 
     def _metric(self, name: str, *labels: str):
@@ -221,6 +209,8 @@ class Bridge:
         self.state, self.error = "streaming", None
         self._set_connected(1)
         watch = StallWatch(self, info, events)
+        self.rate = None if events else RateWatch(self, info.nominal_srate(), self.cfg.rate_tolerance,
+                                                  speed=replay_speed(inlet, self.cfg.resolve_timeout_s))
         try:
             while not self._stop.is_set():
                 current = self.get_engine()
@@ -237,6 +227,9 @@ class Bridge:
                 if (other := watch.after_pull(len(stamps))) is not None:
                     return other
                 self._count("samples", len(stamps), "samples")
+                if self.rate is not None and self.rate.observe(stamps):
+                    self._drop(len(stamps), "rate")
+                    continue
                 bins, bin_stamps = feed.bins(x, stamps)
                 if len(bins):
                     pending = self._advance(engine, d, ring, bins, bin_stamps, pending)

@@ -15,7 +15,7 @@ import numpy as np
 import pylsl
 
 from alignnet.model.contract import DataContract
-from alignnet.service.binning import EventBinner, RegularBinner, sanitize
+from alignnet.service.binning import EventBinner, RegularBinner, max_count, sanitize
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +105,17 @@ def open_inlet(info, cfg):
     return inlet
 
 
+def replay_speed(inlet, timeout: float) -> float:
+    """How many times faster than recorded a source says it sends (``desc/replay_speed``, written by ``alignnet
+    replay --speed``): its bins still span the declared rate's time, they only arrive sooner. 1 for any other
+    source (or a field that is not a positive number)."""
+    try:
+        value = float(inlet.info(timeout).desc().child_value("replay_speed") or 1.0)
+    except (ValueError, pylsl.util.TimeoutError):
+        return 1.0
+    return value if np.isfinite(value) and value > 0 else 1.0
+
+
 def read_chunk(inlet, buf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Pull what is there (waiting up to 50 ms for one sample) into ``buf``; (samples, stamps), or SourceLost."""
     try:
@@ -113,6 +124,29 @@ def read_chunk(inlet, buf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         raise SourceLost(str(e)) from None
     n = len(stamps)
     return x[:n], np.asarray(stamps, np.float64)
+
+
+class BridgeMetrics:
+    """Prometheus metrics of the bridges, registered on the app's registry."""
+
+    def __init__(self, registry) -> None:
+        from prometheus_client import Counter, Gauge, Histogram
+
+        def labelled(kind, name: str, doc: str, *labels: str, **kw):
+            return kind(name, doc, ["direction", "stream", *labels], registry=registry, **kw)
+
+        self.samples = labelled(Counter, "alignnet_lsl_samples_total", "LSL input samples received")
+        self.dropped = labelled(Counter, "alignnet_lsl_samples_dropped_total", "LSL input samples dropped or zeroed",
+                                "reason")
+        self.hops = labelled(Counter, "alignnet_lsl_hops_total", "engine runs of the LSL bridge")
+        self.reconnects = labelled(Counter, "alignnet_lsl_reconnects_total", "LSL source losses")
+        self.stalls = labelled(Counter, "alignnet_lsl_stalls_total", "LSL sources that stopped sending (frozen)")
+        self.lag = labelled(Histogram, "alignnet_lsl_lag_seconds", "input time stamp -> output pushed",
+                            buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0))
+        self.connected = labelled(Gauge, "alignnet_lsl_connected", "1 while the source stream is connected")
+        self.rate = labelled(Gauge, "alignnet_lsl_rate_hz", "source sample rate measured from its stamps")
+        self.rate_mismatch = labelled(Gauge, "alignnet_lsl_rate_mismatch", "1 while the source is refused: its "
+                                      "measured rate is off its nominal by more than the tolerance")
 
 
 class Feed:
@@ -125,6 +159,7 @@ class Feed:
         self.binner = EventBinner(c.bin_s, c.n_channels, lateness_s) if events else \
             RegularBinner(factor, d.n_in, "sum" if d.counts else "mean")
         self.last_good: np.ndarray | None = None
+        self.most = max_count(c.bin_s / factor) if d.counts else np.inf  # one sample's plausible count
 
     def bins(self, x: np.ndarray, stamps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self.events:
@@ -134,7 +169,7 @@ class Feed:
             return bins, out_stamps
         if not len(x):
             return np.zeros((0, self.d.n_in), np.float32), stamps
-        clean, bad = sanitize(x.astype(np.float32), counts=self.d.counts, last=self.last_good)
+        clean, bad = sanitize(x.astype(np.float32), counts=self.d.counts, last=self.last_good, most=self.most)
         if bad:
             self.drop(bad, "bad value")
         self.last_good = clean[-1]
@@ -252,3 +287,54 @@ class InFlight:
         with self._cv:
             self.n -= n
             self._cv.notify_all()
+
+
+class RateWatch:
+    """A regular source's rate measured from its own time stamps, against its nominal rate. Bins are the nominal
+    rate's: a source declared at 50 Hz that sends 500 samples a second (or 5) would be decoded as ten times as many
+    (or a tenth as many) 20-ms bins. The rate is measured over ``window_s`` of stamps or ``window_s`` worth of
+    declared samples, whichever comes first; while it is off the nominal
+    by more than ``tolerance`` (a share) the source is refused — its samples dropped (reason "rate") and /health
+    and ``alignnet_lsl_rate_mismatch`` say so — and it is taken again when a window measures right."""
+
+    def __init__(self, bridge, nominal: float, tolerance: float, window_s: float = 2.0, speed: float = 1.0) -> None:
+        self.bridge, self.tolerance, self.window_s, self.speed = bridge, tolerance, window_s, speed
+        self.nominal = float(nominal) * speed  # a replay's declared speed-up is part of its declared rate
+        self.n, self.t0, self.t1 = 0, np.inf, -np.inf
+        self.measured: float | None = None
+        self.off = False
+
+    def status(self) -> dict[str, Any]:
+        return {"nominal_hz": self.nominal, "measured_hz": self.measured, "tolerance": self.tolerance,
+                "replay_speed": self.speed, "off": self.off}
+
+    def observe(self, stamps: np.ndarray) -> bool:
+        """Told each pull's stamps; True while the source is refused (its samples must be dropped)."""
+        if len(stamps):
+            self.n += len(stamps)
+            self.t0, self.t1 = min(self.t0, float(stamps.min())), max(self.t1, float(stamps.max()))
+        # The window closes on whichever comes first: window_s of stamps (a slow source) or window_s worth of
+        # declared samples (a fast one, caught in a tenth of the time at 10x).
+        span = self.t1 - self.t0
+        if self.n > 1 and span > 0 and (span >= self.window_s or self.n >= self.window_s * self.nominal):
+            self.measured = (self.n - 1) / (self.t1 - self.t0)
+            self.n, self.t0, self.t1 = 0, np.inf, -np.inf
+            self._judge()
+        return self.off
+
+    def _judge(self) -> None:
+        b, off = self.bridge, abs(self.measured / self.nominal - 1) > self.tolerance
+        for name, value in (("rate", self.measured), ("rate_mismatch", float(off))):
+            if (m := b._metric(name)) is not None:
+                m.set(value)
+        if off and not self.off:
+            b.state = "rate mismatch"
+            sped = f" (replayed at {self.speed:g}x)" if self.speed != 1 else ""
+            b.error = (f"source '{b.source['name']}' declares {self.nominal:g} Hz{sped} but its stamps run at "
+                       f"{self.measured:.4g} Hz (more than {self.tolerance:.0%} off): refused, its samples dropped, "
+                       "until it runs at its declared rate")
+            log.warning("LSL %s", b.error)
+        elif self.off and not off:
+            b.state, b.error = "streaming", None
+            log.info("LSL source %s runs at its declared rate again", b.source["name"])
+        self.off = off

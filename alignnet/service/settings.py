@@ -80,6 +80,10 @@ class Settings(BaseSettings):
     lsl_resolve_timeout_s: float = Field(5.0, gt=0, description="timeout of one resolve attempt")
     lsl_stall_s: float = Field(1.0, gt=0, description="a source silent this long is reported stalled, and another of "
                                "the same name is taken if one appears")
+    lsl_rate_tolerance: float = Field(0.1, gt=0, le=10, description="a regular source whose time stamps run more "
+                                      "than this share off its declared rate (measured every 2 s) is refused until "
+                                      "it runs right: its samples are dropped, /health and alignnet_lsl_rate_mismatch "
+                                      "say so")
     lsl_sample: bool = Field(False, description="simulate direction: push sampled counts instead of rates")
     lsl_calibrate_seconds: float = Field(0.0, ge=0, description="decode direction: calibrate the session's read-in "
                                          "without labels on its first S seconds (0: off), decoding meanwhile")
