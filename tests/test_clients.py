@@ -115,7 +115,7 @@ def test_client_retries_5xx_and_reports_unreachable_services():
 
 # ---- the demo's parts ----------------------------------------------------------------------------------------
 def test_population_on_day_is_the_simulated_days_population(tiny_sim_cfg, tiny_sim_days):
-    from alignnet.clients.demo import population_on_day
+    from alignnet.clients.loop import population_on_day
 
     for d, day in enumerate(tiny_sim_days):
         pop = population_on_day(tiny_sim_cfg, d)
@@ -124,7 +124,7 @@ def test_population_on_day_is_the_simulated_days_population(tiny_sim_cfg, tiny_s
 
 
 def test_center_out_scores_hits_misses_and_time_to_target():
-    from alignnet.clients.demo import CenterOut, TaskParams
+    from alignnet.clients.loop import CenterOut, TaskParams
 
     task = CenterOut(TaskParams(hold_s=0.2, timeout_s=1.0, center_hold_s=0.1), seed=0)
     task.update(np.zeros(2), 0.0)
@@ -143,7 +143,7 @@ def test_center_out_scores_hits_misses_and_time_to_target():
 
 
 def test_subject_fires_for_its_intention(tiny_sim_cfg):
-    from alignnet.clients.demo import Subject, SubjectParams, population_on_day
+    from alignnet.clients.loop import Subject, SubjectParams, population_on_day
 
     subject = Subject(population_on_day(tiny_sim_cfg, 0), tiny_sim_cfg, SubjectParams(), seed=0)
     spikes = np.concatenate([subject.step(np.zeros(2), np.array([0.8, 0.0]), 20) for _ in range(50)])

@@ -320,8 +320,9 @@ def test_lsl_bridge_decodes_incrementally_with_the_windows_numbers(causal_artifa
             found = pylsl.resolve_byprop("name", f"{name}-decoded", 1, 5.0)
             inlet = pylsl.StreamInlet(found[0], processing_flags=pylsl.proc_none)
             inlet.open_stream(timeout=5.0)
-            for row in counts:
-                src.push_sample(row, pylsl.local_clock())
+            t0 = pylsl.local_clock() - 0.02 * len(counts)  # stamped at the declared 50 Hz, sent 5x as fast
+            for k, row in enumerate(counts):
+                src.push_sample(row, t0 + 0.02 * k)
                 time.sleep(0.004)
             ys: list = []
             end = time.monotonic() + 10

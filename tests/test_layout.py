@@ -1,4 +1,5 @@
-"""The package layout holds: imports run one way, argparse only in the command line, small functions and modules.
+"""The package layout holds: imports run one way and in no circle, argparse only in the command line, small
+functions and modules.
 
 model <- recordings <- training <- service <- clients <- cli: a module may import its own package and the ones
 before it, never one after it (every ``import``, at the top or inside a function, counts).
@@ -16,7 +17,7 @@ PACKAGE = ROOT / "alignnet"
 ORDER = ("model", "recordings", "training", "service", "clients", "cli")
 OLD_TOP_LEVEL = {"model", "recordings", "training", "service", "clients", "cli"}
 MAX_MODULE_LINES = 400
-MAX_FUNCTION_LINES = 60  # in service/ (the live path)
+MAX_FUNCTION_LINES = 60  # outside argparse declarations
 
 
 def imported_modules(tree: ast.AST) -> list[tuple[int, str]]:
@@ -82,12 +83,99 @@ def test_module_size(path):
     assert n <= MAX_MODULE_LINES, f"{path.relative_to(ROOT)} has {n} lines (limit {MAX_MODULE_LINES}): split it"
 
 
-def test_service_functions_are_short():
+def long_functions(root: Path) -> list[str]:
+    """Functions over ``MAX_FUNCTION_LINES`` lines in ``root``, but for argparse declarations (``add_parser`` in
+    cli/: one ``add_argument`` per option reads best as one list)."""
     long = []
-    for path in sorted((PACKAGE / "service").rglob("*.py")):
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root)
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 n = node.end_lineno - node.lineno + 1
-                if n > MAX_FUNCTION_LINES:
-                    long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({n} lines)")
-    assert long == []
+                if n > MAX_FUNCTION_LINES and not (rel.parts[0] == "cli" and node.name == "add_parser"):
+                    long.append(f"{rel}:{node.lineno} {node.name} ({n} lines)")
+    return long
+
+
+def test_functions_are_short():
+    assert long_functions(PACKAGE) == []
+
+
+def test_the_check_catches_a_long_function(tmp_path):
+    for folder in ("cli", "training"):
+        (tmp_path / folder).mkdir()
+        body = "".join(f"    x{i} = {i}\n" for i in range(MAX_FUNCTION_LINES))
+        (tmp_path / folder / "m.py").write_text(f"def add_parser():\n{body}\n\ndef short():\n    pass\n")
+    assert long_functions(tmp_path) == [f"training/m.py:1 add_parser ({MAX_FUNCTION_LINES + 1} lines)"]
+
+
+def module_graph(root: Path) -> dict[str, set[str]]:
+    """Which alignnet modules each module of ``root`` imports (every import, at the top or inside a function;
+    ``from alignnet.cli import bench`` counts as importing the module ``alignnet.cli.bench``)."""
+
+    def name(path: Path) -> str:
+        parts = ("alignnet", *path.relative_to(root).with_suffix("").parts)
+        return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+    modules = {name(p): p for p in sorted(root.rglob("*.py"))}
+    graph: dict[str, set[str]] = {}
+    for mod, path in modules.items():
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
+                         for a in node.names]
+            edges |= {n for n in names if n in modules and n != mod}
+        graph[mod] = edges
+    return graph
+
+
+def import_circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected groups of more than one module (Tarjan's algorithm; no graph library is a
+    dependency of the project, and this is twenty lines)."""
+    index, low, stack, on, out, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                out.append(sorted(group))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_circles():
+    assert import_circles(module_graph(PACKAGE)) == []
+
+
+def test_the_check_catches_a_circle(tmp_path):
+    (tmp_path / "clients").mkdir()
+    (tmp_path / "clients" / "__init__.py").write_text("")
+    (tmp_path / "clients" / "a.py").write_text("def f():\n    from alignnet.clients.b import g\n")
+    (tmp_path / "clients" / "b.py").write_text("from alignnet.clients import c\n")
+    (tmp_path / "clients" / "c.py").write_text("import alignnet.clients.a\n")
+    (tmp_path / "clients" / "d.py").write_text("from alignnet.clients.a import f\n")
+    assert import_circles(module_graph(tmp_path)) == [["alignnet.clients.a", "alignnet.clients.b",
+                                                       "alignnet.clients.c"]]

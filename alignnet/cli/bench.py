@@ -7,7 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from alignnet.cli.main import command_line
+from alignnet.cli._common import command_line
 from alignnet.model.atomic import atomic_write_json
 from alignnet.service.settings import DEFAULT_ARTIFACT
 

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from alignnet.cli.main import command_line
+from alignnet.cli._common import command_line
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

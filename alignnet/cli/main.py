@@ -54,12 +54,5 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def command_line(args: argparse.Namespace) -> str:
-    """The command as typed, recorded next to results."""
-    import shlex
-
-    return "alignnet " + " ".join(map(shlex.quote, args.argv))
-
-
 if __name__ == "__main__":
     sys.exit(main())

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from alignnet.cli.main import command_line
+from alignnet.cli._common import command_line
 from alignnet.model.drift import ADVISE_RECALIBRATION
 from alignnet.recordings.dataset import DEFAULT_DATASET
 

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from alignnet.clients.demo import closed_loop
+from alignnet.clients.loop import closed_loop
 
 DEFAULT_SECONDS = 60.0  # spikes the zero-label calibration fits the session's read-in on
 

@@ -17,7 +17,7 @@ from torch import nn
 
 from alignnet.model.base import BidirectionalModel
 from alignnet.model.lif import LIFConfig, make_lif, reset_states
-from alignnet.model.registry import register_model
+from alignnet.model.registration import register_model
 
 
 @dataclass

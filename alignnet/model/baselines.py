@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from alignnet.model.base import BidirectionalModel
-from alignnet.model.registry import register_model
+from alignnet.model.registration import register_model
 
 
 @dataclass

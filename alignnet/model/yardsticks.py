@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from alignnet.model.base import BidirectionalModel
 from alignnet.model.metrics import r2
-from alignnet.model.registry import register_model
+from alignnet.model.registration import register_model
 
 
 @dataclass

@@ -101,91 +101,132 @@ def export_artifact(
     spikes: np.ndarray | None = None, behavior: np.ndarray | None = None, n_random: int = 16,
 ) -> dict[str, Any]:
     """Write decode/simulate graphs into the artifact. ``spikes``/``behavior`` are held-out windows in the model's
-    normalised space; without them, seeded random windows are used. Returns the parity report."""
+    normalised space; without them, seeded random windows are used. Returns the parity report.
+
+    Stages: every graph exported into a temporary folder and checked against eager PyTorch (``_export_checked``),
+    the decode graph's shortcuts (``_export_shortcuts``), then the files that passed moved in with their hashes and
+    the report recorded in ``config.json`` (``_record_export``); a failed check writes nothing."""
     folder = Path(folder)
     bad = [f for f in formats if f not in FORMATS]
     if bad:
         raise ValueError(f"unknown export format(s) {', '.join(bad)}; choose from {', '.join(FORMATS)}")
-    eager, contract, config = load_artifact(folder)
+    eager, _, config = load_artifact(folder)
     plain, _, _ = load_artifact(folder, lif_impl="plain")
-    c = eager.config
     day = day if day is not None else config.get("served_day")  # graphs read the served day's own channels
-    in_ch = eager.days[day].read_in.in_channels if day is not None else c.n_channels
-    rng = np.random.default_rng(0)
-    if spikes is None:
-        spikes = np.log1p(rng.poisson(0.6, (n_random, in_ch, c.window_bins))).astype(np.float32)
-    if behavior is None:
-        behavior = rng.standard_normal((n_random, c.behavior_dims, c.window_bins)).astype(np.float32)
-    spikes, behavior = np.ascontiguousarray(spikes, np.float32), np.ascontiguousarray(behavior, np.float32)
+    spikes, behavior = _example_windows(eager, day, spikes, behavior, n_random)
     paths = {"decode": (DecodePath(plain, day), DecodePath(eager, day), spikes, "spikes", "behavior"),
              "simulate": (SimulatePath(plain, day), SimulatePath(eager, day), behavior, "behavior", "rates")}
     if hasattr(eager, "spike_embedding"):  # the latent the service's drift monitor watches
         paths["embed"] = (EmbedPath(plain, day), EmbedPath(eager, day), spikes, "spikes", "latent")
     report: dict[str, Any] = {}
-    has_snn = hasattr(eager, "encode_spikes")
     with tempfile.TemporaryDirectory(dir=folder, prefix=".export-") as tmp:
         tmp = Path(tmp)
         staged = []
         for fmt in formats:
-            ext = "onnx" if fmt == "onnx" else "pt"
-            run = _run_onnx if fmt == "onnx" else _run_torchscript
-            for name, (exportable, reference, x, in_name, out_name) in paths.items():
-                example = torch.from_numpy(x[:2])  # a batch of 2: a batch of 1 would freeze the batch dimension
-                path = tmp / f"{name}.{ext}"
-                try:
-                    if fmt == "onnx":
-                        _export_onnx(exportable, example, path, in_name, out_name)
-                    else:
-                        _export_torchscript(exportable, example, path)
-                    got = run(path, x)
-                except Exception as e:  # exporters raise many types
-                    raise ExportError(f"{fmt} export of {name} failed: {type(e).__name__}: {e}") from e
-                with torch.no_grad():
-                    want = reference(torch.from_numpy(x)).numpy()
-                clean = np.ones(len(x), bool)  # windows whose SNN spikes are identical
-                entry: dict[str, Any] = {"windows": int(len(x))}
-                if has_snn:
-                    probe_path = tmp / f"probe.{ext}"
-                    probe = SpikeProbe(exportable, plain)
-                    if fmt == "onnx":
-                        _export_onnx(probe, example, probe_path, in_name, "probe")
-                    else:
-                        _export_torchscript(probe, example, probe_path)
-                    with torch.no_grad():
-                        ref_spikes = SpikeProbe(reference, eager)(torch.from_numpy(x)).numpy()
-                    flips = run(probe_path, x) != ref_spikes
-                    clean = ~flips.any(axis=1)
-                    entry.update(spike_mismatches=int(flips.sum()), spikes_compared=int(ref_spikes.size),
-                                 windows_with_flips=int((~clean).sum()))
-                    if flips.sum() > MAX_FLIP_RATE * ref_spikes.size:
-                        raise ExportError(f"{fmt} {name}: {int(flips.sum())} of {ref_spikes.size} spikes inside the "
-                                          "SNN differ from eager PyTorch (more than float rounding at the threshold "
-                                          "explains); nothing was written")
-                if not clean.any():
-                    raise ExportError(f"{fmt} {name}: no window with identical spikes to compare outputs on; "
-                                      "nothing was written")
-                diff = float(np.abs(got - want)[clean].max())
-                entry["max_abs_diff"] = diff
-                if (~clean).any():
-                    entry["max_abs_diff_windows_with_flips"] = float(np.abs(got - want)[~clean].max())
-                if not diff <= PARITY_ATOL:
-                    raise ExportError(f"{fmt} {name}: max |export - eager| = {diff:.3g} > {PARITY_ATOL}; "
-                                      "nothing was written")
-                report[f"{name}.{ext}"] = entry
-                staged.append((f"{name}.{ext}", path))
+            for name, graph in paths.items():
+                path, entry, got = _export_checked(fmt, name, graph, plain, eager, tmp)
+                report[path.name] = entry
+                staged.append((path.name, path))
                 if name == "decode" and fmt == "onnx":
-                    tail = _export_tail(eager, plain, day, x, got, tmp)
-                    if tail is not None:
-                        report["decode_tail.onnx"] = tail
-                        if tail["written"]:
-                            staged.append(("decode_tail.onnx", tmp / "decode_tail.onnx"))
-                    stream = _export_stream(eager, plain, day, in_ch, path, tmp)
-                    if stream is not None:
-                        report[STREAM_FILE] = stream
-                        if stream["written"]:
-                            staged.append((STREAM_FILE, tmp / STREAM_FILE))
+                    staged += _export_shortcuts(eager, plain, day, graph[2], got, path, tmp, report)
         for name, path in staged:  # every file passed: move them into the artifact and record their hashes
             add_file(folder, name, path)
+    _record_export(folder, report, day, int(eager.config.window_bins))
+    return report
+
+
+def _example_windows(eager, day: str | None, spikes: np.ndarray | None, behavior: np.ndarray | None,
+                     n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The windows the graphs are checked on: the given ones, or ``n`` seeded random windows of the served day."""
+    c = eager.config
+    in_ch = eager.days[day].read_in.in_channels if day is not None else c.n_channels
+    rng = np.random.default_rng(0)
+    if spikes is None:
+        spikes = np.log1p(rng.poisson(0.6, (n, in_ch, c.window_bins))).astype(np.float32)
+    if behavior is None:
+        behavior = rng.standard_normal((n, c.behavior_dims, c.window_bins)).astype(np.float32)
+    return np.ascontiguousarray(spikes, np.float32), np.ascontiguousarray(behavior, np.float32)
+
+
+def _export_to(fmt: str, module, example: torch.Tensor, path: Path, in_name: str, out_name: str) -> None:
+    if fmt == "onnx":
+        _export_onnx(module, example, path, in_name, out_name)
+    else:
+        _export_torchscript(module, example, path)
+
+
+def _export_checked(fmt: str, name: str, graph: tuple, plain, eager, tmp: Path
+                    ) -> tuple[Path, dict[str, Any], np.ndarray]:
+    """One graph exported to ``tmp`` and run on its windows: (its file, its parity entry, its outputs). An
+    ExportError (and nothing written) where it differs from eager PyTorch by more than float rounding."""
+    exportable, reference, x, in_name, out_name = graph
+    ext = "onnx" if fmt == "onnx" else "pt"
+    run = _run_onnx if fmt == "onnx" else _run_torchscript
+    example = torch.from_numpy(x[:2])  # a batch of 2: a batch of 1 would freeze the batch dimension
+    path = tmp / f"{name}.{ext}"
+    try:
+        _export_to(fmt, exportable, example, path, in_name, out_name)
+        got = run(path, x)
+    except Exception as e:  # exporters raise many types
+        raise ExportError(f"{fmt} export of {name} failed: {type(e).__name__}: {e}") from e
+    with torch.no_grad():
+        want = reference(torch.from_numpy(x)).numpy()
+    clean = np.ones(len(x), bool)  # windows whose SNN spikes are identical
+    entry: dict[str, Any] = {"windows": int(len(x))}
+    if hasattr(eager, "encode_spikes"):
+        clean = _check_spikes(fmt, name, graph, plain, eager, example, tmp / f"probe.{ext}", run, entry)
+    if not clean.any():
+        raise ExportError(f"{fmt} {name}: no window with identical spikes to compare outputs on; nothing was written")
+    diff = float(np.abs(got - want)[clean].max())
+    entry["max_abs_diff"] = diff
+    if (~clean).any():
+        entry["max_abs_diff_windows_with_flips"] = float(np.abs(got - want)[~clean].max())
+    if not diff <= PARITY_ATOL:
+        raise ExportError(f"{fmt} {name}: max |export - eager| = {diff:.3g} > {PARITY_ATOL}; nothing was written")
+    return path, entry, got
+
+
+def _check_spikes(fmt: str, name: str, graph: tuple, plain, eager, example: torch.Tensor, probe_path: Path, run,
+                  entry: dict[str, Any]) -> np.ndarray:
+    """The SNN's spikes inside the exported graph against eager PyTorch's: which windows have identical spikes
+    (outputs are compared on those), counted into ``entry``; an ExportError where more differ than float rounding
+    at the threshold explains."""
+    exportable, reference, x, in_name, _ = graph
+    _export_to(fmt, SpikeProbe(exportable, plain), example, probe_path, in_name, "probe")
+    with torch.no_grad():
+        ref_spikes = SpikeProbe(reference, eager)(torch.from_numpy(x)).numpy()
+    flips = run(probe_path, x) != ref_spikes
+    clean = ~flips.any(axis=1)
+    entry.update(spike_mismatches=int(flips.sum()), spikes_compared=int(ref_spikes.size),
+                 windows_with_flips=int((~clean).sum()))
+    if flips.sum() > MAX_FLIP_RATE * ref_spikes.size:
+        raise ExportError(f"{fmt} {name}: {int(flips.sum())} of {ref_spikes.size} spikes inside the SNN differ from "
+                          "eager PyTorch (more than float rounding at the threshold explains); nothing was written")
+    return clean
+
+
+def _export_shortcuts(eager, plain, day: str | None, x: np.ndarray, got: np.ndarray, decode_path: Path, tmp: Path,
+                      report: dict[str, Any]) -> list[tuple[str, Path]]:
+    """The decode graph's shortcuts for the live path — the receptive-field graph and the incremental stream —
+    each written only where it matches the decode graph; their entries go into ``report``."""
+    staged = []
+    tail = _export_tail(eager, plain, day, x, got, tmp)
+    if tail is not None:
+        report["decode_tail.onnx"] = tail
+        if tail["written"]:
+            staged.append(("decode_tail.onnx", tmp / "decode_tail.onnx"))
+    in_ch = x.shape[1]
+    stream = _export_stream(eager, plain, day, in_ch, decode_path, tmp)
+    if stream is not None:
+        report[STREAM_FILE] = stream
+        if stream["written"]:
+            staged.append((STREAM_FILE, tmp / STREAM_FILE))
+    return staged
+
+
+def _record_export(folder: Path, report: dict[str, Any], day: str | None, window_bins: int) -> None:
+    """The parity report and the shortcuts written, in ``config.json`` (an older shortcut not written again is
+    dropped)."""
     config = read_config(folder)
     config.setdefault("export", {}).update({"parity": report, "day": day, "opset": OPSET,
                                             "torch": torch.__version__, "atol": PARITY_ATOL})
@@ -194,11 +235,10 @@ def export_artifact(
     else:
         _drop_shortcut(folder, config, "tail", "decode_tail.onnx")
     if report.get(STREAM_FILE, {}).get("written"):
-        config["export"]["stream"] = {"file": STREAM_FILE, "window_bins": int(c.window_bins)}
+        config["export"]["stream"] = {"file": STREAM_FILE, "window_bins": window_bins}
     else:
         _drop_shortcut(folder, config, "stream", STREAM_FILE)
     write_config(folder, config)
-    return report
 
 
 def _drop_shortcut(folder: Path, config: dict[str, Any], key: str, file: str) -> None:

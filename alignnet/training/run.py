@@ -174,7 +174,11 @@ def train(cfg: dict[str, Any], config_path: Path, *, data: Path | None = None, o
           device: str | None = None, resume: bool = False, force: bool = False, command: str = "") -> dict[str, Any]:
     """Pretrain (AlignNet) and fine-tune per ``cfg`` on every day of ``data``; writes OUT/config.yaml, OUT/<stage>/
     metrics and checkpoints, and the artifact OUT/artifact. Returns the artifact folder, a summary per stage and
-    the validation metrics (None on ranks other than 0)."""
+    the validation metrics (None on ranks other than 0).
+
+    Stages: the settings checked and the device set up; the windows cut and the run recorded (``_record_run``); the
+    model built on the fitted contract (``_build_model``); each training stage fitted (``_fit_stages``); the model
+    scored and saved as the artifact (``_save_trained``)."""
     check_config(cfg)  # a wrong setting or device is refused before anything is read or written
     train_cfg = cfg.get("train", {})
     device = device or train_cfg.get("device", "auto")
@@ -183,6 +187,32 @@ def train(cfg: dict[str, Any], config_path: Path, *, data: Path | None = None, o
     out = out or Path("runs") / config_path.stem
     data = data or Path(train_cfg.get("data", DEFAULT_DATASET))
     ds = Dataset(data)
+    matched = _trainable(cfg, ds, train_cfg, data)
+    seed = int(train_cfg.get("seed", 0))
+    seed_everything(seed)
+    trainw, valw, testw, day_idx, window, behavior = _train_windows(ds, train_cfg)
+    split = split_report(ds, day_idx, testw)
+    if is_rank0():
+        _record_run(out, {**cfg, "resolved": {"data": str(data), "device": device, "command": command},
+                          "split": split}, resume, force)
+    model, contract = _build_model(cfg, ds, trainw, window, behavior, matched, train_cfg)
+    t0 = time.perf_counter()
+    summaries = _fit_stages(model, cfg, trainw, valw, contract, device, seed, out, matched, resume)
+    metrics = None
+    if is_rank0():
+        metrics = _save_trained(model, out / "artifact", ds, trainw, valw, testw, contract, matched, {
+            "dataset": str(data), "days": [ds.day_names[d] for d in day_idx], "config": str(config_path),
+            "train_s": round(time.perf_counter() - t0, 1), "stages": summaries, "seed": seed},
+            ds.day_names[day_idx[-1]])
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+    return {"artifact": out / "artifact", "stages": summaries, "metrics": metrics, "split": split}
+
+
+def _trainable(cfg: dict[str, Any], ds: Dataset, train_cfg: dict[str, Any], data: Path) -> bool:
+    """Whether the model reads the days' channels as they are (``matched``); a DataError for a model that cannot be
+    trained into an artifact on ``ds``."""
     if not model_class(cfg.get("model", "alignnet")).servable:
         raise DataError(f"{cfg.get('model')} is an evaluation yardstick (alignnet evaluate --models); it cannot be "
                         "trained into a servable artifact")
@@ -191,19 +221,24 @@ def train(cfg: dict[str, Any], config_path: Path, *, data: Path | None = None, o
     if not matched and not model_class(cfg.get("model", "alignnet")).needs_gradients:
         raise DataError(f"{data}: units differ across days, and {cfg.get('model')} is fitted in closed form on one "
                         "channel space; train it on one day (train.days: [NAME]) or choose a model with read-ins")
-    seed = int(train_cfg.get("seed", 0))
-    seed_everything(seed)
-    trainw, valw, testw, day_idx, window, behavior = _train_windows(ds, train_cfg)
-    split = split_report(ds, day_idx, testw)
-    if is_rank0():
-        out.mkdir(parents=True, exist_ok=True)
-        recorded = {**cfg, "resolved": {"data": str(data), "device": device, "command": command}, "split": split}
-        name = "config.yaml"
-        if resume and (out / name).is_file():  # the run's recorded config is never overwritten
-            check_resume(out / name, recorded, force)
-            name = "config.resumed.yaml"
-        atomic_write_bytes(out / name, yaml.safe_dump(recorded).encode())
-    # units that differ by day: one read-in per day into a shared model space of train.model_channels channels
+    return matched
+
+
+def _record_run(out: Path, recorded: dict[str, Any], resume: bool, force: bool) -> None:
+    """OUT/config.yaml: what the run was asked and how its data were split (never overwritten: a resumed run checks
+    against it and writes config.resumed.yaml)."""
+    out.mkdir(parents=True, exist_ok=True)
+    name = "config.yaml"
+    if resume and (out / name).is_file():
+        check_resume(out / name, recorded, force)
+        name = "config.resumed.yaml"
+    atomic_write_bytes(out / name, yaml.safe_dump(recorded).encode())
+
+
+def _build_model(cfg: dict[str, Any], ds: Dataset, trainw: list, window: int, behavior: str,
+                 matched: bool, train_cfg: dict[str, Any]):
+    """The contract fitted on the training windows and the model built on it (with a read-in per day where units
+    differ by day: one shared model space of ``train.model_channels`` channels)."""
     space = {} if ds.units_matched else {"n_channels": trainw[0].n_channels if matched
                                          else int(train_cfg.get("model_channels", 64))}
     contract = fit_contract(ds.contract(window_bins=window, behavior_kind=behavior, **space), trainw)
@@ -212,8 +247,13 @@ def train(cfg: dict[str, Any], config_path: Path, *, data: Path | None = None, o
     if not matched:
         for w in trainw:
             model.add_day(w.day, w.n_channels)
+    return model, contract
+
+
+def _fit_stages(model, cfg: dict[str, Any], trainw, valw, contract, device: str, seed: int, out: Path,
+                matched: bool, resume: bool) -> dict[str, Any]:
+    """Pretraining (for a model that has it and a config that asks for it), then fine-tuning; a summary of each."""
     summaries = {}
-    t0 = time.perf_counter()
     stages = (["pretrain"] if hasattr(model, "pretrain_outputs") and cfg.get("pretrain") else []) + ["finetune"]
     for stage in stages:
         stage_cfg = {**cfg.get(stage, {}), "device": device, "seed": seed,
@@ -222,25 +262,24 @@ def train(cfg: dict[str, Any], config_path: Path, *, data: Path | None = None, o
         summaries[stage] = trainer.fit(trainw, valw, contract, resume=resume)
         last = trainer.history[-1] if trainer.history else {}
         summaries[stage]["windows_per_s"] = last.get("windows_per_s")
-    metrics = None
-    if is_rank0():
-        model.eval()  # metrics and references on the training device (at paper scale, minutes on a CPU)
-        metrics = {**split_metrics(model, valw, contract, "val", not matched),
-                   **split_metrics(model, testw, contract, "test", not matched)}
-        extra = {"latent_reference": latent_reference(model, trainw, contract, not matched),
-                 "channel_reference": channel_reference(trainw, contract) if matched else None}
-        served = contract
-        if not matched:  # served through the last day's read-in until a new day is calibrated
-            extra.update(served_day=ds.day_names[day_idx[-1]], model_contract=contract.to_dict())
-            served = contract.for_day(trainw[-1].n_channels)
-        model = model.cpu()
-        save_artifact(out / "artifact", model, served, metrics=metrics, extra=extra, provenance={
-            "dataset": str(data), "days": [ds.day_names[d] for d in day_idx], "config": str(config_path),
-            "train_s": round(time.perf_counter() - t0, 1), "stages": summaries, "seed": seed})
-    if dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
-    return {"artifact": out / "artifact", "stages": summaries, "metrics": metrics, "split": split}
+    return summaries
+
+
+def _save_trained(model, folder: Path, ds: Dataset, trainw, valw, testw, contract, matched: bool,
+                  provenance: dict[str, Any], last_day: str) -> dict[str, Any]:
+    """The trained model's validation and test metrics and its references (the latent the drift gauge compares
+    with, the channel statistics zero-label calibration matches), saved with it as the artifact ``folder``."""
+    model.eval()  # metrics and references on the training device (at paper scale, minutes on a CPU)
+    metrics = {**split_metrics(model, valw, contract, "val", not matched),
+               **split_metrics(model, testw, contract, "test", not matched)}
+    extra = {"latent_reference": latent_reference(model, trainw, contract, not matched),
+             "channel_reference": channel_reference(trainw, contract) if matched else None}
+    served = contract
+    if not matched:  # served through the last day's read-in until a new day is calibrated
+        extra.update(served_day=last_day, model_contract=contract.to_dict())
+        served = contract.for_day(trainw[-1].n_channels)
+    save_artifact(folder, model.cpu(), served, metrics=metrics, extra=extra, provenance=provenance)
+    return metrics
 
 
 def split_report(ds: Dataset, day_idx: list[int], testw: list) -> dict[str, str]:
@@ -314,7 +353,7 @@ def evaluate(cfg: dict[str, Any], data: Path, out: Path, protocols: list[str], m
     if seeds:
         from alignnet.training.seeds import evaluate_seeds
 
-        return evaluate_seeds(cfg, data, out, protocols, models, command, seeds)
+        return evaluate_seeds(cfg, data, out, protocols, models, command, seeds, evaluate)
     from alignnet.training.protocols import EvalConfig, run
     from alignnet.training.seeds import request
 

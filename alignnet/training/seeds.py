@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -25,11 +26,13 @@ def request(ecfg, data: Path, protocols: list[str], models: list[str]) -> dict[s
 
 
 def evaluate_seeds(cfg: dict[str, Any], data: Path, out: Path, protocols: list[str], models: list[str],
-                   command: str, seeds: list[int]) -> tuple[dict[str, Any], list[Path]]:
-    """Run (or reuse) each seed's evaluation and write the aggregate: OUT/results.json, results.md, the figure."""
+                   command: str, seeds: list[int], evaluate: Callable[..., tuple[dict[str, Any], list[Path]]]
+                   ) -> tuple[dict[str, Any], list[Path]]:
+    """Run (or reuse) each seed's evaluation with ``evaluate`` (``alignnet.training.run.evaluate``, passed in: it
+    calls this, so importing it back would be a circle) and write the aggregate: OUT/results.json, results.md, the
+    figure."""
     from alignnet.training import report
     from alignnet.training.protocols import EvalConfig
-    from alignnet.training.run import evaluate
 
     if len(set(seeds)) != len(seeds) or any(s < 0 for s in seeds):
         raise ValueError(f"seeds must be distinct non-negative integers, got {seeds}")

@@ -296,22 +296,8 @@ class Trainer:
             plan = train_b.plan(self.epoch, c.seed, full_only=self.compiled)
             if c.max_steps_per_epoch:
                 plan = plan[: c.max_steps_per_epoch]
-            bar = tqdm(plan, desc=f"{self.model.model_name} {c.stage} epoch {self.epoch + 1}/{c.epochs}",
-                       disable=not (c.progress and is_rank0()), leave=False, unit="batch")
-            sums: dict[str, torch.Tensor] = {}  # on the device: read once an epoch, and for the bar now and then
-            epoch_t = shown = time.perf_counter()
-            for i, (k, idx) in enumerate(bar):
-                for g in self.optimizer.param_groups:
-                    g["lr"] = self._lr(self.epoch + i / max(len(plan), 1))
-                parts = self.step_parts(train_b.get(k, idx))
-                windows_seen += len(idx)
-                for key, v in parts.items():
-                    sums[key] = sums.get(key, 0.0) + v.double()
-                if not bar.disable and time.perf_counter() - shown > 1.0:  # one host sync a second at most
-                    bar.set_postfix(loss=f"{float(parts['loss']):.4f}")
-                    shown = time.perf_counter()
-            sums = as_numbers(sums)
-            train_s = time.perf_counter() - epoch_t
+            sums, train_s = self._train_epoch(train_b, plan)
+            windows_seen += sum(len(i) for _, i in plan)
             row = {"epoch": self.epoch + 1, **{k: v / max(len(plan), 1) for k, v in sums.items()},
                    **self.evaluate(val_b), "lr": self.optimizer.param_groups[0]["lr"], "epoch_train_s": train_s,
                    "windows_per_s": sum(len(i) for _, i in plan) / max(train_s, 1e-9)}
@@ -333,6 +319,24 @@ class Trainer:
             self._check_ranks_agree()
         return {"epochs": self.epoch, "best_val_loss": self.best, "train_s": time.perf_counter() - t0,
                 "windows_seen": windows_seen, "stopped_early": self.bad_epochs >= c.patience}
+
+    def _train_epoch(self, train_b: Batches, plan: list) -> tuple[dict[str, float], float]:
+        """One epoch's steps over ``plan``: each loss part summed over them (read once) and the seconds taken."""
+        c = self.cfg
+        bar = tqdm(plan, desc=f"{self.model.model_name} {c.stage} epoch {self.epoch + 1}/{c.epochs}",
+                   disable=not (c.progress and is_rank0()), leave=False, unit="batch")
+        sums: dict[str, torch.Tensor] = {}  # on the device: read once an epoch, and for the bar now and then
+        epoch_t = shown = time.perf_counter()
+        for i, (k, idx) in enumerate(bar):
+            for g in self.optimizer.param_groups:
+                g["lr"] = self._lr(self.epoch + i / max(len(plan), 1))
+            parts = self.step_parts(train_b.get(k, idx))
+            for key, v in parts.items():
+                sums[key] = sums.get(key, 0.0) + v.double()
+            if not bar.disable and time.perf_counter() - shown > 1.0:  # one host sync a second at most
+                bar.set_postfix(loss=f"{float(parts['loss']):.4f}")
+                shown = time.perf_counter()
+        return as_numbers(sums), time.perf_counter() - epoch_t
 
     def _check_ranks_agree(self) -> None:
         """Every rank must end with the same weights (DDP keeps them in sync); refuse to go on otherwise."""
