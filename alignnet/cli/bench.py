@@ -38,12 +38,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", type=Path, default=None, help="write the figures here")
     p.set_defaults(func=cmd_bench_latency)
 
-    p = bsub.add_parser("load", help="N concurrent clients against POST /decode for T seconds (loopback)",
+    p = bsub.add_parser("load", help="N concurrent clients (or R requests/s, open loop) against POST /decode for T "
+                        "seconds (loopback)",
                         description="Start `alignnet serve` (or use --url), run N concurrent HTTP clients posting "
-                        "batch-1 windows to /decode for T seconds, and report errors, throughput and p50/p99.")
+                        "batch-1 windows to /decode for T seconds, each sending when its last was answered (the "
+                        "capacity), and report errors, throughput and p50/p99. With --rate R, offer R requests a "
+                        "second instead, each at its own time whether or not earlier ones were answered (open "
+                        "loop, as independent users load it); latency counts from when each request was due.")
     p.add_argument("--artifact", type=Path, default=DEFAULT_ARTIFACT, help="artifact to serve (default: default model)")
     p.add_argument("--url", default=None, help="use a running service instead of starting one")
     p.add_argument("--clients", type=int, default=8, help="concurrent clients (default: %(default)s)")
+    p.add_argument("--rate", type=float, default=None, help="offer this many requests a second, open loop, "
+                   "instead of --clients (e.g. half the capacity a closed-loop run measured)")
     p.add_argument("--seconds", type=float, default=20.0, help="duration (default: %(default)s)")
     p.add_argument("--format", choices=("json", "npy"), default="json", help="request body (default: json)")
     p.add_argument("--json", type=Path, default=None, help="write the figures here")
@@ -156,7 +162,7 @@ def cmd_bench_latency(args: argparse.Namespace) -> int:
 def cmd_load(args: argparse.Namespace) -> int:
     from alignnet.service.loadtest import http_load
 
-    result = http_load(args.artifact, args.clients, args.seconds, args.format, url=args.url)
+    result = http_load(args.artifact, args.clients, args.seconds, args.format, url=args.url, rate=args.rate)
     _record(args, result, show=True)
     return 0 if result["error_count"] == 0 else 1
 
