@@ -19,7 +19,7 @@ import tempfile
 import textwrap
 
 CHILD = textwrap.dedent("""
-    import json, sys, tempfile
+    import json, os, sys, tempfile
     from pathlib import Path
     import numpy as np
     sys.path.insert(0, "tests")
@@ -62,7 +62,8 @@ CHILD = textwrap.dedent("""
                           "peak_mb": peak / 2**20, "peak_above_mb": (peak - before) / 2**20,
                           "rss_after_mb": after / 2**20, "fit_s": (done.get("report") or {}).get("fit_s"),
                           "bytes_per_number": (peak - before) / numbers, "bound_bytes_per_number": BYTES_PER_NUMBER,
-                          "state": done.get("state")}))
+                          "state": done.get("state"), "error": done.get("error")}), flush=True)
+    os._exit(0)  # the measurement is out; skip the interpreter's teardown of torch's and ONNX Runtime's threads
 """)
 
 
@@ -75,10 +76,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory():
         out = subprocess.run([sys.executable, "-c", CHILD, args.artifact, str(args.memory_mb), str(args.bins)],
                              capture_output=True, text=True)
-    if out.returncode:
-        sys.stderr.write(out.stderr[-4000:])
-        return out.returncode
-    row = json.loads(out.stdout.strip().splitlines()[-1])
+    lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
+    if out.returncode or not lines:
+        sys.stderr.write(out.stdout[-2000:] + out.stderr[-4000:])
+        return out.returncode or 1
+    row = json.loads(lines[-1])
     print(json.dumps(row, indent=1))
     return 0
 
