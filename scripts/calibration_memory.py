@@ -25,9 +25,9 @@ CHILD = textwrap.dedent("""
     sys.path.insert(0, "tests")
     from conftest import service_client
     from alignnet.model.artifacts import model_contract
-    from alignnet.service.app import create_app
+    from alignnet.service.http.app import create_app
     from alignnet.service.calibration import BYTES_PER_NUMBER, max_calibration_bins
-    from alignnet.service.settings import DEFAULT_ARTIFACT, Settings
+    from alignnet.service.http.settings import DEFAULT_ARTIFACT, Settings
 
     def status(key):
         for line in open("/proc/self/status"):

@@ -36,8 +36,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from alignnet.service.launcher import free_port  # noqa: E402
-from alignnet.service.loadtest import _load, percentiles  # noqa: E402
+from alignnet.bench.load import _load, percentiles  # noqa: E402
+from alignnet.service.http.launcher import free_port  # noqa: E402
 
 
 @contextmanager
@@ -183,7 +183,7 @@ def fuzz(url: str, examples: dict[str, int]) -> dict:
 def batch_cost(repeats: int = 5) -> dict:
     """Decode time per window of the default model by batch size: ONNX Runtime, one thread, in this process."""
     from alignnet.service.engines import load_engine
-    from alignnet.service.settings import DEFAULT_ARTIFACT
+    from alignnet.service.http.settings import DEFAULT_ARTIFACT
 
     engine = load_engine(DEFAULT_ARTIFACT, chunk=64)
     x = np.random.default_rng(0).poisson(0.4, (64, 64, 100)).astype(np.float32)

@@ -12,8 +12,8 @@ import httpx
 import numpy as np
 
 from alignnet.service.engines import load_engine
-from alignnet.service.launcher import serving
-from alignnet.service.settings import DEFAULT_ARTIFACT
+from alignnet.service.http.launcher import serving
+from alignnet.service.http.settings import DEFAULT_ARTIFACT
 
 
 def timed(fn, repeats: int) -> float:

@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 from alignnet.model.artifacts import read_config, write_config
-from alignnet.service.settings import DEFAULT_ARTIFACT
+from alignnet.service.http.settings import DEFAULT_ARTIFACT
 
 TIMER = """
 import json, sys, time

@@ -18,7 +18,7 @@ from scipy import linalg
 
 from alignnet.model.drift import gaussian_w2
 from alignnet.service.engines import load_engine
-from alignnet.service.settings import DEFAULT_ARTIFACT
+from alignnet.service.http.settings import DEFAULT_ARTIFACT
 
 
 def threads_at_50hz(engine, n: int, seconds: float, pooled: bool) -> np.ndarray:

@@ -13,7 +13,7 @@ import numpy as np
 from alignnet.model.metrics import r2
 from alignnet.recordings.dataset import Dataset
 from alignnet.service.engines import load_engine
-from alignnet.service.settings import DEFAULT_MODELS
+from alignnet.service.http.settings import DEFAULT_MODELS
 
 
 def main(data: str, day_index: int, seconds: float = 60.0, artifacts: list[Path] | None = None) -> None:

@@ -49,7 +49,7 @@ def engine_batches(out: Path, quick: bool = False) -> dict:
     import numpy as np
 
     from alignnet.service.engines import load_engine
-    from alignnet.service.settings import DEFAULT_ARTIFACT
+    from alignnet.service.http.settings import DEFAULT_ARTIFACT
 
     result = {"command": " ".join(sys.argv), "ms_per_window": {}}
     for threads in (1, 2):
@@ -73,7 +73,7 @@ import collections, json, os, sys, threading, time
 import numpy as np
 from threadpoolctl import threadpool_limits
 from alignnet.model.incremental import IncrementalDecoder, load_weights
-from alignnet.service.settings import DEFAULT_ARTIFACT
+from alignnet.service.http.settings import DEFAULT_ARTIFACT
 
 quick = sys.argv[1] == "1"
 window = json.loads((DEFAULT_ARTIFACT / "config.json").read_text())["contract"]["window_bins"]

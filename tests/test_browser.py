@@ -24,7 +24,7 @@ def test_demo_page_shows_the_cursor_moving_and_hits(tmp_path):
     webdriver = pytest.importorskip("selenium.webdriver")
     from selenium.webdriver.chrome.service import Service
 
-    from alignnet.service.launcher import free_port
+    from alignnet.service.http.launcher import free_port
 
     page_port, service_port = free_port(), free_port()
     demo = subprocess.Popen([str(Path(sys.executable).parent / "alignnet"), "demo", "--port", str(page_port),

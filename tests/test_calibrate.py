@@ -193,8 +193,8 @@ def test_drift_command_measures_every_day(tiny_dataset, tmp_path, capsys):
 def test_post_calibrate_swaps_in_a_calibrated_model_and_survives_a_restart(tiny_dataset, tmp_path):
     from conftest import service_client
 
-    from alignnet.service.app import create_app
-    from alignnet.service.settings import Settings
+    from alignnet.service.http.app import create_app
+    from alignnet.service.http.settings import Settings
 
     run = tmp_path / "run"
     assert cli(["train", str(tiny_dataset / "train.yaml"), "--data", str(tiny_dataset / "D"), "--out", str(run),
@@ -235,8 +235,8 @@ def test_post_calibrate_swaps_in_a_calibrated_model_and_survives_a_restart(tiny_
 def test_post_calibrate_failure_keeps_the_serving_model(service_artifacts, tmp_path, monkeypatch):
     from conftest import service_client
 
-    from alignnet.service.app import create_app
-    from alignnet.service.settings import Settings
+    from alignnet.service.http.app import create_app
+    from alignnet.service.http.settings import Settings
 
     def fails(*args, **kwargs):
         raise RuntimeError("disk full")
@@ -259,9 +259,9 @@ def test_post_calibrate_failure_keeps_the_serving_model(service_artifacts, tmp_p
 def test_drift_monitor_watches_the_served_latent_and_resets_on_a_new_model(tiny_dataset, tmp_path):
     from conftest import service_client
 
-    from alignnet.service.app import create_app
-    from alignnet.service.drift_monitor import MIN_LATENTS, DriftMonitor
-    from alignnet.service.settings import Settings
+    from alignnet.service.http.app import create_app
+    from alignnet.service.http.settings import Settings
+    from alignnet.service.live.drift_monitor import MIN_LATENTS, DriftMonitor
 
     run = tmp_path / "run"
     assert cli(["train", str(tiny_dataset / "train.yaml"), "--data", str(tiny_dataset / "D"), "--out", str(run),
@@ -295,7 +295,7 @@ def test_drift_monitor_embeds_on_its_own_thread_and_skips_while_busy():
 
     from conftest import wait_until
 
-    from alignnet.service.drift_monitor import DriftMonitor
+    from alignnet.service.live.drift_monitor import DriftMonitor
 
     release, threads = threading.Event(), []
 

@@ -35,8 +35,8 @@ def trained(tiny_dataset, tmp_path_factory):
 
 
 def _app(artifact: Path, cal: Path, **kw):
-    from alignnet.service.app import create_app
-    from alignnet.service.settings import Settings
+    from alignnet.service.http.app import create_app
+    from alignnet.service.http.settings import Settings
 
     return create_app(Settings(artifact=artifact, calibration_dir=cal, **kw))
 
@@ -77,8 +77,8 @@ CHILD = textwrap.dedent("""
         setattr(mod, name, wrapped)
     import alignnet.service.calibration as calibration
     calibration.compare = lambda *a: {"better": True, "why": "forced by the test"}  # the save is under test
-    from alignnet.service.app import State
-    from alignnet.service.settings import Settings
+    from alignnet.service.http.app import State
+    from alignnet.service.http.settings import Settings
     state = State(Settings(artifact=artifact, calibration_dir=cal))
     state.load()
     data = np.load(block)
@@ -100,8 +100,8 @@ KILL_POINTS = {
 
 
 def _served(artifact: Path, cal: Path, engine: str, x: np.ndarray):
-    from alignnet.service.app import State
-    from alignnet.service.settings import Settings
+    from alignnet.service.http.app import State
+    from alignnet.service.http.settings import Settings
 
     state = State(Settings(artifact=artifact, calibration_dir=cal, engine=engine))
     e = state.load()

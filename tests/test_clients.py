@@ -9,7 +9,7 @@ import pytest
 from alignnet.model.metrics import r2
 from alignnet.recordings.dataset import Dataset
 from alignnet.service.engines import load_engine
-from alignnet.service.lsl import Bridge, BridgeConfig
+from alignnet.service.live.lsl import Bridge, BridgeConfig
 
 pylsl = pytest.importorskip("pylsl")
 
@@ -64,8 +64,8 @@ def test_client_sync_and_async_equal_the_engine(service_artifacts):
     from conftest import service_client
 
     from alignnet.clients import AsyncClient, Client, ServiceError
-    from alignnet.service.app import create_app
-    from alignnet.service.settings import Settings
+    from alignnet.service.http.app import create_app
+    from alignnet.service.http.settings import Settings
 
     engine = load_engine(service_artifacts[0], "onnx")
     counts = np.random.default_rng(0).poisson(1.0, (3, 16, 20)).astype(np.float32)
@@ -96,7 +96,7 @@ def test_client_retries_5xx_and_reports_unreachable_services():
     import httpx
 
     from alignnet.clients import Client, ServiceError
-    from alignnet.service.codec import NPY, to_npy
+    from alignnet.service.http.codec import NPY, to_npy
 
     calls = []
 
@@ -248,7 +248,7 @@ def test_headless_demo_calibrates_live_and_reports_before_and_after(tmp_path):
     assert report["before"]["trials"] == 1 and report["after"]["trials"] == 1
     assert cal["swapped_at_trial"] >= cal["started_trial"] >= 1
 
-    from alignnet.service.settings import DEFAULT_MODELS
+    from alignnet.service.http.settings import DEFAULT_MODELS
 
     # the session's calibration lived in a folder of its own: the packaged default model serves as before
     assert not list(DEFAULT_MODELS.glob("*-calibrated")), list(DEFAULT_MODELS.glob("*-calibrated"))

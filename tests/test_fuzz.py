@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from alignnet.service.launcher import serving
+from alignnet.service.http.launcher import serving
 
 BIN = Path(sys.executable).parent
 

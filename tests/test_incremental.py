@@ -125,7 +125,7 @@ def test_sources_pushing_from_many_threads_are_batched_and_each_gets_its_own_bin
     outs: list = [None] * 6
 
     def run(i):
-        outs[i] = np.concatenate([streams[i].push(counts[i, k:k + 1]) for k in range(50)], axis=1).T
+        outs[i] = np.concatenate([streams[i].push(counts[i, k:k + 1]) for k in range(50)])
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(6)]
     for t in threads:
@@ -134,16 +134,16 @@ def test_sources_pushing_from_many_threads_are_batched_and_each_gets_its_own_bin
         t.join()
     for i in range(6):
         np.testing.assert_allclose(outs[i], offline_twin(engine.decode, counts[i], 40), atol=1e-4)
-    assert streams[0].pool.stats["bins"] == 300 and streams[0].pool.stats["steps"] <= 300
+    assert streams[0].rows.stats["items"] == 300 and streams[0].rows.stats["steps"] <= 300
     # a caller holding several sources' bins at once (FALCON's batch) steps them in one go
-    from alignnet.service.live import LiveStream
+    from alignnet.service.live.pipeline import LiveStream
 
     batch = [engine.open_stream() for _ in range(3)]
     got = np.stack([LiveStream.push_many(batch, counts[:3, k]) for k in range(50)], axis=1)  # (3, 50, D)
     for i in range(3):
         np.testing.assert_allclose(got[i], outs[i], atol=1e-4)
     with pytest.raises(ValueError, match="once"):
-        batch[0].pool.run_many([(batch[0].row, counts[0, :1]), (batch[0].row, counts[0, :1])])
+        batch[0].batcher.run_many(batch[0].rows, [(batch[0].row, counts[0, :1]), (batch[0].row, counts[0, :1])])
 
 
 def test_submitted_bins_come_back_in_order_batched_on_the_pools_thread(causal_artifact, monkeypatch):
@@ -153,13 +153,15 @@ def test_submitted_bins_come_back_in_order_batched_on_the_pools_thread(causal_ar
     them again."""
     import threading
 
-    from alignnet.service.live import StreamPool
+    from alignnet.service.live.pipeline import Batcher
 
-    monkeypatch.setattr(StreamPool, "IDLE_S", 0.3)
+    monkeypatch.setattr(Batcher, "IDLE_S", 0.3)
     engine = load_engine(causal_artifact)
     counts = np.random.default_rng(8).poisson(0.9, (5, 60, 16)).astype(np.float32)
-    streams = [engine.open_stream(wait_s=0.005) for _ in range(5)]
-    pool = streams[0].pool
+    batcher = Batcher(wait_s=0.005)
+    streams = [engine.open_stream(batcher) for _ in range(5)]
+    rows = streams[0].rows
+    steps0, items0 = rows.stats["steps"], rows.stats["items"]
     got: dict[int, list] = {i: [] for i in range(5)}
     callers: set = set()
     errors: list = []
@@ -182,22 +184,22 @@ def test_submitted_bins_come_back_in_order_batched_on_the_pools_thread(causal_ar
             else:
                 for j in range(3):
                     streams[i].submit(counts[i, k + j:k + j + 1], callback(i))
-    assert wait_until(lambda: all(sum(y.shape[1] for y in got[i]) == 60 for i in range(5)), 20), \
+    assert wait_until(lambda: all(sum(len(y) for y in got[i]) == 60 for i in range(5)), 20), \
         {i: len(v) for i, v in got.items()}
-    assert callers == {"stream-pool-out"} and not errors
+    assert callers == {"live-batcher-out"} and not errors
     for i in range(5):
-        np.testing.assert_allclose(np.concatenate(got[i], axis=1).T, offline_twin(engine.decode, counts[i], 40),
+        np.testing.assert_allclose(np.concatenate(got[i]), offline_twin(engine.decode, counts[i], 40),
                                    atol=1e-4)
-    assert pool.stats["bins"] == 300 and pool.stats["steps"] < 150, pool.stats  # batched across sources
-    assert wait_until(lambda: pool._worker is None and pool._caller is None, 5)  # idle: both threads ended
+    assert rows.stats["items"] - items0 == 300 and rows.stats["steps"] - steps0 < 150, rows.stats  # batched
+    assert wait_until(batcher.idle, 5)  # idle: both threads ended
     bad = []
     with pytest.raises(ValueError):  # counts of the wrong channels are refused at the door
         streams[1].submit(np.zeros((1, 3), np.float32), callback(1))
-    pool.submit(streams[1].row, np.zeros((1, 3), np.float32), lambda y, error: bad.append((y, error)))  # in a step
+    batcher.submit(rows, np.zeros((1, 3), np.float32), streams[1].row, lambda y, error: bad.append((y, error)))
     assert wait_until(lambda: bad, 5)
     assert bad[0][0] is None and isinstance(bad[0][1], ValueError)
     streams[2].submit(counts[2, :1], callback(2))  # the pool goes on after a failed step
-    assert wait_until(lambda: sum(y.shape[1] for y in got[2]) == 61, 5)
+    assert wait_until(lambda: sum(len(y) for y in got[2]) == 61, 5)
 
 
 def test_stream_weights_refuse_what_cannot_stream():
@@ -227,12 +229,12 @@ def test_export_writes_the_stream_and_the_engine_streams_the_newest_bins(causal_
     counts = np.random.default_rng(4).poisson(0.9, (120, 16)).astype(np.float32)
     want = offline_twin(lambda w: engine.decode(w), counts, 40)  # data units, whole windows
     live = engine.open_stream()
-    got = np.concatenate([live.push(counts[:7]), live.push(counts[7:8]), live.push(counts[8:])], axis=1).T
+    got = np.concatenate([live.push(counts[:7]), live.push(counts[7:8]), live.push(counts[8:])])
     np.testing.assert_allclose(got, want, atol=1e-4)
     # a model swapped in mid-stream continues from the ring buffer's window
     other = engine.open_stream()
-    other.prime(counts[40:80].T)
-    np.testing.assert_allclose(other.push(counts[80:]).T, want[80:], atol=1e-4)
+    other.prime(counts[40:80])
+    np.testing.assert_allclose(other.push(counts[80:]), want[80:], atol=1e-4)
 
 
 def test_export_leaves_out_a_stream_that_does_not_match_the_window_graph(tmp_path, monkeypatch):
@@ -303,7 +305,7 @@ def test_lsl_bridge_decodes_incrementally_with_the_windows_numbers(causal_artifa
     pylsl = pytest.importorskip("pylsl")
     import uuid
 
-    from alignnet.service.lsl import Bridge, BridgeConfig
+    from alignnet.service.live.lsl import Bridge, BridgeConfig
     from tests.conftest import wait_until
 
     engine = load_engine(causal_artifact)
@@ -316,7 +318,7 @@ def test_lsl_bridge_decodes_incrementally_with_the_windows_numbers(causal_artifa
                         lambda: engine).start()
         try:
             assert wait_until(lambda b=bridge: b.state == "streaming"), bridge.status()
-            assert bridge.status()["decoding"] == ("incremental" if incremental else "window")
+            assert bridge.status()["decoding"] in (("incremental",) if incremental else ("window", "receptive field"))
             found = pylsl.resolve_byprop("name", f"{name}-decoded", 1, 5.0)
             inlet = pylsl.StreamInlet(found[0], processing_flags=pylsl.proc_none)
             inlet.open_stream(timeout=5.0)
@@ -337,49 +339,26 @@ def test_lsl_bridge_decodes_incrementally_with_the_windows_numbers(causal_artifa
     np.testing.assert_allclose(outs[True], outs[False], atol=1e-4)
 
 
-def test_the_bridge_raises_a_failed_step_on_its_own_thread_and_drops_stale_outputs():
-    """What the pool's thread hands a bridge: a failed step is raised where the bridge reports and reconnects; the
-    outputs of a stream the bridge has replaced (a new model or source) or after it stopped are counted dropped,
-    not pushed; the bins in flight are given back either way."""
-    from alignnet.service.binning import Ring
-    from alignnet.service.lsl import Bridge, BridgeConfig
-    from alignnet.service.lsl_io import InFlight
+def test_the_route_raises_a_failed_step_on_the_bridges_thread_and_drops_stale_outputs(causal_artifact):
+    """What the batcher's thread hands a stream's route: a failed step is raised where the bridge reports and
+    reconnects; the outputs of a route since closed (a new model or source) are counted dropped, not pushed; the
+    bins in flight are given back either way, and a stream with ``limit`` in flight waits (the one lag policy)."""
+    from alignnet.service.live.binning import Ring
+    from alignnet.service.live.pipeline import IncrementalRoute, Lag
 
-    bridge = Bridge(BridgeConfig(source_name="x"), lambda: None)
-    flight = InFlight(10)
-    flight.take(3)
-    bridge._decoded(object(), flight, [0.0, 0.02], None, RuntimeError("step failed"))
-    assert flight.n == 1
+    engine = load_engine(causal_artifact)
+    dropped, pushed = [], []
+    lag = Lag(10, 1, lambda n, why: dropped.append((n, why)))
+    route = IncrementalRoute(engine, Ring(16, 40), lag, lambda y, t: pushed.append(t), None, prime=False)
+    lag.take(3)
+    route._back([0.0, 0.02], None, RuntimeError("step failed"))
+    assert lag.in_flight == 1
     with pytest.raises(RuntimeError, match="step failed"):
-        bridge._advance_live(Ring(4, 10, np.zeros(4, np.float32)), np.zeros((1, 4), np.float32), np.zeros(1))
-    bridge._decoded(object(), flight, [0.0], np.zeros((2, 1), np.float32), None)  # not the bridge's stream
-    assert bridge.counts["dropped"] == 1 and bridge.counts["hops"] == 0 and flight.n == 0
-    flight.take(12)  # a burst beyond the limit goes when nothing is out
+        route.push(np.zeros((1, 16), np.float32), np.zeros(1))
+    route.close()
+    route._back([0.0], np.zeros((1, 2), np.float32), None)  # a closed route's output
+    assert dropped == [(1, "reload")] and not pushed and lag.in_flight == 0
+    assert lag.newest(list(range(12))) == [11] and dropped[-1] == (11, "lag")
+    lag.take(12)  # a burst beyond the limit goes when nothing is out
     with pytest.raises(RuntimeError, match="gave nothing back"):
-        flight.take(1, timeout=0.05)
-
-
-def test_the_exported_window_graphs_are_causal_at_every_bin(causal_artifact):
-    """decode.onnx and decode_tail.onnx, as ONNX Runtime runs them: for every bin t, changing every input bin after t
-    leaves the outputs up to t bit for bit the same (their weights were checked by gradient in eager PyTorch,
-    tests/test_models.py; this is the graph the service runs). The stream needs no such check: it is handed the bins
-    up to t only, and it gives each window's newest bin (the tests above)."""
-    from alignnet.training.export import _run_onnx
-
-    config = read_config(causal_artifact)
-    graphs = {"decode.onnx": config["contract"]["window_bins"]}
-    if "decode_tail.onnx" in config["files"]:
-        graphs["decode_tail.onnx"] = config["export"]["tail"]["bins"]
-    assert len(graphs) == 2, "the test artifact should have a receptive-field graph too"
-    rng = np.random.default_rng(9)
-    for graph, bins in graphs.items():
-        x = np.log1p(rng.poisson(2.0, (1, 16, bins))).astype(np.float32)
-        later = np.repeat(x, bins, axis=0)  # copy t: every bin after t redrawn
-        for t in range(bins):
-            later[t, :, t + 1:] = np.log1p(rng.poisson(2.0, (16, bins - t - 1)))
-        base = _run_onnx(causal_artifact / graph, np.repeat(x, bins, axis=0))
-        moved = _run_onnx(causal_artifact / graph, later)
-        assert np.abs(base[-1] - base[0]).max() == 0  # the same window gives the same numbers in any batch row
-        for t in range(bins):
-            np.testing.assert_array_equal(moved[t, :, :t + 1], base[t, :, :t + 1], err_msg=f"{graph}, bin {t}")
-        assert np.abs(moved[:-1, :, -1] - base[:-1, :, -1]).max() > 1e-3  # later bins do move the later outputs
+        lag.take(1, timeout=0.05)

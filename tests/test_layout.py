@@ -57,12 +57,12 @@ def test_imports_run_one_way():
 def test_the_check_catches_an_upward_import(tmp_path):
     (tmp_path / "model").mkdir()
     (tmp_path / "service").mkdir()
-    (tmp_path / "model" / "bad.py").write_text("def f():\n    from alignnet.service.app import create_app\n")
+    (tmp_path / "model" / "bad.py").write_text("def f():\n    from alignnet.service.http.app import create_app\n")
     (tmp_path / "service" / "old.py").write_text("import training.trainer\n")
     (tmp_path / "service" / "ok.py").write_text("from alignnet.model import create_model\nimport numpy\n")
     found = layout_violations(tmp_path)
     assert len(found) == 2
-    assert "model/bad.py:2 (model) imports alignnet.service.app" in found[0]
+    assert "model/bad.py:2 (model) imports alignnet.service.http.app" in found[0]
     assert "service/old.py:1 imports 'training.trainer'" in found[1]
 
 

@@ -16,7 +16,7 @@ def slow_service():
     import uvicorn
     from fastapi import FastAPI
 
-    from alignnet.service.launcher import free_port
+    from alignnet.service.http.launcher import free_port
 
     app = FastAPI()
     lock = asyncio.Lock()
@@ -44,7 +44,7 @@ def slow_service():
 
 
 def test_open_loop_below_capacity_waits_for_nothing(slow_service):
-    from alignnet.service.loadtest import _open_loop
+    from alignnet.bench.load import _open_loop
 
     r = asyncio.run(_open_loop(slow_service, 20.0, 2.0, "json", (2, 4)))
     assert r["offered"] == 40 and r["requests"] == 40 and r["error_count"] == 0
@@ -54,7 +54,7 @@ def test_open_loop_below_capacity_waits_for_nothing(slow_service):
 def test_open_loop_beyond_capacity_shows_the_queue(slow_service):
     """Offered twice the capacity, requests queue: the last of 2 s of them waits ~1 s. A closed-loop client (the
     next request sent when the last is answered) would report ~20 ms here, at any load."""
-    from alignnet.service.loadtest import _load, _open_loop
+    from alignnet.bench.load import _load, _open_loop
 
     r = asyncio.run(_open_loop(slow_service, 100.0, 2.0, "json", (2, 4)))
     assert r["offered"] == 200 and r["error_count"] == 0
@@ -64,7 +64,7 @@ def test_open_loop_beyond_capacity_shows_the_queue(slow_service):
 
 
 def test_rate_is_checked():
-    from alignnet.service.loadtest import http_load
+    from alignnet.bench.load import http_load
 
     with pytest.raises(ValueError, match="--rate"):
         http_load(None, rate=0.0)

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from conftest import wait_until
 
-from alignnet.service.binning import EventBinner, RegularBinner, Ring, sanitize
 from alignnet.service.engines import load_engine
-from alignnet.service.lsl import Bridge, BridgeConfig
+from alignnet.service.live.binning import Ring
+from alignnet.service.live.lsl import Bridge, BridgeConfig
+from alignnet.service.live.sources import EventBinner, RegularBinner, sanitize
 
 pylsl = pytest.importorskip("pylsl")
 
@@ -181,7 +182,7 @@ def test_a_source_off_its_declared_rate_is_refused_until_it_runs_right(engine):
     tenth as many) 20-ms bins: it is refused, flagged in /health and the metrics, and taken again once right."""
     from prometheus_client import CollectorRegistry
 
-    from alignnet.service.lsl import BridgeMetrics
+    from alignnet.service.live.lsl import BridgeMetrics
 
     registry = CollectorRegistry()
     name = f"test-rate-{uuid.uuid4().hex[:8]}"
@@ -253,8 +254,8 @@ def test_reverse_direction_simulates_spikes(engine):
 def test_app_runs_the_bridge_and_reports_it(service_artifacts):
     from conftest import service_client
 
-    from alignnet.service.app import create_app
-    from alignnet.service.settings import Settings
+    from alignnet.service.http.app import create_app
+    from alignnet.service.http.settings import Settings
 
     name = f"test-app-{uuid.uuid4().hex[:8]}"
     src = _source(name)
@@ -304,8 +305,8 @@ def test_bridge_calibrates_the_session_without_labels_on_its_first_seconds(tiny_
     from conftest import service_client
 
     from alignnet.cli.main import main as cli
-    from alignnet.service.app import create_app
-    from alignnet.service.settings import Settings
+    from alignnet.service.http.app import create_app
+    from alignnet.service.http.settings import Settings
 
     run = tmp_path / "run"
     assert cli(["train", str(tiny_dataset / "train.yaml"), "--data", str(tiny_dataset / "D"), "--out", str(run),
@@ -343,8 +344,8 @@ def test_one_service_decodes_several_sources_with_batched_hops(service_artifacts
     input's time and equal to decoding that source alone; the sources' hops share engine calls."""
     from conftest import service_client
 
-    from alignnet.service.app import create_app
-    from alignnet.service.settings import Settings
+    from alignnet.service.http.app import create_app
+    from alignnet.service.http.settings import Settings
 
     engine = load_engine(service_artifacts[0], "onnx")
     names = [f"multi-{k}-{uuid.uuid4().hex[:6]}" for k in range(3)]

@@ -15,10 +15,10 @@ from conftest import service_client, wait_until
 
 from alignnet.model.artifacts import CONFIG, WEIGHTS, ArtifactError, read_config, seal_artifact, sha256, write_config
 from alignnet.model.integrity import KEY_ENV
-from alignnet.service.app import create_app
-from alignnet.service.codec import NPY, to_npy
 from alignnet.service.engines import load_engine
-from alignnet.service.settings import Settings
+from alignnet.service.http.app import create_app
+from alignnet.service.http.codec import NPY, to_npy
+from alignnet.service.http.settings import Settings
 
 pytestmark = pytest.mark.reliability
 
@@ -253,7 +253,7 @@ def test_openapi_describes_the_served_contract_and_every_error(root):
 def server(service_artifacts):
     import os
 
-    from alignnet.service.launcher import serving
+    from alignnet.service.http.launcher import serving
 
     os.environ["ALIGNNET_BODY_TIMEOUT_S"] = "1"
     try:

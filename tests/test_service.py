@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from conftest import service_client
 
-from alignnet.service.app import NPY, create_app
 from alignnet.service.engines import load_engine
-from alignnet.service.settings import Settings
+from alignnet.service.http.app import NPY, create_app
+from alignnet.service.http.settings import Settings
 
 
 @pytest.fixture(scope="module")
@@ -147,22 +147,23 @@ def test_concurrent_decode_requests_are_batched_with_each_its_own_answer(artifac
     each request gets its own rows back; a bad request is refused alone (422), not with its batch."""
     import threading
 
-    from alignnet.service.batching import HopBatcher
+    from alignnet.service.live.pipeline import Batcher
+    from alignnet.service.live.routes import window_group
 
     engine = load_engine(artifacts[0], "onnx")
     counts = [np.random.default_rng(i).poisson(1.0, (i + 1, 16, 20)).astype(np.float32) for i in range(4)]
-    batcher = HopBatcher(0.05, max_batch=64, workers=1, name="test-batcher")
+    batcher = Batcher()
+    group = window_group(batcher, engine, None, 1)
     outs: list = [None] * 4
     threads = [threading.Thread(target=lambda i=i: outs.__setitem__(
-        i, batcher.decode(engine, engine.contract.preprocess_spikes(counts[i])))) for i in range(4)]
+        i, batcher.run(group, engine.contract.preprocess_spikes(counts[i]), wait_s=0.05))) for i in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    batcher.stop()
     for i in range(4):
         np.testing.assert_allclose(outs[i], engine.decode(counts[i]), atol=1e-6)
-    assert batcher.stats["windows"] == 10 and batcher.stats["calls"] < 4, batcher.stats
+    assert group.stats["items"] == 10 and group.stats["calls"] < 4, group.stats
     settings = Settings(artifact=artifacts[0], workers=3, http_batch_wait_s=0.002)
     with service_client(create_app(settings)) as c:
         r = c.post("/decode", json={"spikes": counts[2].tolist()})
@@ -170,9 +171,9 @@ def test_concurrent_decode_requests_are_batched_with_each_its_own_answer(artifac
         np.testing.assert_allclose(r.json()["behavior"], engine.decode(counts[2]), atol=1e-6)
         bad = c.post("/decode", json={"spikes": np.full((16, 20), -1.0).tolist()})
         assert bad.status_code == 422 and "negative" in bad.text
-        assert c.get("/health").json()["http_batching"]["windows"] == 3
+        assert c.get("/health").json()["http_batching"]["items"] == 3
     with service_client(create_app(Settings(artifact=artifacts[0]))) as c:
         assert c.get("/health").json()["http_batching"] is None
     with caplog.at_level("WARNING"):  # one worker: requests reach the engine one at a time, nothing to batch
-        create_app(Settings(artifact=artifacts[0], http_batch_wait_s=0.002)).state.alignnet.http_batcher.stop()
+        create_app(Settings(artifact=artifacts[0], http_batch_wait_s=0.002))
     assert "workers is 1" in caplog.text

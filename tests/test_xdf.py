@@ -86,7 +86,7 @@ def _live_run(engine, counts, beh, bin_s, path):
     """Replay through a bridge on ``engine`` while a recorder writes the three streams to ``path``."""
     from alignnet.clients.recorder import Recorder
     from alignnet.clients.replay import OnlineScorer, Replayer
-    from alignnet.service.lsl import Bridge, BridgeConfig
+    from alignnet.service.live.lsl import Bridge, BridgeConfig
 
     name = f"xdf-live-{uuid.uuid4().hex[:8]}"
     replayer = Replayer(counts, beh, bin_s, name, speed=2.0)

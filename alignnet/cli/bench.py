@@ -1,5 +1,5 @@
-"""``alignnet bench models | latency | load | streams | lsl | train`` (the work is done by ``alignnet.service.bench``,
-``alignnet.service.loadtest``, ``alignnet.service.streams_bench`` and ``alignnet.training.throughput``)."""
+"""``alignnet bench models | latency | load | streams | lsl | train`` (the work is done by ``alignnet.bench.engines``,
+``alignnet.bench.load``, ``alignnet.bench.streams`` and ``alignnet.training.throughput``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 from alignnet.cli._common import command_line
 from alignnet.model.atomic import atomic_write_json
-from alignnet.service.settings import DEFAULT_ARTIFACT
+from alignnet.service.http.settings import DEFAULT_ARTIFACT
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -115,7 +115,7 @@ def _record(args: argparse.Namespace, result: dict, show: bool = False) -> None:
 def cmd_bench_models(args: argparse.Namespace) -> int:
     import torch
 
-    from alignnet.service.bench import bench_models
+    from alignnet.bench.engines import bench_models
 
     print(f"eager PyTorch {torch.__version__}, {args.threads} thread(s), batch {args.batch}, {args.repeats} calls; "
           "ms per call (median / p90)")
@@ -130,8 +130,8 @@ def cmd_bench_models(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_latency(args: argparse.Namespace) -> int:
+    from alignnet.bench.engines import bench_latency
     from alignnet.cli.models import artifact_dir
-    from alignnet.service.bench import bench_latency
 
     folder = artifact_dir(args.artifact)
     import platform
@@ -160,7 +160,7 @@ def cmd_bench_latency(args: argparse.Namespace) -> int:
 
 
 def cmd_load(args: argparse.Namespace) -> int:
-    from alignnet.service.loadtest import http_load
+    from alignnet.bench.load import http_load
 
     result = http_load(args.artifact, args.clients, args.seconds, args.format, url=args.url, rate=args.rate)
     _record(args, result, show=True)
@@ -168,7 +168,7 @@ def cmd_load(args: argparse.Namespace) -> int:
 
 
 def cmd_lsl(args: argparse.Namespace) -> int:
-    from alignnet.service.loadtest import lsl_latency
+    from alignnet.bench.load import lsl_latency
 
     result = lsl_latency(args.artifact, args.seconds)
     _record(args, result, show=True)
@@ -176,7 +176,7 @@ def cmd_lsl(args: argparse.Namespace) -> int:
 
 
 def cmd_streams(args: argparse.Namespace) -> int:
-    from alignnet.service.streams_bench import bench_streams, find_max
+    from alignnet.bench.streams import bench_streams, find_max
 
     def show(r: dict) -> None:
         print(f"{r['streams']:>4} streams: p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms (worst stream "

@@ -12,7 +12,7 @@ import sys
 
 from alignnet.model.artifacts import ArtifactError, ExportError
 from alignnet.recordings.dataset import DataError
-from alignnet.service.launcher import ServiceUnavailable
+from alignnet.service.http.launcher import ServiceUnavailable
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -39,9 +39,9 @@ def artifact_dir(path: Path) -> Path:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
+    from alignnet.bench.engines import model_kind
     from alignnet.model import create_model, list_models
     from alignnet.model.base import n_params
-    from alignnet.service.bench import model_kind
 
     names = [n for n in list_models() if args.all or not n.startswith("test-")]
     print(f"{'model':<20} {'parameters':>12}  {'channels x bins':<16} kind")

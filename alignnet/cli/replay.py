@@ -70,7 +70,7 @@ def held_out_start(day, window_bins: int) -> float:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from alignnet.service.settings import DEFAULT_ARTIFACT
+    from alignnet.service.http.settings import DEFAULT_ARTIFACT
 
     artifact = (DEFAULT_ARTIFACT if args.serve == "default" else Path(args.serve)) if args.serve else None
     if args.nwb and not (args.score or artifact):

@@ -10,7 +10,7 @@ log = logging.getLogger(__name__)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from alignnet.service.settings import DEFAULT_ARTIFACT
+    from alignnet.service.http.settings import DEFAULT_ARTIFACT
 
     p = sub.add_parser(
         "serve", help="serve a model over HTTP (POST /decode, /simulate) and optionally bridge LSL streams",
@@ -59,7 +59,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def settings_from_args(args: argparse.Namespace):
-    from alignnet.service.settings import Settings
+    from alignnet.service.http.settings import Settings
 
     if args.lsl_source and len(args.lsl_source) > 1:
         if args.lsl_output:
@@ -93,8 +93,8 @@ def settings_from_args(args: argparse.Namespace):
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from alignnet.service.app import create_app
     from alignnet.service.engines import check_artifact
+    from alignnet.service.http.app import create_app
 
     settings = settings_from_args(args)
     key = settings.artifact_key.get_secret_value() if settings.artifact_key else None

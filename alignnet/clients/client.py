@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from alignnet.service.codec import NPY, from_npy, to_npy
+from alignnet.service.http.codec import NPY, from_npy, to_npy
 
 RETRYABLE = (httpx.ConnectError, httpx.ReadTimeout, httpx.WriteTimeout, httpx.PoolTimeout, httpx.RemoteProtocolError,
              httpx.ConnectTimeout)

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from alignnet.service.engines import Engine, load_engine
-from alignnet.service.live import LiveStream
+from alignnet.service.live.pipeline import LiveStream
 
 log = logging.getLogger(__name__)
 

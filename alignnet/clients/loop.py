@@ -27,12 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
+from alignnet.bench.load import served_contract
 from alignnet.recordings.dynamics import CortexState
 from alignnet.recordings.simulator import BEHAVIOR_FS, SimConfig, drift_population, initial_population, unit_rates
-from alignnet.service.consumer import DecodedStream
-from alignnet.service.launcher import ServiceUnavailable, free_port, serving
-from alignnet.service.loadtest import served_contract
-from alignnet.service.settings import DEFAULT_MODELS
+from alignnet.service.http.launcher import ServiceUnavailable, free_port, serving
+from alignnet.service.http.settings import DEFAULT_MODELS
+from alignnet.service.live.consumer import DecodedStream
 
 log = logging.getLogger(__name__)
 

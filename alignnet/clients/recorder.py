@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from alignnet.recordings.xdf import XdfWriter
-from alignnet.service.launcher import ServiceUnavailable
+from alignnet.service.http.launcher import ServiceUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from alignnet.model.metrics import r2
 from alignnet.model.streaming import offline_twin
-from alignnet.service.launcher import ServiceUnavailable
+from alignnet.service.http.launcher import ServiceUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +210,7 @@ def replay_day(day, *, name: str = "alignnet-replay", kind: str | None = None, s
     from contextlib import nullcontext
 
     from alignnet.service.engines import check_artifact
-    from alignnet.service.launcher import serving
+    from alignnet.service.http.launcher import serving
 
     config = check_artifact(artifact, "onnx") if artifact else None
     kind = kind or (config["contract"]["behavior_kind"] if config else "pos")

@@ -91,7 +91,7 @@ def replay_xdf(path: Path, *, spikes: str | None = None, behavior: str | None = 
     on it) score the decoded stream online; with ``nwb`` write the decoded and recorded streams to an NWB file."""
     from alignnet.clients.replay import OnlineScorer, write_scored_nwb
     from alignnet.service.engines import check_artifact
-    from alignnet.service.launcher import serving
+    from alignnet.service.http.launcher import serving
 
     path = Path(path)
     streams = load_streams(path, dejitter=False)  # the recorded timing, clocks synchronised

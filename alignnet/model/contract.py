@@ -244,6 +244,18 @@ class DataContract:
         path's ring buffer, whose samples were sanitised on arrival)."""
         return (np.log1p(counts) / self._spike_scale()).astype(np.float32, copy=False)
 
+    # time-major helpers for the live path, whose bins arrive (m, C): no transposing to (B, C, T) and back
+    def scale_bins(self, counts: np.ndarray) -> np.ndarray:
+        """(m, C) clean counts -> (m, C) normalised float32, contiguous (``scale_counts`` for bins in rows)."""
+        scale = np.asarray(self._spike_scale(), np.float32).reshape(-1)
+        return np.ascontiguousarray(np.log1p(np.asarray(counts, np.float32)) / scale, np.float32)
+
+    def behavior_bins(self, z: np.ndarray) -> np.ndarray:
+        """(m, D) standardised model output -> (m, D) behavior in data units (``postprocess_behavior`` in rows)."""
+        self._require_fitted()
+        std, mean = np.asarray(self.behavior_std, np.float32), np.asarray(self.behavior_mean, np.float32)
+        return (np.asarray(z, np.float32) * std + mean).astype(np.float32, copy=False)
+
     def preprocess_behavior(self, behavior: np.ndarray) -> np.ndarray:
         """(N, D, T) or (D, T) behavior in data units -> standardised float32 (N, D, T)."""
         self._require_fitted()

@@ -35,7 +35,7 @@ import numpy as np
 
 from alignnet.model.artifacts import model_contract
 from alignnet.model.atomic import atomic_write_json
-from alignnet.service.binning import MAX_RATE_HZ, max_count
+from alignnet.service.live.binning import MAX_RATE_HZ, max_count
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def calibration_dir(base: Path, configured: Path | None) -> Path:
     """Where calibrated artifacts of ``base`` go: the configured folder, else ``<base>-calibrated`` next to it — except
     for the default models inside the installed package, whose calibrations go to ~/.cache/alignnet (a package
     folder may be read-only, and is not a place for a lab's data)."""
-    from alignnet.service.settings import DEFAULT_MODELS
+    from alignnet.service.http.settings import DEFAULT_MODELS
 
     base = Path(base).resolve()
     if configured:

@@ -17,12 +17,12 @@ import numpy as np
 from alignnet.model.artifacts import ArtifactError, verify_files
 from alignnet.model.contract import DataContract
 from alignnet.model.incremental import STREAM_FILE, load_weights
-from alignnet.service.live import LiveStream, StreamPool
+from alignnet.service.live.pipeline import LiveStream, RowGroup
 
 log = logging.getLogger(__name__)
 
 ENGINES = ("onnx", "torchscript", "eager")
-_POOL_LOCK = threading.Lock()  # an engine's stream pool is made once, whichever bridge asks first
+_ROWS_LOCK = threading.Lock()  # an engine's incremental rows are made once, whichever stream asks first
 
 
 class Engine:
@@ -71,20 +71,18 @@ class Engine:
         """Whether the artifact decodes incrementally (``decode_stream.npz``, written by export for causal models)."""
         return STREAM_FILE in self.config["files"] and "stream" in (self.config.get("export") or {})
 
-    def open_stream(self, wait_s: float | None = None) -> LiveStream:
-        """A new incremental decoder for one live source (``service/live.py``: a row of this engine's pool, stepped
-        in batches with the other sources' rows), starting as an empty ring buffer does. ``wait_s``: how long the
-        pool's stepping thread waits for every source's bins (the pool's; the last one given holds)."""
+    def open_stream(self, batcher=None) -> LiveStream:
+        """A new incremental decoder for one live source (``service/live/pipeline.py``: a row of this engine's
+        ``RowGroup``, stepped in batches with the other sources' rows by ``batcher``, the process's one by default),
+        starting as an empty ring buffer does."""
         if not self.can_stream:
             raise ArtifactError(f"{self.folder}: no {STREAM_FILE}; re-export the artifact to decode incrementally")
-        with _POOL_LOCK:
-            if self._pool is None:
-                self._pool = StreamPool(load_weights(self.folder / STREAM_FILE), self.contract.window_bins)
-            if wait_s is not None:
-                self._pool.wait_s = float(wait_s)
-        return LiveStream(self.contract, self._pool)
+        with _ROWS_LOCK:
+            if self.rows is None:
+                self.rows = RowGroup(load_weights(self.folder / STREAM_FILE), self.contract.window_bins)
+        return LiveStream(self.contract, self.rows, batcher)
 
-    _pool: StreamPool | None = None
+    rows: RowGroup | None = None
 
     def _decode_tail(self, x: np.ndarray) -> np.ndarray:
         return self._run("decode_tail", x)

@@ -1,11 +1,10 @@
 """The steps of one LSL sample's path before the engine: find the source, check it against the contract, open a
-bounded inlet, pull chunks, clean and bin them (see ``alignnet.service.lsl`` for the whole path)."""
+bounded inlet, pull chunks, clean and bin them (see ``alignnet.service.live.lsl`` for the whole path)."""
 
 from __future__ import annotations
 
 import logging
 import socket
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,7 +14,7 @@ import numpy as np
 import pylsl
 
 from alignnet.model.contract import DataContract
-from alignnet.service.binning import EventBinner, RegularBinner, max_count, sanitize
+from alignnet.service.live.binning import max_count
 
 log = logging.getLogger(__name__)
 
@@ -178,56 +177,6 @@ class Feed:
 
 
 
-def outlet_info(name: str, d: Direction, c: DataContract, config: dict, artifact: str, source: dict,
-                hop_bins: int):
-    """The output stream's info, described by the XDF meta-data conventions (``desc/channels/channel`` with label,
-    unit and type; ``desc/acquisition``) plus an ``alignnet`` group: the model, the artifact's config hash, bin
-    width, window, hop, and the input stream it was computed from; so a LabRecorder file says what each stream was.
-    The ``source_id`` depends only on the direction and the input stream's name: a restarted service (or a reloaded
-    model) keeps it, and recorders reconnect to it."""
-    from alignnet import __version__
-
-    info = pylsl.StreamInfo(name, d.out_type, d.n_out, 1.0 / c.bin_s, "float32", f"alignnet-{d.name}-"
-                            f"{source.get('name', 'source')}")
-    desc = info.desc()
-    desc.append_child_value("producer", "alignnet-bci")
-    desc.append_child_value("stamps", "LSL time of the input bin each sample was computed from")
-    desc.append_child_value("units", d.out_units)
-    chans = desc.append_child("channels")
-    if d.counts:  # decoded behavior
-        kind = {"pos": "Position", "vel": "Velocity"}.get(c.behavior_kind, c.behavior_kind)
-        unit = str(c.extra.get("behavior_unit", "a.u."))
-        types = [f"{kind}{n.upper()}" if len(n) == 1 else kind for n in d.out_labels]
-    else:
-        unit, types = "counts per bin", ["SpikeCount"] * d.n_out
-    for label, type_ in zip(d.out_labels, types):
-        ch = chans.append_child("channel")
-        ch.append_child_value("label", label)
-        ch.append_child_value("unit", unit)
-        ch.append_child_value("type", type_)
-    acq = desc.append_child("acquisition")
-    acq.append_child_value("manufacturer", "AlignNet-BCI")
-    acq.append_child_value("model", str(config.get("model", "?")))
-    acq.append_child_value("software_version", __version__)
-    a = desc.append_child("alignnet")
-    for key, value in (("direction", d.name), ("model", config.get("model", "?")), ("artifact", artifact),
-                       ("artifact_sha256", (config.get("integrity") or {}).get("sha256", "")),
-                       ("causal", _causal(config)),
-                       ("bin_s", repr(c.bin_s)), ("window_bins", str(c.window_bins)), ("hop_bins", str(hop_bins)),
-                       ("behavior_kind", c.behavior_kind)):
-        a.append_child_value(key, str(value))
-    src = a.append_child("source")
-    for key in ("name", "type", "source_id", "hostname"):
-        src.append_child_value(key, str(source.get(key, "")))
-    return info
-
-
-def _causal(config: dict) -> str:
-    """Whether the served decoder sees only the past (recorded at export; ``unstated`` for older artifacts)."""
-    flag = config.get("causal_decode", (config.get("model_config") or {}).get("causal"))
-    return "unstated" if flag is None else str(bool(flag)).lower()
-
-
 class StallWatch:
     """A source that stops sending without going away (a frozen process, a stuck acquisition loop) is never reported
     lost by liblsl. After ``stall_s`` of silence (five times more, at least 5 s, for spike-event streams, which go
@@ -267,26 +216,6 @@ class StallWatch:
             log.warning("LSL: switching from the stalled source to %s on %s", other.name(), other.hostname())
             b._count("reconnects", 1, "reconnects")
         return other
-
-
-class InFlight:
-    """Bins a bridge has handed to the stream pool and not got back yet (``Bridge._advance_live``): ``take`` waits
-    while more than ``limit`` would be out (a burst larger than the limit waits for none to be out)."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit, self.n = limit, 0
-        self._cv = threading.Condition()
-
-    def take(self, n: int, timeout: float = 5.0) -> None:
-        with self._cv:
-            if not self._cv.wait_for(lambda: self.n == 0 or self.n + n <= self.limit, timeout):
-                raise RuntimeError(f"the live decoder gave nothing back for {timeout:g} s")
-            self.n += n
-
-    def give(self, n: int) -> None:
-        with self._cv:
-            self.n -= n
-            self._cv.notify_all()
 
 
 class RateWatch:
@@ -338,3 +267,94 @@ class RateWatch:
             b.state, b.error = "streaming", None
             log.info("LSL source %s runs at its declared rate again", b.source["name"])
         self.off = off
+
+
+# ---- clean-up and re-binning: pure numpy, tested without LSL (no maintained library does these few lines for a
+# live stream) ----
+class RegularBinner:
+    """Samples at ``factor`` x the bin rate -> bins: counts are summed, behavior averaged. A bin is stamped with the
+    time stamp of its last sample."""
+
+    def __init__(self, factor: int, n_channels: int, reduce: str = "sum") -> None:
+        self.factor, self.reduce = int(factor), reduce
+        self.acc = np.zeros(n_channels, np.float64)
+        self.n = 0
+
+    def reset(self) -> None:
+        self.acc[:] = 0
+        self.n = 0
+
+    def feed(self, samples: np.ndarray, stamps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(n, C) samples, (n,) stamps -> (m, C) bins, (m,) stamps."""
+        if self.factor == 1:
+            return samples.astype(np.float32), np.asarray(stamps, np.float64)
+        bins, out_stamps = [], []
+        for x, t in zip(samples, stamps):
+            self.acc += x
+            self.n += 1
+            if self.n == self.factor:
+                bins.append(self.acc / self.factor if self.reduce == "mean" else self.acc.copy())
+                out_stamps.append(t)
+                self.reset()
+        if not bins:
+            return np.zeros((0, self.acc.size), np.float32), np.zeros(0)
+        return np.asarray(bins, np.float32), np.asarray(out_stamps)
+
+
+class EventBinner:
+    """Irregular spike events (channel index, time stamp) -> counts per bin on a grid anchored at the first event.
+    A bin closes once ``now`` (this host's LSL clock, in the source's time) passes its end plus ``lateness``; it is
+    stamped with its end time."""
+
+    def __init__(self, bin_s: float, n_channels: int, lateness_s: float) -> None:
+        self.bin_s, self.n_channels, self.lateness = float(bin_s), int(n_channels), float(lateness_s)
+        self.reset()
+
+    def reset(self) -> None:
+        self.t0: float | None = None
+        self.next_bin = 0
+        self.pending: dict[int, np.ndarray] = {}
+
+    def feed(self, channels: np.ndarray, stamps: np.ndarray, now: float) -> tuple[np.ndarray, np.ndarray, int]:
+        """Returns (m, C) closed bins, (m,) their end stamps and the number of events dropped (late or bad)."""
+        bad = 0
+        for ch, t in zip(np.asarray(channels, np.float64).ravel(), stamps):
+            if self.t0 is None:
+                self.t0 = float(t)
+            k = int(np.floor((t - self.t0) / self.bin_s))
+            if not np.isfinite(ch) or ch != int(ch) or not 0 <= ch < self.n_channels or k < self.next_bin:
+                bad += 1
+                continue
+            self.pending.setdefault(k, np.zeros(self.n_channels, np.float32))[int(ch)] += 1
+        if self.t0 is None:
+            return np.zeros((0, self.n_channels), np.float32), np.zeros(0), bad
+        last = int(np.floor((now - self.lateness - self.t0) / self.bin_s))  # bins [next_bin, last) are closed
+        if last <= self.next_bin:
+            return np.zeros((0, self.n_channels), np.float32), np.zeros(0), bad
+        ks = range(self.next_bin, last)
+        bins = np.stack([self.pending.pop(k, np.zeros(self.n_channels, np.float32)) for k in ks])
+        stamps = self.t0 + (np.arange(self.next_bin, last) + 1) * self.bin_s
+        self.next_bin = last
+        return bins, stamps, bad
+
+
+def sanitize(x: np.ndarray, counts: bool, last: np.ndarray | None = None,
+             most: float = np.inf) -> tuple[np.ndarray, int]:
+    """Replace bad values so one bad sample cannot poison a window: non-finite ones, and for counts negative,
+    fractional, or above ``most`` (a count no channel fires in one sample's time: see ``max_count``). Counts become
+    0, behavior holds the last good value. Returns (clean array, number of samples that had a bad value)."""
+    bad = ~np.isfinite(x)
+    if counts:
+        with np.errstate(invalid="ignore"):
+            bad |= (x < 0) | (x > most) | (x != np.round(x))
+    rows = bad.any(axis=1)
+    if not rows.any():
+        return x, 0
+    x = x.copy()
+    if counts:
+        x[bad] = 0
+    else:
+        for i in np.flatnonzero(rows):
+            prev = x[i - 1] if i > 0 else (last if last is not None else np.zeros(x.shape[1], x.dtype))
+            x[i, bad[i]] = prev[bad[i]]
+    return x, int(rows.sum())

@@ -23,9 +23,6 @@ from threadpoolctl import threadpool_limits
 
 from alignnet.model.artifacts import ArtifactError
 from alignnet.model.drift import ADVISE_RECALIBRATION
-from alignnet.service.batching import HopBatcher
-from alignnet.service.binning import BlockCollector
-from alignnet.service.bodies import as_float32, body_schema, parse, respond, run_engine, validate, windows_within
 from alignnet.service.calibration import (
     CalibrationBusy,
     Calibrator,
@@ -33,22 +30,26 @@ from alignnet.service.calibration import (
     max_calibration_bins,
     resume_artifact,
 )
-from alignnet.service.codec import NPY  # noqa: F401  (re-exported for clients and tests)
-from alignnet.service.drift_monitor import DriftMonitor
 from alignnet.service.engines import Engine, load_engine
-from alignnet.service.errors import (
+from alignnet.service.http.bodies import as_float32, body_schema, parse, respond, run_engine, validate, windows_within
+from alignnet.service.http.codec import NPY  # noqa: F401  (re-exported for clients and tests)
+from alignnet.service.http.errors import (
     BadInput,
     Conflict,
     TooLarge,
     error_responses,
     install_handlers,
 )
-from alignnet.service.guard import Guard, public, require_admin, scrub, under_root
-from alignnet.service.lsl import Bridge, BridgeConfig, BridgeMetrics, Bridges
-from alignnet.service.openapi import contract_openapi
-from alignnet.service.pool import EnginePool
-from alignnet.service.schemas import CalibrateRequest, DecodeRequest, ReloadRequest, SimulateRequest
-from alignnet.service.settings import Settings
+from alignnet.service.http.guard import Guard, public, require_admin, scrub, under_root
+from alignnet.service.http.openapi import contract_openapi
+from alignnet.service.http.pool import EnginePool
+from alignnet.service.http.schemas import CalibrateRequest, DecodeRequest, ReloadRequest, SimulateRequest
+from alignnet.service.http.settings import Settings
+from alignnet.service.live.binning import BlockCollector
+from alignnet.service.live.drift_monitor import DriftMonitor
+from alignnet.service.live.lsl import Bridge, BridgeConfig, BridgeMetrics, Bridges
+from alignnet.service.live.pipeline import BATCHER
+from alignnet.service.live.routes import window_group
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +83,9 @@ class State:
         self.drift = DriftMonitor(self.metrics.drift)
         self.pool = EnginePool(settings.workers, settings.queue)
         # concurrent /decode requests' windows in one engine call (off by default: docs/benchmarks.md)
-        self.http_batcher = HopBatcher(settings.http_batch_wait_s, max_batch=64, workers=1, name="http-batcher") \
-            if settings.http_batch_wait_s > 0 else None
-        if self.http_batcher is not None and settings.workers < 2:
+        # (through the process's one batcher, pipeline.BATCHER: the engine's group of whole windows)
+        self.http_batching = settings.http_batch_wait_s > 0
+        if self.http_batching and settings.workers < 2:
             log.warning("http_batch_wait_s is set but workers is 1: requests reach the engine one at a time, so "
                         "there is nothing to batch and each waits %.1f ms; give --workers 2 or more",
                         settings.http_batch_wait_s * 1e3)
@@ -205,9 +206,9 @@ async def decode(request: Request, engine: EngineDep, state: StateDep):
 
     def work(body: bytes, ctype: str, accept: str) -> Response:
         _, x = parse(body, ctype, DecodeRequest, "spikes", state.max_windows)
-        batcher = state.http_batcher  # checked alone first: a bad request fails by itself, not its batch
-        y, timing = run_engine(engine.decode if batcher is None else
-                               lambda x: batcher.decode(engine, engine.contract.preprocess_spikes(x)), x)
+        wait = state.settings.http_batch_wait_s  # checked alone first: a bad request fails by itself, not its batch
+        y, timing = run_engine(engine.decode if not state.http_batching else lambda x: BATCHER.run(
+            window_group(BATCHER, engine, None, 1), engine.contract.preprocess_spikes(x), wait_s=wait), x)
         state.metrics.windows.labels("decode").inc(len(y))
         state.drift.observe_request(engine, x if x.ndim == 3 else x[None])
         c = engine.contract
@@ -249,7 +250,8 @@ def health(state: StateDep) -> dict[str, Any]:
     return scrub({"status": status, "model_loaded": state.engine is not None, "error": state.error,
                   "fallback": state.fallback, "lsl": state.bridges.status(), "calibration": state.calibrator.status,
                   "drift": state.drift.status(), "engine_pool": state.pool.status(),
-                  "http_batching": None if state.http_batcher is None else dict(state.http_batcher.stats),
+                  "http_batching": None if not state.http_batching or state.engine is None else
+                  dict(window_group(BATCHER, state.engine, None, 1).stats),
                   "pid": os.getpid()}, *state.roots)
 
 
@@ -327,7 +329,7 @@ def start_bridges(state: State) -> Bridges:
                                       else None, s.lsl_resolve_timeout_s, s.lsl_hop_bins,
                                       max(s.lsl_max_lag_bins, s.lsl_hop_bins), stall_s=s.lsl_stall_s,
                                       rate_tolerance=s.lsl_rate_tolerance,
-                                      incremental=s.lsl_incremental, batch_wait_s=s.lsl_batch_wait_s))
+                                      incremental=s.lsl_incremental))
     if s.lsl_simulate:
         items.append(BridgeConfig("simulate", s.lsl_behavior_name, s.lsl_behavior_type, None,
                                   s.lsl_resolve_timeout_s, s.lsl_hop_bins, max(s.lsl_max_lag_bins, s.lsl_hop_bins),
@@ -338,11 +340,12 @@ def start_bridges(state: State) -> Bridges:
         day = "lsl-" + time.strftime("%Y%m%d-%H%M%S")
         collector = BlockCollector(s.lsl_calibrate_seconds, lambda counts: state.calibrator.start(
             state, counts, None, day))
-    batcher = HopBatcher(s.lsl_batch_wait_s, workers=s.lsl_batch_workers) if s.lsl_decode and len(sources) > 1 \
-        else None
+    BATCHER.wait_s = s.lsl_batch_wait_s  # how long a step waits for every source's bin
+    batcher = BATCHER if s.lsl_decode and len(sources) > 1 else None  # several sources: their windows batch too
     first = next((c for c in items if c.direction == "decode"), None)  # calibration and drift watch one session
     return Bridges([Bridge(cfg, lambda: state.engine, state.metrics.lsl, collector if cfg is first else None,
-                           (state.drift,) if cfg is first else (), batcher if cfg.direction == "decode" else None)
+                           (state.drift,) if cfg is first else (), batcher if cfg.direction == "decode" else None,
+                           s.lsl_batch_workers)
                     .start() for cfg in items], batcher)
 
 
@@ -369,8 +372,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             state.bridges.stop()
             state.pool.shutdown()
-            if state.http_batcher is not None:
-                state.http_batcher.stop()
             blas.restore_original_limits()
 
     # the event loop asks for the GIL often and briefly; a 1-ms switch interval (Python's default is 5 ms) lets it in

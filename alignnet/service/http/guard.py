@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 from fastapi import Request
 
-from alignnet.service.errors import BodyTimeout, Forbidden, TooLarge, Unauthorized, answer
+from alignnet.service.http.errors import BodyTimeout, Forbidden, TooLarge, Unauthorized, answer
 
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 

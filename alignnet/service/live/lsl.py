@@ -12,18 +12,17 @@ One ``Bridge`` per direction runs in its own thread. The path of one sample:
 4. ``RateWatch``: refuse a regular source whose stamps run off its declared rate (``rate_tolerance``);
    ``Feed.bins``: clean bad samples (NaN, inf, negative, fractional or implausible counts: zeroed and counted as
    dropped) and bin them;
-5. ``Bridge._advance``: push bins into the ring buffer of one window and run the engine every hop (default one
-   bin); when more than ``max_lag_bins`` bins wait at once only the newest hop is decoded (the skipped bins still
-   fill the ring and are counted as dropped), so lag cannot grow. An artifact with ``decode_stream.npz`` decodes
-   each bin incrementally instead (``model/incremental.py``: the same numbers as the window's newest bin, from
-   cached columns), unless ``incremental`` is off: ``_advance_live`` hands the bins to the engine's stream pool
-   (``service/live.py``) and goes back to the source; the pool's thread steps every source's bins in one batch and
-   pushes each source's outputs (``_decoded``); at most ``max_lag_bins`` bins of a source are in flight;
-6. ``Bridge._emit``: push the last hop's outputs, each stamped with the LSL time of the input bin it came from, so
+5. ``Route.push`` (``pipeline.py``, chosen once per stream by ``routes.open_route``): an artifact with
+   ``decode_stream.npz`` decodes each bin incrementally (the same numbers as the window's newest bin, from cached
+   columns), through the process's one batcher with the other sources' bins; otherwise the newest bins' graph or
+   the window runs every hop (default one bin) on the stream's ring. ``Lag`` is the one lag policy: more than
+   ``max_lag_bins`` bins waiting keep only the newest hop (the rest counted dropped), and a stream with that many
+   bins in the batcher waits for them;
+6. ``Bridge.emit``: push the last hop's outputs, each stamped with the LSL time of the input bin it came from, so
    downstream measures latency by comparing stamps.
 
 A source that vanishes is resolved again (``/health`` and ``alignnet_lsl_reconnects_total`` show it). liblsl
-(pylsl) does discovery, transport and clocks; binning lives in ``alignnet.service.binning``.
+(pylsl) does discovery, transport and clocks; cleaning and re-binning live in ``sources.py``.
 """
 
 from __future__ import annotations
@@ -38,12 +37,13 @@ import numpy as np
 import pylsl
 
 from alignnet.model.contract import DataContract
-from alignnet.service.binning import Ring
-from alignnet.service.lsl_io import (  # noqa: F401
+from alignnet.service.live.binning import Ring
+from alignnet.service.live.pipeline import Lag
+from alignnet.service.live.routes import open_route
+from alignnet.service.live.sources import (  # noqa: F401
     BridgeMetrics,
     Direction,
     Feed,
-    InFlight,
     RateWatch,
     SourceLost,
     StallWatch,
@@ -51,7 +51,6 @@ from alignnet.service.lsl_io import (  # noqa: F401
     check_source,
     direction_for,
     open_inlet,
-    outlet_info,
     read_chunk,
     replay_speed,
     resolve,
@@ -77,7 +76,6 @@ class BridgeConfig:
     sample: bool = False  # simulate: push Poisson counts drawn from the rates instead of the rates
     seed: int | None = None  # seed of that sampling
     incremental: bool = True  # decode: each bin from cached columns where the artifact can (else the ring's window)
-    batch_wait_s: float = 0.001  # incremental: the pool waits up to this long for every source's bin before a step
 
     def __post_init__(self) -> None:
         if self.direction not in DIRECTIONS:
@@ -97,9 +95,11 @@ class Bridge:
     """Runs one direction in a background thread. ``engine()`` returns the engine to use now (hot reload)."""
 
     def __init__(self, cfg: BridgeConfig, engine: Callable[[], Any], metrics: BridgeMetrics | None = None,
-                 collector: Any = None, observers: tuple = (), batcher: Any = None) -> None:
+                 collector: Any = None, observers: tuple = (), batcher: Any = None, slots: int = 2) -> None:
         self.cfg, self.collector = cfg, collector  # collector: binning.BlockCollector (session calibration)
-        self.batcher = batcher  # batching.HopBatcher shared with other sources' bridges, or None
+        # pipeline.Batcher whose window groups other sources' bridges share (None: a lone source's windows decode
+        # by themselves; incremental rows always go through the process's batcher); slots: window calls at once
+        self.batcher, self.slots = batcher, slots
         self.stream = cfg.source_name or f"type:{cfg.source_type}"  # the metrics' label
         self.observers = [o for o in (collector, *observers) if o is not None]  # + the drift monitor
         self.get_engine = engine
@@ -116,10 +116,7 @@ class Bridge:
         self._outlet = None
         self._outlet_key: tuple | None = None
         self._rng = np.random.default_rng(cfg.seed)
-        self.live = None  # service.live.LiveStream of the current source, when decoding incrementally
-        self._live_pending: list = []  # (stamp, output) pairs short of a hop; the pool's thread's alone
-        self._live_error: BaseException | None = None  # a failed step, raised on the bridge's thread
-        self._in_flight = InFlight(cfg.max_lag_bins)  # bins handed to the pool and not yet back
+        self.route = None  # pipeline.Route of the current stream
 
     # ---- lifecycle ----
     def start(self) -> Bridge:
@@ -136,7 +133,7 @@ class Bridge:
     def status(self) -> dict[str, Any]:
         return {"direction": self.cfg.direction, "state": self.state, "error": self.error, "source": self.source,
                 "output": self.cfg.output_name, **self.counts, "lag_s": self.last_lag_s,
-                "decoding": "incremental" if self.live is not None else "window",
+                "decoding": None if self.route is None else self.route.name,
                 "rate": None if self.rate is None else self.rate.status(),
                 "calibration_block": self.collector.status() if self.collector is not None else None}
 
@@ -202,10 +199,9 @@ class Bridge:
         self._ensure_outlet(info.name(), d, c, engine)
         feed = Feed(d, c, events, factor, self.cfg.event_lateness_s, self._drop)
         ring = Ring(d.n_in, c.window_bins, d.fill)
-        self._open_live(engine, d, None)
+        self._open_route(engine, d, ring, prime=False)
         buf = np.zeros((max(64, int((info.nominal_srate() or 1000) * self.cfg.buffer_s)), info.channel_count()),
                        dtype)  # liblsl writes the stream's own type into it
-        pending: list[float] = []
         self.state, self.error = "streaming", None
         self._set_connected(1)
         watch = StallWatch(self, info, events)
@@ -219,10 +215,7 @@ class Bridge:
                         log.info("model changed: re-checking the LSL source")
                         return None
                     engine = current
-                    self._open_live(engine, d, ring)
-                    if pending:  # a part-filled hop of the previous model
-                        self._drop(len(pending), "reload")
-                        pending = []
+                    self._open_route(engine, d, ring, prime=True)
                 x, stamps = read_chunk(inlet, buf)
                 if (other := watch.after_pull(len(stamps))) is not None:
                     return other
@@ -232,108 +225,41 @@ class Bridge:
                     continue
                 bins, bin_stamps = feed.bins(x, stamps)
                 if len(bins):
-                    pending = self._advance(engine, d, ring, bins, bin_stamps, pending)
+                    self._advance(engine, d, ring, bins, bin_stamps)
         finally:
             self._set_connected(0)
             inlet.close_stream()
+            self.route.close()
         return None
 
-    def _advance(self, engine, d: Direction, ring: Ring, bins: np.ndarray, stamps: np.ndarray,
-                 pending: list[float]) -> list[float]:
-        """Push new bins into the ring and run every hop they complete; returns the stamps still waiting for a
-        hop. A backlog beyond ``max_lag_bins`` is skipped: only the newest hop is run."""
+    def _advance(self, engine, d: Direction, ring: Ring, bins: np.ndarray, stamps: np.ndarray) -> None:
+        """New (m, C) bins to the observers and down the stream's route."""
         self.counts["bins"] += len(bins)
         for observer in self.observers if d.counts else ():  # add(bins, engine, ring)
             observer.add(bins, engine, ring)
-        hop = self.cfg.hop_bins
-        if self.live is not None:
-            return self._advance_live(ring, bins, stamps)
-        if len(pending) + len(bins) > self.cfg.max_lag_bins:  # fell behind: decode only the newest hop
-            waiting = pending + stamps.tolist()
-            self._drop(len(waiting) - hop, "lag")
-            ring.push(bins)
-            self._hop(engine, d, ring, waiting[-hop:])
-            return []
-        for row, t in zip(bins, stamps.tolist()):  # every hop, in order
-            ring.push(row[None])
-            pending.append(t)
-            if len(pending) == hop:
-                self._hop(engine, d, ring, pending)
-                pending = []
-        return pending
+        self.route.push(bins, stamps)
 
-    def _open_live(self, engine, d: Direction, ring: Ring | None) -> None:
-        """Decode incrementally where the artifact can; a model swapped in mid-stream starts from the ring."""
-        live = engine.open_stream(self.cfg.batch_wait_s) if d.counts and self.cfg.incremental and engine.can_stream \
-            else None
-        if live is not None and ring is not None:
-            live.prime(ring.buf)
-        self._live_pending, self._in_flight = [], InFlight(self.cfg.max_lag_bins)
-        self.live = live
+    def _open_route(self, engine, d: Direction, ring: Ring, prime: bool) -> None:
+        """The stream's route, chosen once per model (``routes.open_route``); a model swapped in mid-stream starts
+        from the ring. What the previous route had short of a hop, or in flight, is dropped ("reload")."""
+        if self.route is not None:
+            self.route.close()
+            if (part := len(getattr(self.route, "pending", ()))) and not self.route.name == "incremental":
+                self._drop(part, "reload")
+        self.route = open_route(engine, d.counts, ring, Lag(self.cfg.max_lag_bins, self.cfg.hop_bins, self._drop),
+                                self.emit, incremental=self.cfg.incremental, batcher=self.batcher,
+                                shared=self.batcher is not None, slots=self.slots,
+                                rng=self._rng if self.cfg.sample else None, prime=prime)
 
-    def _advance_live(self, ring: Ring, bins: np.ndarray, stamps: np.ndarray) -> list:
-        """Every bin is decoded as it comes (the history needs each). With other sources on the model, the bins go to
-        the pool's thread and the bridge is back at its source at once; that thread pushes the outputs
-        (``_decoded``), and more than ``max_lag_bins`` in flight make the bridge wait (a pool that falls behind
-        slows its sources instead of queueing without end). A lone source with nothing in flight steps its own bins
-        (no hand-off to another thread, as before the pool had one)."""
-        if self._live_error is not None:
-            error, self._live_error = self._live_error, None
-            raise error
-        ring.push(bins)
-        live, flight, t = self.live, self._in_flight, stamps.tolist()
-        if flight.n == 0 and live.pool.open_rows() <= 1:
-            self._decoded(live, None, t, live.push(bins), None)
-            return []
-        flight.take(len(bins))
-        live.submit(bins, lambda y, error: self._decoded(live, flight, t, y, error))
-        return []
-
-    def _decoded(self, live, flight: InFlight | None, stamps: list[float], y, error) -> None:
-        """Outputs pushed a hop at a time with their inputs' stamps (the newest hop only when more than
-        ``max_lag_bins`` wait). Those of a stream since replaced (a new model or source) or of a stopped bridge are
-        dropped; a failed step is raised on the bridge's thread. Bins in flight are given back when done."""
-        try:
-            self._push_decoded(live, stamps, y, error)
-        finally:
-            if flight is not None:
-                flight.give(len(stamps))
-
-    def _push_decoded(self, live, stamps: list[float], y, error) -> None:
-        if error is not None:
-            self._live_error = error
-            return
-        if live is not self.live or self._outlet is None:
-            self._drop(len(stamps), "reload")
-            return
-        hop = self.cfg.hop_bins
-        pending = self._live_pending + list(zip(stamps, y.T))
-        if len(pending) > self.cfg.max_lag_bins:
-            self._drop(len(pending) - hop, "lag")
-            pending = pending[-hop:]
-        while len(pending) >= hop:
-            self._emit(np.stack([v for _, v in pending[:hop]], axis=1), [t for t, _ in pending[:hop]])
-            pending = pending[hop:]
-        self._live_pending = pending
-
-    def _hop(self, engine, d: Direction, ring: Ring, stamps: list[float]) -> None:
-        """Run the engine on the ring buffer and push the last len(stamps) bins with their input stamps."""
+    def emit(self, y: np.ndarray, stamps: list[float]) -> None:
+        """Push (k, D) outputs, each with its input bin's stamp; count and time them."""
         k = len(stamps)
-        if not d.counts:
-            y = engine.simulate(ring.buf[None])[0]
-        elif self.batcher is not None:  # with the other sources' hops that fall due now
-            y = self.batcher.decode_newest(engine, ring.buf, k)
-        else:
-            y = engine.decode_newest(ring.buf[None], k)[0]
-        if not d.counts and self.cfg.sample:
-            y = self._rng.poisson(y).astype(np.float32)
-        self._emit(y, stamps)
-
-    def _emit(self, y: np.ndarray, stamps: list[float]) -> None:
-        """Push the last len(stamps) bins of ``y`` (D, >= k), each with its input's stamp; count and time them."""
-        k = len(stamps)
-        for row, t in zip(np.ascontiguousarray(y[:, -k:].T, np.float32), stamps):
-            self._outlet.push_sample(row, t)
+        outlet = self._outlet
+        if outlet is None:  # the bridge stopped while these were in flight
+            self._drop(k, "reload")
+            return
+        for row, t in zip(np.ascontiguousarray(y, np.float32), stamps):
+            outlet.push_sample(row, t)
         self.last_lag_s = pylsl.local_clock() - stamps[-1]
         lag_metric = self._metric("lag")
         if lag_metric is not None:
@@ -373,15 +299,67 @@ class Bridges:
         overall = "streaming" if all(s == "streaming" for s in states) else \
             next(s for s in states if s != "streaming")
         out = {"state": overall, "bridges": [b.status() for b in self.items]}
-        if self.batcher is not None:
-            out["batching"] = {"wait_s": self.batcher.wait_s, "workers": self.batcher.workers, **self.batcher.stats}
-        pools = {id(b.live.pool): b.live.pool for b in self.items if b.live is not None}
-        if pools:  # incremental decoding: bins stepped together (service/live.py)
-            out["incremental"] = [dict(p.stats) for p in pools.values()]
+        groups = {id(g): g for b in self.items if (g := getattr(b.route, "group", None)) is not None}
+        if groups:  # windows of several sources decoded together (routes.WindowGroup)
+            st = [g.stats for g in groups.values()]
+            out["batching"] = {"calls": sum(x["calls"] for x in st), "windows": sum(x["items"] for x in st),
+                               "largest_batch": max(x["largest_batch"] for x in st),
+                               "engine_s": sum(x["run_s"] for x in st)}
+        rows = {id(s.rows): s.rows for b in self.items if (s := getattr(b.route, "stream", None)) is not None}
+        if rows:  # incremental decoding: bins stepped together (pipeline.RowGroup)
+            out["incremental"] = [dict(r.stats) for r in rows.values()]
         return out
 
     def stop(self) -> None:
         for b in self.items:
             b.stop()
-        if self.batcher is not None:
-            self.batcher.stop()
+
+
+def outlet_info(name: str, d: Direction, c: DataContract, config: dict, artifact: str, source: dict,
+                hop_bins: int):
+    """The output stream's info, described by the XDF meta-data conventions (``desc/channels/channel`` with label,
+    unit and type; ``desc/acquisition``) plus an ``alignnet`` group: the model, the artifact's config hash, bin
+    width, window, hop, and the input stream it was computed from; so a LabRecorder file says what each stream was.
+    The ``source_id`` depends only on the direction and the input stream's name: a restarted service (or a reloaded
+    model) keeps it, and recorders reconnect to it."""
+    from alignnet import __version__
+
+    info = pylsl.StreamInfo(name, d.out_type, d.n_out, 1.0 / c.bin_s, "float32", f"alignnet-{d.name}-"
+                            f"{source.get('name', 'source')}")
+    desc = info.desc()
+    desc.append_child_value("producer", "alignnet-bci")
+    desc.append_child_value("stamps", "LSL time of the input bin each sample was computed from")
+    desc.append_child_value("units", d.out_units)
+    chans = desc.append_child("channels")
+    if d.counts:  # decoded behavior
+        kind = {"pos": "Position", "vel": "Velocity"}.get(c.behavior_kind, c.behavior_kind)
+        unit = str(c.extra.get("behavior_unit", "a.u."))
+        types = [f"{kind}{n.upper()}" if len(n) == 1 else kind for n in d.out_labels]
+    else:
+        unit, types = "counts per bin", ["SpikeCount"] * d.n_out
+    for label, type_ in zip(d.out_labels, types):
+        ch = chans.append_child("channel")
+        ch.append_child_value("label", label)
+        ch.append_child_value("unit", unit)
+        ch.append_child_value("type", type_)
+    acq = desc.append_child("acquisition")
+    acq.append_child_value("manufacturer", "AlignNet-BCI")
+    acq.append_child_value("model", str(config.get("model", "?")))
+    acq.append_child_value("software_version", __version__)
+    a = desc.append_child("alignnet")
+    for key, value in (("direction", d.name), ("model", config.get("model", "?")), ("artifact", artifact),
+                       ("artifact_sha256", (config.get("integrity") or {}).get("sha256", "")),
+                       ("causal", _causal(config)),
+                       ("bin_s", repr(c.bin_s)), ("window_bins", str(c.window_bins)), ("hop_bins", str(hop_bins)),
+                       ("behavior_kind", c.behavior_kind)):
+        a.append_child_value(key, str(value))
+    src = a.append_child("source")
+    for key in ("name", "type", "source_id", "hostname"):
+        src.append_child_value(key, str(source.get(key, "")))
+    return info
+
+
+def _causal(config: dict) -> str:
+    """Whether the served decoder sees only the past (recorded at export; ``unstated`` for older artifacts)."""
+    flag = config.get("causal_decode", (config.get("model_config") or {}).get("causal"))
+    return "unstated" if flag is None else str(bool(flag)).lower()

@@ -1,8 +1,8 @@
 """One engine's latency figures, measured in a process of its own
-(``python -m alignnet.service.bench_worker '{"artifact": ..., "engine": "onnx", "threads": 1, "repeats": 300}'``).
+(``python -m alignnet.bench.worker '{"artifact": ..., "engine": "onnx", "threads": 1, "repeats": 300}'``).
 
 torch and ONNX Runtime in one process were seen to slow each other, so ``alignnet bench latency`` starts one of these
-per engine (``alignnet.service.bench.engine_latency``), passing its settings as one JSON argument, and reads the
+per engine (``alignnet.bench.engines.engine_latency``), passing its settings as one JSON argument, and reads the
 JSON it prints."""
 
 from __future__ import annotations

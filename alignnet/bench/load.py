@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from alignnet.service.codec import NPY, to_npy
-from alignnet.service.consumer import DecodedStream
-from alignnet.service.launcher import serving
+from alignnet.service.http.codec import NPY, to_npy
+from alignnet.service.http.launcher import serving
+from alignnet.service.live.consumer import DecodedStream
 
 
 def percentiles(x: list[float]) -> dict[str, float]:

@@ -11,7 +11,7 @@ from fastapi.openapi.utils import get_openapi
 
 from alignnet.model.contract import DataContract
 from alignnet.service.calibration import min_calibration_bins
-from alignnet.service.schemas import CalibrateRequest, DecodeRequest, ReloadRequest, SimulateRequest
+from alignnet.service.http.schemas import CalibrateRequest, DecodeRequest, ReloadRequest, SimulateRequest
 
 COUNT = {"type": "number", "minimum": 0, "maximum": 1e6}  # spike counts per bin
 VALUE = {"type": "number", "minimum": -1e6, "maximum": 1e6}  # behavior in data units

@@ -1,7 +1,7 @@
 """``alignnet bench streams``: how many live sources one service decodes in real time.
 
 N simulated sources (64 channels of spike counts at the bin rate, 50 Hz for 20-ms bins) are pushed from one
-generator process (``python -m alignnet.service.streams_bench``: 32 sources at 50 Hz are 1,600 small pushes a
+generator process (``python -m alignnet.bench.streams``: 32 sources at 50 Hz are 1,600 small pushes a
 second, a few percent of a core), outside the service's process. One ``alignnet serve --lsl --lsl-source …`` serves
 them all; this process reads every ``SOURCE-decoded`` stream and times each sample against its input stamp (one
 host, one clock). Reported per stream: hops decoded, bins dropped (the service's own count: a backlog skipped), and
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from alignnet.service.launcher import ServiceUnavailable, serving
-from alignnet.service.loadtest import served_contract
+from alignnet.bench.load import served_contract
+from alignnet.service.http.launcher import ServiceUnavailable, serving
 
 WARMUP_S = 2.0  # streaming before the timed part (connections settle, the first windows fill)
 
@@ -118,7 +118,7 @@ def bench_streams(artifact: Path, streams: int, seconds: float, batch_wait_ms: f
         c = served_contract(url)
         spec = json.dumps({"names": names, "channels": c["n_channels"], "rate": 1.0 / c["bin_s"],
                            "seconds": seconds + WARMUP_S + 30})
-        gen = subprocess.Popen([sys.executable, "-m", "alignnet.service.streams_bench", spec], stdout=subprocess.PIPE,
+        gen = subprocess.Popen([sys.executable, "-m", "alignnet.bench.streams", spec], stdout=subprocess.PIPE,
                                text=True)
         try:
             gen.stdout.readline()  # "ready"

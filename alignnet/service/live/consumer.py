@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from alignnet.service.launcher import ServiceUnavailable
+from alignnet.service.http.launcher import ServiceUnavailable
 
 
 class DecodedStream:

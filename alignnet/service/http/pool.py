@@ -15,7 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from alignnet.service.errors import Busy
+from alignnet.service.http.errors import Busy
 
 
 def _libc_trim():

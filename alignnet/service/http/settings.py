@@ -10,7 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # The default model: AlignNet trained with configs/quick.yaml on the embedded simulated dataset, exported; kept in
 # the repository (1.9 MB) so `alignnet serve` answers at once. Rebuilt by scripts/build_default_models.sh.
-DEFAULT_MODELS = Path(__file__).resolve().parent / "default_models"
+DEFAULT_MODELS = Path(__file__).resolve().parent.parent / "default_models"
 DEFAULT_ARTIFACT = DEFAULT_MODELS / "alignnet-quick"
 
 

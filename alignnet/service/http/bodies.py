@@ -11,8 +11,8 @@ import orjson
 from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 
-from alignnet.service.codec import NPY, from_npy, to_npy
-from alignnet.service.errors import BadInput, RequestInvalid, UnsupportedMedia
+from alignnet.service.http.codec import NPY, from_npy, to_npy
+from alignnet.service.http.errors import BadInput, RequestInvalid, UnsupportedMedia
 
 
 def run_engine(fn, x: np.ndarray) -> tuple[np.ndarray, str]:

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from alignnet.bench.worker import measure
 from alignnet.model import create_model, list_models
 from alignnet.model.base import n_params
-from alignnet.service.bench_worker import measure
 
 
 def model_kind(model) -> str:
@@ -44,11 +44,11 @@ def bench_models(names: list[str] | None = None, batch: int = 1, repeats: int = 
 
 
 def engine_latency(folder: Path, engine: str, threads: int, repeats: int) -> dict:
-    """One engine's figures from ``python -m alignnet.service.bench_worker`` (torch and ONNX Runtime in one process
+    """One engine's figures from ``python -m alignnet.bench.worker`` (torch and ONNX Runtime in one process
     were seen to slow each other)."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     spec = json.dumps({"artifact": str(folder), "engine": engine, "threads": threads, "repeats": repeats})
-    proc = subprocess.run([sys.executable, "-m", "alignnet.service.bench_worker", spec], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "alignnet.bench.worker", spec], capture_output=True,
                           text=True, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"{engine} benchmark failed:\n{proc.stderr[-2000:]}")
