@@ -344,7 +344,8 @@ def test_the_route_raises_a_failed_step_on_the_bridges_thread_and_drops_stale_ou
     reconnects; the outputs of a route since closed (a new model or source) are counted dropped, not pushed; the
     bins in flight are given back either way, and a stream with ``limit`` in flight waits (the one lag policy)."""
     from alignnet.service.live.binning import Ring
-    from alignnet.service.live.pipeline import IncrementalRoute, Lag
+    from alignnet.service.live.pipeline import IncrementalRoute
+    from alignnet.service.live.routes import Lag
 
     engine = load_engine(causal_artifact)
     dropped, pushed = [], []

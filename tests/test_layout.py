@@ -14,7 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "alignnet"
-ORDER = ("model", "recordings", "training", "service", "clients", "cli")
+ORDER = ("model", "recordings", "training", "service", "bench", "clients", "cli")
 OLD_TOP_LEVEL = {"model", "recordings", "training", "service", "clients", "cli"}
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 60  # outside argparse declarations

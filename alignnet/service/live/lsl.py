@@ -38,8 +38,7 @@ import pylsl
 
 from alignnet.model.contract import DataContract
 from alignnet.service.live.binning import Ring
-from alignnet.service.live.pipeline import Lag
-from alignnet.service.live.routes import open_route
+from alignnet.service.live.routes import Lag, open_route
 from alignnet.service.live.sources import (  # noqa: F401
     BridgeMetrics,
     Direction,

@@ -5,7 +5,7 @@
                         has them, else its newest-bins graph (the receptive field), else the whole window
       -> Batcher        the one cross-source batcher: every source's (and HTTP request's) jobs of one group run
                         in one engine call
-      -> Lag            the one lag policy
+      -> Lag            the one lag policy (routes.py)
       -> Bridge.emit    each output stamped with its input bin's time
 
 Two ways through the batcher. ``run`` (a caller with its bins in hand, and nothing of its own in flight: a lone
@@ -16,8 +16,7 @@ to ``wait_s`` for every open row of the group to have bins, runs them in one cal
 each submitter back while the next batch steps (before this, 32 bridge threads queued for the decoder's lock and
 the GIL one after another every bin, and the service fell behind: docs/benchmarks.md).
 
-The queue, locks and conditions are the standard library's; the batching is written here (no maintained library
-batches calls across threads with per-row state).
+Standard-library queue and locks; the batching is by hand (no maintained library batches calls with row state).
 """
 
 from __future__ import annotations
@@ -36,37 +35,6 @@ from alignnet.model.contract import DataContract
 from alignnet.model.incremental import IncrementalDecoder
 
 log = logging.getLogger(__name__)
-
-
-# ---- the one lag policy ------------------------------------------------------------------------------------------
-class Lag:
-    """At most ``limit`` bins of one stream wait between its newest input and the output pushed next. A backlog
-    beyond that keeps only the newest hop (``newest``: the rest are counted dropped, reason "lag"), and a stream
-    with ``limit`` bins handed to the batcher waits for them before handing more (``take``/``give``): a batcher
-    that falls behind slows its sources instead of queueing without end."""
-
-    def __init__(self, limit: int, hop: int, drop: Callable[[int, str], None]) -> None:
-        self.limit, self.hop, self.drop = int(limit), int(hop), drop
-        self.in_flight = 0
-        self._cv = threading.Condition()
-
-    def newest(self, items: list) -> list:
-        """``items`` (oldest first) cut to the newest hop when there are more than ``limit``."""
-        if len(items) <= self.limit:
-            return items
-        self.drop(len(items) - self.hop, "lag")
-        return items[-self.hop:]
-
-    def take(self, n: int, timeout: float = 5.0) -> None:
-        with self._cv:
-            if not self._cv.wait_for(lambda: self.in_flight == 0 or self.in_flight + n <= self.limit, timeout):
-                raise RuntimeError(f"the live decoder gave nothing back for {timeout:g} s")
-            self.in_flight += n
-
-    def give(self, n: int) -> None:
-        with self._cv:
-            self.in_flight -= n
-            self._cv.notify_all()
 
 
 # ---- the one cross-source batcher --------------------------------------------------------------------------------
@@ -129,8 +97,7 @@ class RowGroup(Group):
             return self.decoder.open()
 
     def close(self, row: int) -> None:
-        """Free a row (a stream's finalizer, which may run anywhere, even inside a step: so no lock; marking a row
-        free is one assignment, and a step never reads the mark)."""
+        """Free a row (a finalizer, which may run inside a step: no lock; a step never reads the mark)."""
         self.decoder.close(row)
 
     def _run(self, jobs: list[Job]) -> int:
@@ -167,7 +134,6 @@ class _Batch:
     group: Group
     jobs: list[Job] = field(default_factory=list)
 
-
 class Batcher:
     """The one cross-source batcher of a process (``BATCHER``; the LSL sources and the HTTP app share it).
     ``wait_s``: how long the stepping thread waits for every open row of a group before a call; ``max_batch``:
@@ -190,7 +156,6 @@ class Batcher:
     # ---- flat combining ----
     def run(self, group: Group, x: np.ndarray, row: int | None = None, wait_s: float = 0.0) -> np.ndarray:
         return self.run_many(group, [(row, x)], wait_s)[0]
-
     def run_many(self, group: Group, items: list[tuple[int | None, np.ndarray]],
                  wait_s: float = 0.0) -> list[np.ndarray]:
         """Several jobs at once -> their outputs, run with whatever else of ``group`` is queued. A row belongs to
@@ -300,7 +265,6 @@ class Batcher:
     def idle(self) -> bool:
         return self._stepper is None and self._caller is None
 
-
 BATCHER = Batcher()  # the process's one batcher; ``open_route`` and the HTTP app use it
 
 
@@ -350,7 +314,7 @@ class Route:
 
     name = "?"
 
-    def __init__(self, engine, ring, lag: Lag, emit: Callable) -> None:
+    def __init__(self, engine, ring, lag, emit: Callable) -> None:
         self.engine, self.ring, self.lag, self.emit = engine, ring, lag, emit
         self.hop = lag.hop
 
@@ -368,7 +332,7 @@ class IncrementalRoute(Route):
 
     name = "incremental"
 
-    def __init__(self, engine, ring, lag: Lag, emit: Callable, batcher: Batcher, prime: bool) -> None:
+    def __init__(self, engine, ring, lag, emit: Callable, batcher: Batcher, prime: bool) -> None:
         super().__init__(engine, ring, lag, emit)
         self.stream = engine.open_stream(batcher)
         if prime:
