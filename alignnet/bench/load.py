@@ -57,15 +57,7 @@ async def _open_loop(url: str, rate: float, seconds: float, fmt: str, shape: tup
 
     async def one(i: int, due: float, http: httpx.AsyncClient) -> None:
         await asyncio.sleep(max(0.0, due - time.perf_counter()))
-        try:
-            r = await http.post(url + "/decode", **bodies[i % len(bodies)])
-            ok, key = r.status_code == 200, str(r.status_code)
-        except httpx.HTTPError as e:
-            ok, key = False, type(e).__name__
-        if ok:
-            latencies.append(time.perf_counter() - due)
-        else:
-            errors[key] = errors.get(key, 0) + 1
+        await _post(http, url, bodies[i % len(bodies)], due, latencies, errors)
 
     limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
     async with httpx.AsyncClient(timeout=10.0, limits=limits) as http:
@@ -76,6 +68,21 @@ async def _open_loop(url: str, rate: float, seconds: float, fmt: str, shape: tup
     return {"mode": "open loop", "offered_rps": rate, "seconds": seconds, "format": fmt, "offered": n,
             "requests": len(latencies), "errors": errors, "error_count": sum(errors.values()),
             "throughput_rps": round(len(latencies) / wall, 1), "latency": percentiles(latencies)}
+
+
+async def _post(http, url: str, body: dict, since: float, latencies: list[float], errors: dict[str, int]) -> None:
+    """One POST /decode: its latency from ``since`` when it answers 200, else its status (or error) counted."""
+    import httpx
+
+    try:
+        r = await http.post(url + "/decode", **body)
+        ok, key = r.status_code == 200, str(r.status_code)
+    except httpx.HTTPError as e:
+        ok, key = False, type(e).__name__
+    if ok:
+        latencies.append(time.perf_counter() - since)
+    else:
+        errors[key] = errors.get(key, 0) + 1
 
 
 async def _load(url: str, clients: int, seconds: float, fmt: str, shape: tuple[int, int]) -> dict:
@@ -89,16 +96,7 @@ async def _load(url: str, clients: int, seconds: float, fmt: str, shape: tuple[i
     async def client(k: int, http: httpx.AsyncClient) -> None:
         i = k
         while time.perf_counter() < end:
-            t = time.perf_counter()
-            try:
-                r = await http.post(url + "/decode", **bodies[i % len(bodies)])
-                ok, key = r.status_code == 200, str(r.status_code)
-            except httpx.HTTPError as e:
-                ok, key = False, type(e).__name__
-            if ok:
-                latencies.append(time.perf_counter() - t)
-            else:
-                errors[key] = errors.get(key, 0) + 1
+            await _post(http, url, bodies[i % len(bodies)], time.perf_counter(), latencies, errors)
             i += clients
 
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)

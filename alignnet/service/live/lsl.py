@@ -241,10 +241,8 @@ class Bridge:
     def _open_route(self, engine, d: Direction, ring: Ring, prime: bool) -> None:
         """The stream's route, chosen once per model (``routes.open_route``); a model swapped in mid-stream starts
         from the ring. What the previous route had short of a hop, or in flight, is dropped ("reload")."""
-        if self.route is not None:
-            self.route.close()
-            if (part := len(getattr(self.route, "pending", ()))) and not self.route.name == "incremental":
-                self._drop(part, "reload")
+        if self.route is not None and (part := self.route.close()):
+            self._drop(part, "reload")
         self.route = open_route(engine, d.counts, ring, Lag(self.cfg.max_lag_bins, self.cfg.hop_bins, self._drop),
                                 self.emit, incremental=self.cfg.incremental, batcher=self.batcher,
                                 shared=self.batcher is not None, slots=self.slots,

@@ -64,18 +64,19 @@ class Group:
 
     def call(self, jobs: list[Job]) -> None:
         """Run ``jobs``, setting each one's ``out`` (or every one's ``error``)."""
-        t, n = time.perf_counter(), 0
+        t, n, batch = time.perf_counter(), 0, 0
         try:
-            n = self._run(jobs)
+            n, batch = self._run(jobs)
         except BaseException as e:  # handed to every caller, which reports it
             for j in jobs:
                 j.error = e
         self.stats["calls"] += 1
         self.stats["items"] += n
-        self.stats["largest_batch"] = max(self.stats["largest_batch"], n)
+        self.stats["largest_batch"] = max(self.stats["largest_batch"], batch)
         self.stats["run_s"] += time.perf_counter() - t
 
-    def _run(self, jobs: list[Job]) -> int:
+    def _run(self, jobs: list[Job]) -> tuple[int, int]:
+        """-> (items run, the largest batch one engine call took)."""
         raise NotImplementedError
 
 
@@ -100,7 +101,7 @@ class RowGroup(Group):
         """Free a row (a finalizer, which may run inside a step: no lock; a step never reads the mark)."""
         self.decoder.close(row)
 
-    def _run(self, jobs: list[Job]) -> int:
+    def _run(self, jobs: list[Job]) -> tuple[int, int]:
         by_row: dict[int, list[Job]] = {}  # a step takes each row once: a row's queued bins go in together
         for j in jobs:
             by_row.setdefault(j.row, []).append(j)
@@ -117,16 +118,14 @@ class RowGroup(Group):
             y, i = np.stack(outs[r]), 0
             for j in js:
                 j.out, i = y[i:i + len(j.x)], i + len(j.x)
-        return sum(len(x) for x in xs.values())
+        return sum(len(x) for x in xs.values()), len(xs)  # the first step takes every row
 
     def prime(self, row: int, x: np.ndarray) -> None:
         """Restart ``row`` from (m, C) normalised past bins (a model swapped in mid-stream)."""
-        with self.cv:  # holds off the steps, as a slot would
-            self.cv.wait_for(lambda: self.free > 0)
-            with self._lock:
-                self.decoder.reset([row])
-                for k in range(len(x)):
-                    self.decoder.step_rows([row], x[k:k + 1], output=False)
+        with self._lock:  # the lock the steps hold
+            self.decoder.reset([row])
+            for k in range(len(x)):
+                self.decoder.step_rows([row], x[k:k + 1], output=False)
 
 
 @dataclass
@@ -321,8 +320,10 @@ class Route:
     def push(self, bins: np.ndarray, stamps: np.ndarray) -> None:
         raise NotImplementedError
 
-    def close(self) -> None:
-        """The stream ends (a new model or source): what is still in flight is dropped when it comes back."""
+    def close(self) -> int:
+        """The stream ends (a new model or source): what is still in flight is dropped when it comes back. Returns
+        how many input bins were waiting short of a hop (dropped with it)."""
+        return 0
 
 
 class IncrementalRoute(Route):
@@ -372,5 +373,6 @@ class IncrementalRoute(Route):
             pending = pending[self.hop:]
         self.pending = pending
 
-    def close(self) -> None:
+    def close(self) -> int:
         self.open = False
+        return 0  # its part-filled hop holds outputs, not inputs: those bins were decoded

@@ -51,12 +51,12 @@ class WindowGroup(Group):
         super().__init__(slots)
         self.engine, self.k = engine, k
 
-    def _run(self, jobs: list[Job]) -> int:
+    def _run(self, jobs: list[Job]) -> tuple[int, int]:
         x = jobs[0].x if len(jobs) == 1 else np.concatenate([j.x for j in jobs])
         y = self.engine.decode_scaled(x) if self.k is None else self.engine.decode_newest(x, self.k)
         for j, out in zip(jobs, np.split(y, np.cumsum([len(j.x) for j in jobs])[:-1])):
             j.out = out
-        return len(x)
+        return len(x), len(x)
 
 
 def window_group(batcher: Batcher, engine, k: int | None, slots: int = 2) -> WindowGroup:
@@ -92,6 +92,10 @@ class WindowRoute(Route):
             if len(self.pending) == self.hop:
                 self._hop(self.pending)
                 self.pending = []
+
+    def close(self) -> int:
+        part, self.pending = len(self.pending), []
+        return part
 
     def _hop(self, stamps: list[float]) -> None:
         k = len(stamps)
