@@ -21,6 +21,13 @@ RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch==2.13.0"
 
 COPY pyproject.toml README.md ./
 COPY alignnet ./alignnet
+COPY model ./model
+COPY recordings ./recordings
+COPY training ./training
+COPY service ./service
+COPY bench ./bench
+COPY clients ./clients
+COPY cli ./cli
 COPY configs ./configs
 RUN pip install . \
     && useradd --create-home --uid 10001 alignnet

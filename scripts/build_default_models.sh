@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Rebuild the default models kept in alignnet/service/default_models/ (served by `alignnet serve` with no arguments and
+# Rebuild the default models kept in service/default_models/ (served by `alignnet serve` with no arguments and
 # used by `alignnet demo`): the embedded simulated dataset, causal AlignNet with configs/quick.yaml (~5 min on 2 CPU cores)
 # and the Wiener filter with the same windows, each exported to ONNX (parity-checked). Training is seeded; weights
 # can still differ in the last bits between machines and torch builds.
@@ -15,8 +15,8 @@ A=${ALIGNNET:-.venv/bin/alignnet}
 for pair in alignnet-quick:runs/quick wiener-quick:runs/wiener-quick; do
   name=${pair%%:*}; run=${pair#*:}
   "$A" export "$run/artifact" --formats onnx
-  dest=alignnet/service/default_models/$name
-  tmp=$(mktemp -d alignnet/service/default_models/.tmp-XXXX)
+  dest=service/default_models/$name
+  tmp=$(mktemp -d service/default_models/.tmp-XXXX)
   cp "$run"/artifact/{config.json,model.safetensors,decode.onnx,simulate.onnx} "$tmp"/
   if [ -f "$run/artifact/embed.onnx" ]; then cp "$run/artifact/embed.onnx" "$tmp"/; fi  # the drift monitor's graph
   rm -rf "$dest.old"; [ -d "$dest" ] && mv "$dest" "$dest.old"

@@ -1,4 +1,4 @@
-"""Bring-your-own-recording check with the DEFAULT config: every shape of tests/recordings.py goes import -> train
+"""Bring-your-own-recording check with the DEFAULT config: every shape of tests/lab_recordings.py goes import -> train
 (configs/quick.yaml, AlignNet, no overrides) -> export -> serve + replay of the held-out block, and is compared with
 a current-bin ridge decoder fitted on the same split. Writes OUT/byor.json and OUT/byor.md (docs/results.md).
 
@@ -16,7 +16,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from recordings import SHAPES, make  # noqa: E402
+from lab_recordings import SHAPES, make  # noqa: E402
 from test_byor import ridge_on_the_same_split  # noqa: E402
 
 from alignnet.cli.main import main as cli  # noqa: E402

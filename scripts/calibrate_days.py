@@ -2,7 +2,7 @@
 recording day"): each day's first S seconds fit its read-in (zero-label: closed form, no seed; few-shot: the
 read-in trained on the slice's behavior, once per seed), scored on the rest of the day (whole windows).
 
-    .venv/bin/python scripts/calibrate_days.py alignnet/service/default_models/alignnet-quick data/sim-13 \
+    .venv/bin/python scripts/calibrate_days.py service/default_models/alignnet-quick data/sim-13 \
         --days 6,7,8,9,10,11,12 --seeds 3 --json runs/calibrate-days.json
     # the same as, per day d and seed s:
     #   alignnet calibrate MODEL data/sim-13 --day d --seconds 60 --zero-label --out runs/cal-zero-d

@@ -1,7 +1,7 @@
 """Peak memory of the largest POST /calibrate the service accepts (docs/benchmarks.md).
 
 The service bounds one calibration by ``calibration_max_seconds`` and ``request_memory_mb`` through
-``BYTES_PER_NUMBER`` (alignnet/service/calibration.py): this script sends the largest block those limits accept to
+``BYTES_PER_NUMBER`` (service/calibration.py): this script sends the largest block those limits accept to
 the default model, waits for the calibration to end, and reports the service process's peak resident memory above
 where it stood before the request, per number of the block, so the constant can be checked against what it
 bounds. Runs in a child process of its own, so the peak (Linux VmHWM, reset before the request) is the service's.

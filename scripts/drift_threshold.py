@@ -9,7 +9,7 @@ against "calibration helped" (the midpoint of the best gap between sorted gauges
 
     # choose on population 1 (its own model, trained on its days 0-5), judge on population 0 (the default model)
     .venv/bin/python scripts/drift_threshold.py runs/quick-s1/artifact data/sim-13-s1 --choose --json runs/drift-s1.json
-    .venv/bin/python scripts/drift_threshold.py alignnet/service/default_models/alignnet-quick data/sim-13 \
+    .venv/bin/python scripts/drift_threshold.py service/default_models/alignnet-quick data/sim-13 \
         --threshold T --json runs/drift-s0.json
 """
 

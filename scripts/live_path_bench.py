@@ -1,7 +1,7 @@
 """The live path in one run (issue: 2 ms decode, 5 ms end to end, 32 streams on one small machine), on three copies
 of the default model: "window" without ``decode_tail.onnx`` or ``decode_stream.npz`` (the whole 2-s window decoded
 every hop), "receptive field" without ``decode_stream.npz`` (the newest bins from the last 60 bins), and the artifact
-as shipped, "incremental" (each new bin from cached columns, ``alignnet/model/incremental.py``).
+as shipped, "incremental" (each new bin from cached columns, ``model/incremental.py``).
 
     .venv/bin/python scripts/live_path_bench.py --out runs/live [--stream-seconds 10] [--http-seconds 0]
 

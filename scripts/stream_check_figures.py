@@ -6,7 +6,7 @@ as the service's live calibration exports them), the export's own checks are re-
 uses and the per-bin differences are summarised: largest difference, median, bins past 1e-4 and the largest
 difference among those bins (what a flipped spike moves a bin by).
 
-    .venv/bin/python scripts/stream_check_figures.py --base alignnet/service/default_models/alignnet-quick \
+    .venv/bin/python scripts/stream_check_figures.py --base service/default_models/alignnet-quick \
         --data data/sim-13 --days 6,7,8,9,10,11,12 --bins 2000 --out runs/stream-check
 """
 

@@ -31,7 +31,7 @@ def gauss_loss(z: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor) -> torch.
     return kl + ((torch.cov(z.T) - cov) / torch.sqrt(torch.outer(rv, rv))).pow(2).mean()
 
 
-def main(days: list[int], methods: list[str], artifact: str = "alignnet/service/default_models/alignnet-quick",
+def main(days: list[int], methods: list[str], artifact: str = "service/default_models/alignnet-quick",
          data: str = "data/sim-13", steps: int = 150) -> None:
     torch.set_num_threads(1)
     model, _, config = load_artifact(Path(artifact))

@@ -12,7 +12,7 @@ import json
 
 import numpy as np
 import pytest
-from recordings import WIENER, make
+from lab_recordings import WIENER, make
 
 from alignnet.cli.main import main as cli
 from alignnet.model.artifacts import read_config

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,5 +27,7 @@ def test_dockerfile_promises():
     for needle in ("HEALTHCHECK", "EXPOSE 8000", 'ENTRYPOINT ["alignnet", "serve"', "--network host",
                    "ALIGNNET_ALLOWED_HOSTS", "ALIGNNET_ADMIN_TOKEN"):  # 0.0.0.0 only with its guards documented
         assert needle in text
-    for copied in ("alignnet", "configs"):  # everything `pip install .` needs
+    # everything `pip install .` needs: the package-dir folders of pyproject.toml, and configs/
+    folders = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"].values()
+    for copied in (*folders, "configs"):
         assert f"COPY {copied} ./{copied}" in text and (ROOT / copied).is_dir()

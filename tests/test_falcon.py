@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 import pytest
-from recordings import WIENER, spikes, velocity_trials
+from lab_recordings import WIENER, spikes, velocity_trials
 
 pytest.importorskip("falcon_challenge.evaluator", reason="falcon-challenge is not installed (scripts/setup.sh)")
 

@@ -1,4 +1,4 @@
-"""Incremental decoding (alignnet/model/incremental.py): each new bin from cached columns gives the window decoder's
+"""Incremental decoding (model/incremental.py): each new bin from cached columns gives the window decoder's
 newest bin, through export, the engine and the LSL bridge."""
 
 from __future__ import annotations

@@ -11,9 +11,9 @@ import ast
 from pathlib import Path
 
 import pytest
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGE = ROOT / "alignnet"
 ORDER = ("model", "recordings", "training", "service", "bench", "clients", "cli")
 OLD_TOP_LEVEL = {"model", "recordings", "training", "service", "clients", "cli"}
 MAX_MODULE_LINES = 400
@@ -34,11 +34,22 @@ def imported_modules(tree: ast.AST) -> list[tuple[int, str]]:
     return out
 
 
+def sources(root: Path) -> list[tuple[Path, Path]]:
+    """(file, its place in the ``alignnet`` namespace) for every module under ``root``: ``root/alignnet/*.py`` and
+    the package folders of ORDER at the root (the design card's layout; pyproject.toml maps each folder to
+    ``alignnet.<folder>``)."""
+    out = []
+    if (root / "alignnet").is_dir():
+        out += [(p, p.relative_to(root / "alignnet")) for p in sorted((root / "alignnet").glob("*.py"))]
+    for package in ORDER:
+        out += [(p, p.relative_to(root)) for p in sorted((root / package).rglob("*.py"))]
+    return out
+
+
 def layout_violations(root: Path) -> list[str]:
-    """Every import in ``root`` (an ``alignnet`` package folder) that runs upward or uses an old top-level name."""
+    """Every import under ``root`` that runs upward or uses an old top-level name."""
     found = []
-    for path in sorted(root.rglob("*.py")):
-        rel = path.relative_to(root)
+    for path, rel in sources(root):
         own = rel.parts[0] if len(rel.parts) > 1 else None  # alignnet/__init__.py, __main__.py: no package
         rank = ORDER.index(own) if own in ORDER else len(ORDER)
         for line, module in imported_modules(ast.parse(path.read_text(), str(path))):
@@ -51,7 +62,7 @@ def layout_violations(root: Path) -> list[str]:
 
 
 def test_imports_run_one_way():
-    assert layout_violations(PACKAGE) == []
+    assert layout_violations(ROOT) == []
 
 
 def test_the_check_catches_an_upward_import(tmp_path):
@@ -66,18 +77,24 @@ def test_the_check_catches_an_upward_import(tmp_path):
     assert "service/old.py:1 imports 'training.trainer'" in found[1]
 
 
-def test_every_package_is_in_the_order():
-    packages = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
-    assert packages == set(ORDER)
+def test_every_package_is_in_the_order_and_installed():
+    """pyproject.toml maps each root folder of ORDER to alignnet.<folder> and lists every package folder, so
+    ``pip install .`` leaves none out."""
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert setuptools["package-dir"] == {"alignnet": "alignnet", **{f"alignnet.{p}": p for p in ORDER}}
+    folders = {"alignnet"} | {".".join(("alignnet", *init.parent.relative_to(ROOT).parts))
+                              for p in ORDER for init in (ROOT / p).rglob("__init__.py")}
+    assert set(setuptools["packages"]) == folders
+    assert not (ROOT / "alignnet" / "model").exists(), "the packages sit at the root, not under alignnet/"
 
 
 def test_argparse_only_in_the_command_line():
-    users = [str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
+    users = [str(rel) for p, rel in sources(ROOT)
              if "argparse" in {m.split(".")[0] for _, m in imported_modules(ast.parse(p.read_text()))}]
     assert users and all(u.startswith("cli/") for u in users), users
 
 
-@pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: str(p.relative_to(PACKAGE)))
+@pytest.mark.parametrize("path", [p for p, _ in sources(ROOT)], ids=lambda p: str(p.relative_to(ROOT)))
 def test_module_size(path):
     n = len(path.read_text().splitlines())
     assert n <= MAX_MODULE_LINES, f"{path.relative_to(ROOT)} has {n} lines (limit {MAX_MODULE_LINES}): split it"
@@ -87,8 +104,7 @@ def long_functions(root: Path) -> list[str]:
     """Functions over ``MAX_FUNCTION_LINES`` lines in ``root``, but for argparse declarations (``add_parser`` in
     cli/: one ``add_argument`` per option reads best as one list)."""
     long = []
-    for path in sorted(root.rglob("*.py")):
-        rel = path.relative_to(root)
+    for path, rel in sources(root):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 n = node.end_lineno - node.lineno + 1
@@ -98,7 +114,7 @@ def long_functions(root: Path) -> list[str]:
 
 
 def test_functions_are_short():
-    assert long_functions(PACKAGE) == []
+    assert long_functions(ROOT) == []
 
 
 def test_the_check_catches_a_long_function(tmp_path):
@@ -113,11 +129,11 @@ def module_graph(root: Path) -> dict[str, set[str]]:
     """Which alignnet modules each module of ``root`` imports (every import, at the top or inside a function;
     ``from alignnet.cli import bench`` counts as importing the module ``alignnet.cli.bench``)."""
 
-    def name(path: Path) -> str:
-        parts = ("alignnet", *path.relative_to(root).with_suffix("").parts)
+    def name(rel: Path) -> str:
+        parts = ("alignnet", *rel.with_suffix("").parts)
         return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
-    modules = {name(p): p for p in sorted(root.rglob("*.py"))}
+    modules = {name(rel): p for p, rel in sources(root)}
     graph: dict[str, set[str]] = {}
     for mod, path in modules.items():
         edges = set()
@@ -167,7 +183,7 @@ def import_circles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def test_no_import_circles():
-    assert import_circles(module_graph(PACKAGE)) == []
+    assert import_circles(module_graph(ROOT)) == []
 
 
 def test_the_check_catches_a_circle(tmp_path):

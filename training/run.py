@@ -35,7 +35,7 @@ from alignnet.training.trainer import TrainConfig, Trainer, is_rank0, resolve_de
 from alignnet.training.windows import fit_contract, fit_hop, short_segments, split_trials, windows_in_trials
 
 log = logging.getLogger(__name__)
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # the repository's configs/, next to training/
 
 
 # ---- config ----------------------------------------------------------------------------------------------------
