@@ -35,6 +35,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, help="auto | cpu | cuda (default: config's, else auto)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config entry, e.g. --set finetune.epochs=3 (repeatable)")
+    p.add_argument("--model", default=None, metavar="NAME|auto",
+                   help="train this registered model instead of the config's (its settings from the config's "
+                   "evaluate.models), or 'auto': train each of --candidates on the same split and budget and serve "
+                   "the one with the best newest-bin R² on the training days' validation trials (RUN/artifact; the "
+                   "table in RUN/auto.md)")
+    p.add_argument("--candidates", default="alignnet-causal,lstm,wiener",
+                   help="with --model auto: the servable models to choose from (default: %(default)s)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(
@@ -132,8 +139,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     from alignnet.training.run import apply_overrides, load_config, train
 
     cfg, path = load_config(args.config)
-    result = train(apply_overrides(cfg, args.set), path, data=args.data, out=args.out, device=args.device,
-                   resume=args.resume, force=args.force, command=command_line(args))
+    cfg = apply_overrides(cfg, args.set)
+    kw = {"data": args.data, "out": args.out, "device": args.device, "resume": args.resume, "force": args.force,
+          "command": command_line(args)}
+    if args.model == "auto":
+        return _train_auto(cfg, path, args, kw)
+    if args.model:
+        from alignnet.training.auto import candidate_config
+
+        cfg = candidate_config(cfg, args.model)
+    result = train(cfg, path, **kw)
     if result["metrics"] is None:  # not rank 0 of a torchrun job
         return 0
     for stage, s in result["stages"].items():
@@ -152,6 +167,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     for day, how in result["split"].items():
         print(f"  {day}: split {how}")
     print(f"artifact written to {result['artifact']}")
+    return 0
+
+
+def _train_auto(cfg, path: Path, args: argparse.Namespace, kw: dict) -> int:
+    from alignnet.training.auto import train_auto
+
+    candidates = [c.strip() for c in args.candidates.split(",") if c.strip()]
+    result = train_auto(cfg, path, candidates=candidates, **kw)
+    if result is None:  # not rank 0 of a torchrun job
+        return 0
+    print(result["table"])
+    print(f"served: {result['winner']} (best validation newest-bin R²), artifact written to {result['artifact']}; "
+          f"each candidate's run in {result['artifact'].parent / 'candidates'}")
     return 0
 
 

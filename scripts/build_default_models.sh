@@ -7,9 +7,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 A=${ALIGNNET:-.venv/bin/alignnet}
 [ -d data/sim-default ] || "$A" data simulate --out data/sim-default
-# learning rate 0.01: the winner of `alignnet search` for alignnet-causal (docs/results.md, "A fair contest")
-"$A" train quick --data data/sim-default --out runs/quick --set model=alignnet-causal \
-    --set pretrain.lr=0.01 --set finetune.lr=0.01
+# configs/quick.yaml is the served default: causal AlignNet, learning rate 0.01 (the winner of `alignnet search` for
+# alignnet-causal, docs/results.md "A fair contest")
+"$A" train quick --data data/sim-default --out runs/quick
 # 20 bins of history: the Wiener filter's winner of the same search
 "$A" train quick --data data/sim-default --out runs/wiener-quick --set model=wiener --set model_config.n_lags=20
 for pair in alignnet-quick:runs/quick wiener-quick:runs/wiener-quick; do

@@ -1,12 +1,13 @@
 """Peak memory of the largest POST /calibrate the service accepts (docs/benchmarks.md).
 
-The service bounds one calibration by ``calibration_max_seconds`` and ``request_memory_mb`` through
-``BYTES_PER_NUMBER`` (service/calibration.py): this script sends the largest block those limits accept to
-the default model, waits for the calibration to end, and reports the service process's peak resident memory above
-where it stood before the request, per number of the block, so the constant can be checked against what it
-bounds. Runs in a child process of its own, so the peak (Linux VmHWM, reset before the request) is the service's.
+The service bounds one calibration by ``calibration_max_seconds`` and ``calibration_memory_mb`` through
+``CALIBRATION_FIXED_MB`` and ``BYTES_PER_NUMBER`` (service/calibration.py): this script sends the largest block
+those limits accept to the default model, waits for the calibration to end, and reports the service process's
+peak resident memory above where it stood before the request, per number of the block, so the constants can be
+checked against what they bound. Runs in a child process of its own, so the peak (Linux VmHWM, reset before the
+request) is the service's.
 
-    .venv/bin/python scripts/calibration_memory.py [--artifact DIR] [--memory-mb 256] [--bins N]
+    .venv/bin/python scripts/calibration_memory.py [--artifact DIR] [--memory-mb 3072] [--bins N]
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ CHILD = textwrap.dedent("""
     from conftest import service_client
     from alignnet.model.artifacts import model_contract
     from alignnet.service.http.app import create_app
-    from alignnet.service.calibration import BYTES_PER_NUMBER, max_calibration_bins
+    from alignnet.service.calibration import BYTES_PER_NUMBER, CALIBRATION_FIXED_MB, max_calibration_bins
     from alignnet.service.http.settings import DEFAULT_ARTIFACT, Settings
 
     def status(key):
@@ -35,7 +36,7 @@ CHILD = textwrap.dedent("""
                 return int(line.split()[1]) * 1024
     artifact, memory_mb, bins = sys.argv[1] or str(DEFAULT_ARTIFACT), float(sys.argv[2]), int(sys.argv[3])
     cal = tempfile.mkdtemp(prefix="alignnet-calmem-")
-    settings = Settings(artifact=Path(artifact), calibration_dir=Path(cal), request_memory_mb=memory_mb)
+    settings = Settings(artifact=Path(artifact), calibration_dir=Path(cal), calibration_memory_mb=memory_mb)
     app = create_app(settings)
     with service_client(app) as client:
         config = app.state.alignnet.engine.config
@@ -58,10 +59,11 @@ CHILD = textwrap.dedent("""
         numbers = n * (mc.n_channels + mc.behavior_dims)
         print(json.dumps({"artifact": Path(artifact).name, "bins": n, "most_accepted": most,
                           "seconds": n * mc.bin_s, "numbers": numbers, "body_mb": len(body) / 2**20,
-                          "request_memory_mb": memory_mb, "rss_before_mb": before / 2**20,
+                          "calibration_memory_mb": memory_mb, "rss_before_mb": before / 2**20,
                           "peak_mb": peak / 2**20, "peak_above_mb": (peak - before) / 2**20,
                           "rss_after_mb": after / 2**20, "fit_s": (done.get("report") or {}).get("fit_s"),
                           "bytes_per_number": (peak - before) / numbers, "bound_bytes_per_number": BYTES_PER_NUMBER,
+                          "bound_fixed_mb": CALIBRATION_FIXED_MB, "within_bound": peak - before <= memory_mb * 2**20,
                           "state": done.get("state"), "error": done.get("error")}), flush=True)
     os._exit(0)  # the measurement is out; skip the interpreter's teardown of torch's and ONNX Runtime's threads
 """)
@@ -70,7 +72,7 @@ CHILD = textwrap.dedent("""
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--artifact", default="", help="the served artifact (default: the default model)")
-    ap.add_argument("--memory-mb", type=float, default=256.0, help="request_memory_mb (the service's default)")
+    ap.add_argument("--memory-mb", type=float, default=3072.0, help="calibration_memory_mb (the service's default)")
     ap.add_argument("--bins", type=int, default=0, help="bins to send (default: the most the limits accept)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory():

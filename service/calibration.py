@@ -44,9 +44,13 @@ CURRENT = "current.json"
 TMP_PREFIX = ".tmp-"
 HOLDOUT_SHARE = 0.2  # the newest share of a block that scores the calibration (never fitted on)
 MAX_SILENT_SHARE = 0.5  # a block where more of its bins than this have no spike on any channel is refused
-# Memory a calibration needs per number of its block (measured: scripts/calibration_memory.py, docs/benchmarks.md):
-# the parsed JSON, the float32 block, its windows (hop a tenth of the window: each bin ~10 times) and the fit.
-BYTES_PER_NUMBER = 160
+# Memory one calibration needs (measured on the default model: scripts/calibration_memory.py, docs/benchmarks.md
+# "Calibration memory"): a fixed part whatever the block's size (the fit's batches and saved activations, the ONNX
+# export and its check), and a part per number of the block (the parsed JSON, the float32 block, its windows, hop a
+# tenth of the window so each bin ~10 times, and their share of the fit). 700 -> 8,000 bins grew the peak by
+# 2.3 KB a number over a 1.7 GB start; both rounded up.
+CALIBRATION_FIXED_MB = 1800
+BYTES_PER_NUMBER = 2400
 
 
 class CalibrationBusy(RuntimeError):
@@ -87,10 +91,12 @@ def min_calibration_bins(config: dict[str, Any]) -> int:
 
 
 def max_calibration_bins(config: dict[str, Any], max_seconds: float, memory_mb: float) -> int:
-    """The most bins one calibration may hold: ``max_seconds`` of data, and no more than ``memory_mb`` needs."""
+    """The most bins one calibration may hold: ``max_seconds`` of data, and no more than a calibration within
+    ``memory_mb`` can fit (its fixed part, then ``BYTES_PER_NUMBER`` a number)."""
     mc = model_contract(config)
     by_time = int(max_seconds / mc.bin_s)
-    by_memory = int(memory_mb * 2**20 // (BYTES_PER_NUMBER * (mc.n_channels + mc.behavior_dims)))
+    by_memory = int(max(0.0, memory_mb - CALIBRATION_FIXED_MB) * 2**20
+                    // (BYTES_PER_NUMBER * (mc.n_channels + mc.behavior_dims)))
     return max(1, min(by_time, by_memory))
 
 

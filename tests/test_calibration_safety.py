@@ -277,3 +277,23 @@ def test_calibrations_beyond_the_retention_limit_are_removed(trained, tmp_path, 
         kept = sorted(p.name for p in cal.iterdir() if p.is_dir())
         assert kept == sorted(names[1:]), (kept, names)
         assert client.get("/model").json()["artifact"] == names[-1]
+
+
+def test_the_calibration_bound_counts_the_fit_and_the_block():
+    """A calibration's block is bounded by what the whole calibration takes (docs/benchmarks.md: ~1.8 GB fixed, then
+    ~2.3 KB a number, measured): the default model's 64 + 2 numbers a bin admit 8,420 bins within 3,072 MB, the
+    fixed part alone admits none, and a setting below what the fit itself needs is refused."""
+    from pydantic import ValidationError
+
+    from alignnet.model.artifacts import read_config
+    from alignnet.service.calibration import BYTES_PER_NUMBER, CALIBRATION_FIXED_MB, max_calibration_bins
+    from alignnet.service.http.settings import DEFAULT_ARTIFACT, Settings
+
+    config = read_config(DEFAULT_ARTIFACT)
+    s = Settings()
+    assert max_calibration_bins(config, s.calibration_max_seconds, s.calibration_memory_mb) == 8420
+    assert max_calibration_bins(config, 1e9, CALIBRATION_FIXED_MB) == 1
+    assert max_calibration_bins(config, 10.0, 1e6) == 500  # 10 s of 20-ms bins: time bounds it
+    assert BYTES_PER_NUMBER >= 2300 and CALIBRATION_FIXED_MB >= 1700  # no lower than what was measured
+    with pytest.raises(ValidationError, match="calibration_memory_mb"):
+        Settings(calibration_memory_mb=1024)

@@ -322,3 +322,19 @@ def test_evaluate_runs_on_cuda(tiny_dataset, tmp_path):
                 "--set", "train.device=cuda"]) == 0
     rows = json.loads((out / "results.json").read_text())["protocols"]["single-day"]
     assert all(np.isfinite(r["s2b_r2"]) and np.isfinite(r["online_r2"]) for r in rows)
+
+
+def test_the_default_config_trains_the_served_default():
+    """``alignnet train`` with no config trains what ``alignnet serve`` serves by default (a lab following "Your own
+    recording" gets the causal variant, the better one at the newest bin), and the default models are built with
+    that config as it is."""
+    from alignnet.model.artifacts import read_config
+    from alignnet.service.http.settings import DEFAULT_ARTIFACT
+    from alignnet.training.run import load_config
+
+    cfg, _ = load_config("quick")
+    assert cfg["model"] == read_config(DEFAULT_ARTIFACT)["model"] == "alignnet-causal"
+    assert cfg["pretrain"]["lr"] == cfg["finetune"]["lr"] == 0.01  # the search's winner for it
+    build = open(os.path.join(REPO, "scripts", "build_default_models.sh")).read()
+    line = next(ln for ln in build.splitlines() if "--out runs/quick" in ln)
+    assert "--set" not in line, line

@@ -28,7 +28,10 @@ class Settings(BaseSettings):
     calibration_keep: int = Field(5, ge=1, le=1000, description="calibrated artifacts kept per base artifact (the "
                                   "oldest beyond this are removed; never the one served)")
     calibration_max_seconds: float = Field(600.0, gt=0, description="most data one POST /calibrate may hold, in "
-                                           "seconds of bins (413 beyond; request_memory_mb bounds it too)")
+                                           "seconds of bins (413 beyond; calibration_memory_mb bounds it too)")
+    calibration_memory_mb: float = Field(3072.0, ge=2048.0, description="memory one calibration may take, its fixed "
+                                         "~1.8 GB (fit and export) included; bounds its block to (this - 1,800 MB) / "
+                                         "2.4 KB numbers (413 beyond; docs/benchmarks.md, 'Calibration memory')")
     # the engine pool and request bounds
     workers: int = Field(1, ge=1, le=64, description="engine worker threads (requests decoded at once; on 2 cores "
                          "one gave 200 req/s and p99 0.41 s under 64 clients, two 122 req/s and 2.3 s: "

@@ -45,8 +45,8 @@ async def calibrate(request: Request, engine: EngineDep, state: StateDep) -> JSO
 
     def work(body: bytes, ctype: str, accept: str) -> JSONResponse:
         s, c = state.settings, engine.contract
-        most = max_calibration_bins(engine.config, s.calibration_max_seconds, s.request_memory_mb)
-        limit = f"at most {most} bins ({most * c.bin_s:g} s; calibration_max_seconds, request_memory_mb)"
+        most = max_calibration_bins(engine.config, s.calibration_max_seconds, s.calibration_memory_mb)
+        limit = f"at most {most} bins ({most * c.bin_s:g} s; calibration_max_seconds, calibration_memory_mb)"
         if body.count(b",") > 2 * most * (c.n_channels + c.behavior_dims):  # before parsing: its numbers' memory
             raise TooLarge(f"the calibration block holds too many numbers: send {limit}")
         req = validate(CalibrateRequest, body)
