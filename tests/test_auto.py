@@ -51,6 +51,8 @@ def test_the_best_validation_newest_bin_is_served(tmp_path):
 def test_no_scorable_candidate_and_yardsticks_are_refused(tmp_path):
     with pytest.raises(DataError, match="no candidate could be scored"):
         train_auto({}, Path("q.yaml"), candidates=["wiener"], out=tmp_path, train_fn=fake_train({"wiener": None}, []))
+    with pytest.raises(DataError, match="names no model"):
+        train_auto({}, Path("q.yaml"), candidates=[], out=tmp_path, train_fn=fake_train({}, []))
     with pytest.raises(DataError, match="yardstick"):
         candidate_config({}, "cebra")
     with pytest.raises(ValueError, match="unknown model"):

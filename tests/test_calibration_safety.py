@@ -77,7 +77,7 @@ CHILD = textwrap.dedent("""
         setattr(mod, name, wrapped)
     import alignnet.service.calibration as calibration
     calibration.compare = lambda *a: {"better": True, "why": "forced by the test"}  # the save is under test
-    from alignnet.service.http.app import State
+    from alignnet.service.http.state import State
     from alignnet.service.http.settings import Settings
     state = State(Settings(artifact=artifact, calibration_dir=cal))
     state.load()
@@ -100,8 +100,8 @@ KILL_POINTS = {
 
 
 def _served(artifact: Path, cal: Path, engine: str, x: np.ndarray):
-    from alignnet.service.http.app import State
     from alignnet.service.http.settings import Settings
+    from alignnet.service.http.state import State
 
     state = State(Settings(artifact=artifact, calibration_dir=cal, engine=engine))
     e = state.load()

@@ -14,6 +14,7 @@ from typing import Any
 from alignnet.model.registry import model_class
 from alignnet.recordings.dataset import DataError, atomic_write_bytes, atomic_write_json
 from alignnet.training.batches import is_rank0
+from alignnet.training.run import train
 
 log = logging.getLogger(__name__)
 
@@ -70,13 +71,13 @@ def _serve(winner: Path, dest: Path) -> None:
 
 
 def train_auto(cfg: dict[str, Any], config_path: Path, *, candidates=AUTO_CANDIDATES, out: Path | None = None,
-               train_fn=None, **train_kw) -> dict[str, Any] | None:
+               train_fn=train, **train_kw) -> dict[str, Any] | None:
     """Train every candidate into OUT/candidates/<name> (``training.run.train``, the same settings but the model),
     serve the best by ``SELECT_BY`` as OUT/artifact. Returns the winner, the rows and the table (None on ranks other
     than 0 of a torchrun job, which train every candidate alongside)."""
-    if train_fn is None:
-        from alignnet.training.run import train as train_fn
     candidates = list(dict.fromkeys(candidates))
+    if not candidates:
+        raise DataError("--candidates names no model to train")
     configs = {name: candidate_config(cfg, name) for name in candidates}  # every name checked before any training
     out = out or Path("runs") / config_path.stem
     rows = []

@@ -22,7 +22,7 @@ from alignnet.service.http.guard import Guard
 from alignnet.service.http.openapi import contract_openapi
 from alignnet.service.http.routes import ROUTERS
 from alignnet.service.http.settings import Settings
-from alignnet.service.http.state import State  # noqa: F401  (re-exported for tests)
+from alignnet.service.http.state import State
 from alignnet.service.live.binning import BlockCollector
 from alignnet.service.live.lsl import Bridge, BridgeConfig, Bridges
 from alignnet.service.live.pipeline import BATCHER
