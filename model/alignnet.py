@@ -40,6 +40,14 @@ class AlignNetConfig:
     # causal: convolutions pad time on the past side only, and every upsampling of a coarser level is shifted by
     # one of its blocks, so the output at bin t depends on no bin after t (a live decoder's newest bin loses nothing)
     causal: bool = False
+    # where a causal model's pooling blocks sit in time. 'start' (the first causal variant): blocks begin at the
+    # window's first bin and every upsampling is shifted one whole coarse block, so the newest bin reads level-i
+    # columns up to 1.5 blocks old (12 bins at depth 3). 'end': the window is padded on its past side, so blocks end
+    # at the newest bin, and each fine column reads the coarse column of its own block when it is the block's last
+    # (that block ends at it) and the one before otherwise: causal at every bin, and the newest bin reads its own
+    # blocks at every level (no staleness). 'start' stays the default: on the default cross-day protocol 'end'
+    # scored lower at the newest bin (docs/results.md, "Blocks at the window's end"); saved artifacts load as 'start'
+    block_alignment: str = "start"
     # bins of history the per-bin input maps see (1: the paper's per-bin maps). Above 1 they are causal temporal
     # convolutions: each bin enters the U-Net with a summary of its own recent past, as a Wiener filter's lags are
     input_history: int = 1
@@ -57,6 +65,8 @@ class AlignNetConfig:
             raise ValueError(f"tau must be > 1 for a leaky neuron, got {self.tau}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.block_alignment not in ("start", "end"):
+            raise ValueError(f"block_alignment must be 'start' or 'end', got {self.block_alignment!r}")
         if self.lif_impl not in ("spikingjelly", "plain"):
             raise ValueError(f"lif_impl must be 'spikingjelly' or 'plain', got {self.lif_impl!r}")
 
@@ -74,6 +84,20 @@ class AlignNetConfig:
         f = 2**self.depth
         h, w = self.padded
         return (h // f, w // f)
+
+    @property
+    def live_latent_columns(self) -> int:
+        """Latent time columns that reach some output bin of the window. Blocks at the window's start: the last
+        column (the newest bin's own block) is shifted past the window by the causal upsampling, so it informs no
+        bin (at 8-bin windows and depth 3 the only column is lost: the latent carries nothing). Blocks at the end,
+        or a model that is not causal: every column."""
+        columns = self.latent_hw[1]
+        if not self.causal or self.block_alignment == "end":
+            return columns
+        # the shifts of all levels delay latent column j (bins B j .. B j + B - 1, B = 2**depth) to bin
+        # B j + 2 B - 2 at the earliest (B + B/2 + ... + 2); the columns whose earliest reader is in the window
+        block = 2**self.depth
+        return max(0, (self.window_bins + 1) // block - 1)
 
     @property
     def lif(self) -> LIFConfig:
@@ -130,6 +154,15 @@ def shift_one_block(h: torch.Tensor) -> torch.Tensor:
     return F.pad(h, (1, 0))[..., :-1]
 
 
+def upsample_at_block_ends(up: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """Causal 2x upsampling with the least delay, for blocks that end at the window's newest bin: the second
+    (later) half of each fine pair reads the coarse column of its own block, which ends at it; the first half reads
+    the column before, which ends just before it. ``up`` is a stride-2 transposed convolution over (M, C, H, W)."""
+    now, before = up(h), up(shift_one_block(h))
+    first_half = torch.arange(now.shape[-1], device=now.device) % 2 == 0
+    return torch.where(first_half, before, now)
+
+
 class Activation(nn.Module):
     """ReLU, or a multi-step LIF over (Ts, B, ...)."""
 
@@ -173,9 +206,9 @@ class UDecoder(nn.Module):
     -> activation, per level; a 1x1 conv head on the (step-averaged) output."""
 
     def __init__(self, widths: tuple[int, ...], latent_ch: int, spiking: bool, lif: LIFConfig, impl: str,
-                 out_ch: int = 1, causal: bool = False) -> None:
+                 out_ch: int = 1, causal: bool = False, block_alignment: str = "start") -> None:
         super().__init__()
-        self.causal = causal
+        self.causal, self.at_ends = causal, causal and block_alignment == "end"
         ins = (*widths[1:], latent_ch)  # input channels of level i's upsampling
         self.ups = nn.ModuleList(nn.ConvTranspose2d(ins[i], widths[i], 2, stride=2, bias=False)
                                  for i in range(len(widths)))
@@ -190,9 +223,12 @@ class UDecoder(nn.Module):
         """latent (B, L, h, w) static; skips as UEncoder returns them (any step count). Returns (B, out, H, W)."""
         h = match_steps(latent.unsqueeze(0), steps)
         for i in reversed(range(len(self.ups))):
-            if self.causal:
-                h = shift_one_block(h)
-            h = seq_apply(lambda z, i=i: self.up_norms[i](self.ups[i](z)), h)
+            if self.at_ends:
+                h = seq_apply(lambda z, i=i: self.up_norms[i](upsample_at_block_ends(self.ups[i], z)), h)
+            else:
+                if self.causal:
+                    h = shift_one_block(h)
+                h = seq_apply(lambda z, i=i: self.up_norms[i](self.ups[i](z)), h)
             h = self.up_acts[i](h.contiguous())
             h = torch.cat([h, match_steps(skips[i], steps)], dim=2)
             h = seq_apply(lambda z, i=i: self.norms[i](self.convs[i](z)), h)
@@ -250,13 +286,15 @@ class AlignNet(BidirectionalModel):
         self.spike_out = nn.Conv1d(c.n_channels, c.n_channels, 1) if c.channel_mixing else nn.Identity()
         self.spike_encoder = UEncoder(c.widths, True, lif, impl, causal=c.causal)
         self.spike_bottleneck = Bottleneck(c.widths[-1], c.latent_channels)
-        self.spike_decoder = UDecoder(c.widths, c.latent_channels, True, lif, impl, causal=c.causal)
+        self.spike_decoder = UDecoder(c.widths, c.latent_channels, True, lif, impl, causal=c.causal,
+                                      block_alignment=c.block_alignment)
         # behavior autoencoder (ANN): per-bin MLPs to and from the spike shape around the same U-shape
         self.behavior_in = nn.Sequential(HistoryConv1d(c.behavior_dims, c.behavior_hidden, c.input_history), nn.ReLU(),
                                          nn.Conv1d(c.behavior_hidden, c.n_channels, 1))
         self.behavior_encoder = UEncoder(c.widths, False, lif, impl, causal=c.causal)
         self.behavior_bottleneck = Bottleneck(c.widths[-1], c.latent_channels)
-        self.behavior_decoder = UDecoder(c.widths, c.latent_channels, False, lif, impl, causal=c.causal)
+        self.behavior_decoder = UDecoder(c.widths, c.latent_channels, False, lif, impl, causal=c.causal,
+                                         block_alignment=c.block_alignment)
         self.behavior_out = nn.Sequential(nn.Conv1d(c.n_channels, c.behavior_hidden, 1), nn.ReLU(),
                                           nn.Conv1d(c.behavior_hidden, c.behavior_dims, 1))
         # projection heads into the shared latent space
@@ -264,13 +302,21 @@ class AlignNet(BidirectionalModel):
         self.behavior_projection = Projection(latent_features, c.proj_hidden, c.latent_dim)
 
     # ---- shape plumbing ----------------------------------------------------------------------------------------
+    @property
+    def _time_pad(self) -> tuple[int, int]:
+        """Zero bins (before, after) the window in the U-Nets' image: after it, or before it where the blocks end
+        at the newest bin."""
+        extra = self.config.padded[1] - self.config.window_bins
+        return (extra, 0) if self.config.causal and self.config.block_alignment == "end" else (0, extra)
+
     def _to_image(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, T) -> (B, 1, H, W) zero-padded to a multiple of 2**depth."""
-        h, w = self.config.padded
-        return F.pad(x, (0, w - x.shape[-1], 0, h - x.shape[-2])).unsqueeze(1)
+        h = self.config.padded[0]
+        return F.pad(x, (*self._time_pad, 0, h - x.shape[-2])).unsqueeze(1)
 
     def _from_image(self, img: torch.Tensor) -> torch.Tensor:
-        return img[:, 0, : self.config.n_channels, : self.config.window_bins]
+        before = self._time_pad[0]
+        return img[:, 0, : self.config.n_channels, before: before + self.config.window_bins]
 
     def _check(self, x: torch.Tensor, channels: int, what: str) -> None:
         if x.dim() != 3 or x.shape[1] != channels or x.shape[2] != self.config.window_bins:

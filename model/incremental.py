@@ -50,7 +50,9 @@ def stream_weights(model, day: str | None = None) -> dict[str, np.ndarray]:
 
     w: dict[str, np.ndarray] = {"meta": np.array([c.n_channels, c.behavior_dims, c.time_steps, c.depth,
                                                   c.padded[0], c.input_history], np.int64),
-                                "lif": np.array([c.tau, c.v_threshold, c.v_reset], np.float64)}
+                                "lif": np.array([c.tau, c.v_threshold, c.v_reset], np.float64),
+                                # 1: pooling blocks end at the newest bin (a stream saved without it: 0, at the start)
+                                "blocks_end": np.array([c.block_alignment == "end"], np.int64)}
     adapter = model._adapter(day)
     if adapter is not None:
         w["read_in.w"], w["read_in.b"] = arr(adapter.read_in.weight[..., 0]), arr(adapter.read_in.bias)

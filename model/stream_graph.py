@@ -56,6 +56,7 @@ class _StepBuilder:
         n_ch, _, self.steps, self.depth, self.h0, self.history = (int(v) for v in w["meta"])
         self.n_channels = n_ch
         self.tau, self.v_th, self.v_reset = (np.float32(v) for v in w["lif"])
+        self.blocks_end = bool(w["blocks_end"][0]) if "blocks_end" in w else False
         self.g = _Graph()
         self.new: dict[str, str] = {}  # ring -> the new bin's column
         self._taps: dict = {}
@@ -199,11 +200,15 @@ class _StepBuilder:
                 new["latent"] = g.op("Relu", lat)
 
     def _parent(self, i: int, back: int) -> tuple[bool, int]:
-        """Level i's upsampled column ending ``back`` bins before the newest, in the newest bin's window, comes from
-        the coarser decoder column one block before its parent block, through the transposed conv's kernel column
-        for its half of the parent. Which half, and how far back that coarser column ends, depend only on ``back``
-        (the window's blocks start at its first bin): -> (second half, the coarse column's back)."""
+        """Level i's upsampled column ending ``back`` bins before the newest, in the newest bin's window, through
+        the transposed conv's kernel column for its half of the parent block. Which half, and how far back the
+        coarser column it reads ends, depend only on ``back``: -> (second half, the coarse column's back).
+        Blocks at the window's start: the coarser column one block before its parent. Blocks at the window's end:
+        the second half reads its own parent (which ends with it), the first half the parent before."""
         size = 1 << i
+        if self.blocks_end:
+            second = back % (2 * size) == 0
+            return second, back + (0 if second else size)
         second = (self.window - back) % (2 * size) == 0
         return second, back + (2 * size if second else size)
 

@@ -3,6 +3,7 @@ newest bin, through export, the engine and the LSL bridge."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
@@ -65,11 +66,13 @@ def latent_effect(model, x: np.ndarray, day: str | None = None) -> float:
     return float(np.abs(with_latent - without).mean())
 
 
-@pytest.mark.parametrize("window,day_channels,v_reset", [(40, None, 0.0), (37, 11, 0.0), (40, None, -0.2)])
-def test_stream_gives_each_windows_newest_bin(window, day_channels, v_reset):
+@pytest.mark.parametrize("window,day_channels,v_reset,blocks", [
+    (40, None, 0.0, "end"), (37, 11, 0.0, "end"), (40, None, -0.2, "end"), (37, 11, 0.0, "start")])
+def test_stream_gives_each_windows_newest_bin(window, day_channels, v_reset, blocks):
     """Bin by bin, every phase of the pooling blocks (window lengths that are and are not multiples of 4), with and
-    without a day's read-in of other channels, with a reset potential other than 0, and two streams side by side."""
-    model = causal_model(0, window, day_channels, v_reset=v_reset)
+    without a day's read-in of other channels, with a reset potential other than 0, and two streams side by side;
+    blocks at the window's end (the served variant) and at its start (artifacts saved before that)."""
+    model = causal_model(0, window, day_channels, v_reset=v_reset, block_alignment=blocks)
     day = "d1" if day_channels else None
     n_in = day_channels or 16
     rng = np.random.default_rng(1)
@@ -207,6 +210,18 @@ def test_stream_weights_refuse_what_cannot_stream():
         stream_weights(create_model("test-alignnet").eval())
     with pytest.raises(ValueError, match="eval mode"):
         stream_weights(causal_model(0).train())
+
+
+def test_export_of_blocks_at_the_windows_end_passes_its_parity_checks_and_streams(tmp_path):
+    """The window graphs (torch.where between the two upsamplings) and the stream of block_alignment='end' export
+    and match the eager model."""
+    folder = tmp_path / "a"
+    contract = DataContract(n_channels=16, bin_s=0.02, window_bins=37, spike_scale=[0.7] * 16,
+                            behavior_mean=[0.5, -1.0], behavior_std=[2.0, 3.0])
+    save_artifact(folder, causal_model(4, window=37, lif_impl="spikingjelly", block_alignment="end"), contract)
+    report = export_artifact(folder, ("onnx",))
+    assert report[STREAM_FILE]["written"] and report[STREAM_FILE]["bins_over_atol"] == 0, report[STREAM_FILE]
+    assert json.loads((folder / "config.json").read_text())["model_config"]["block_alignment"] == "end"
 
 
 @pytest.fixture(scope="module")

@@ -276,3 +276,50 @@ def test_a_causal_models_output_has_no_gradient_from_any_later_bin(name):
 def test_a_model_that_claims_no_causality_has_gradient_from_later_bins(name):
     grad = output_input_gradients(trained_like(name))
     assert torch.triu(grad, diagonal=1).amax() > 0, f"{name} says it looks ahead, but no later bin moves its output"
+
+
+# ---- the newest bin reads its own blocks (no stale context) ---------------------------------------------------------
+def newest_bin_reads(model, newest_only: bool = True) -> dict[str, torch.Tensor]:
+    """For the newest output bin of one dense window (or, ``newest_only=False``, all its bins): the largest
+    |d output / d feature| in each time column of the spike latent map and of every coarse decoder level's output
+    (the maps that are upsampled into the level below), keyed 'latent' and 'level<i>'. A column the output cannot
+    read has gradient exactly zero."""
+    c = model.config
+    kept: dict[str, torch.Tensor] = {}
+
+    def keep(name):
+        def hook(_m, _i, out):
+            out.retain_grad()
+            kept[name] = out
+        return hook
+
+    handles = [model.spike_bottleneck.register_forward_hook(keep("latent"))]
+    handles += [model.behavior_decoder.acts[i].register_forward_hook(keep(f"level{i}")) for i in range(1, c.depth)]
+    try:
+        g = torch.Generator().manual_seed(0)
+        x = torch.log1p(torch.poisson(torch.full((1, c.n_channels, c.window_bins), 2.0), generator=g))
+        y = model.decode(x)
+        (y[..., -1] if newest_only else y).sum().backward()
+    finally:
+        for h in handles:
+            h.remove()
+    return {k: v.grad.abs().flatten(0, -2).amax(0) for k, v in kept.items()}
+
+
+def test_blocks_at_the_windows_end_let_the_newest_bin_read_its_own_blocks_at_every_level():
+    """block_alignment='end': the newest bin reads the latent column of its own coarsest block and the last column
+    of every coarse decoder level, and every latent column reaches some bin of the window (13 at 100 bins, depth 3).
+    'start' (the served causal variant's default): the last latent column and the last column of each coarse level
+    are invisible to the newest bin (it reads context 12 bins old), and the last two latent columns reach no bin at
+    all: the check sees that too, so it cannot pass on a stale model."""
+    weights = trained_like("alignnet-causal").state_dict()
+    for blocks, stale, live_columns in (("end", False, 13), ("start", True, 11)):
+        model = create_model("alignnet-causal", block_alignment=blocks)
+        model.load_state_dict(weights)
+        model.eval()
+        assert model.config.live_latent_columns == live_columns
+        live = newest_bin_reads(model, newest_only=False)["latent"]
+        assert int((live > 0).sum()) == live_columns, (blocks, live)
+        for name, grad in newest_bin_reads(model).items():
+            assert bool(grad[-1] == 0) is stale, f"{blocks}: the newest bin {'reads' if grad[-1] > 0 else 'skips'} " \
+                                                 f"the last column of {name}"

@@ -338,3 +338,42 @@ def test_the_default_config_trains_the_served_default():
     build = open(os.path.join(REPO, "scripts", "build_default_models.sh")).read()
     line = next(ln for ln in build.splitlines() if "--out runs/quick" in ln)
     assert "--set" not in line, line
+
+
+def _shipped_alignnets():
+    """(config file, section, model name, window bins, its AlignNet config) for every AlignNet a shipped config
+    trains: its `train` section's model, and each AlignNet variant `alignnet evaluate` trains by default or the
+    config names, with the config's model settings and window (100 bins where the dataset's default applies)."""
+    from pathlib import Path
+
+    import yaml
+
+    from alignnet.cli.train import DEFAULT_MODELS
+    from alignnet.model.registry import model_config
+
+    for path in sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")):
+        cfg = yaml.safe_load(path.read_text())
+        name = cfg.get("model", "alignnet")
+        window = int(cfg.get("train", {}).get("window_bins", 100))
+        if name.startswith("alignnet"):
+            yield path.name, "train", name, window, model_config(name, window_bins=window,
+                                                                 **cfg.get("model_config", {}))
+        ev = cfg.get("evaluate", {})
+        window = int(ev.get("window_bins", 100))
+        for m in {*DEFAULT_MODELS.split(","), *ev.get("models", {})}:
+            if m.startswith("alignnet"):
+                yield path.name, "evaluate", m, window, model_config(m, window_bins=window, **ev.get("models", {})
+                                                                     .get(m, {}))
+
+
+def test_every_shipped_alignnet_keeps_at_least_four_live_latent_columns():
+    """The aligned latent can only carry the decode where it has time columns the output reads: at 8-bin windows
+    and depth 3 it had one, which the first causal variant's shift turned into zeros. Every shipped config sizes
+    window and depth so at least 4 columns reach the output."""
+    seen = []
+    for file, section, name, window, config in _shipped_alignnets():
+        seen.append(file)
+        assert config.live_latent_columns >= 4, (
+            f"{file} ({section}): {name} at {window}-bin windows and depth {config.depth} keeps "
+            f"{config.live_latent_columns} live latent time column(s)")
+    assert {"quick.yaml", "chewie.yaml", "paper.yaml"} <= set(seen)
