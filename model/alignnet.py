@@ -87,10 +87,10 @@ class AlignNetConfig:
 
     @property
     def live_latent_columns(self) -> int:
-        """Latent time columns that reach some output bin of the window. Blocks at the window's start: the last
-        column (the newest bin's own block) is shifted past the window by the causal upsampling, so it informs no
-        bin (at 8-bin windows and depth 3 the only column is lost: the latent carries nothing). Blocks at the end,
-        or a model that is not causal: every column."""
+        """Latent time columns that reach some output bin of the window. Blocks at the window's start: the causal
+        upsampling's shifts move the last columns past the window, so they inform no bin (2 of 13 at 100-bin
+        windows; at 8-bin windows and depth 3 the only column: the latent carries nothing). Blocks at the end, or
+        a model that is not causal: every column."""
         columns = self.latent_hw[1]
         if not self.causal or self.block_alignment == "end":
             return columns
