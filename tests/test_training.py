@@ -344,15 +344,12 @@ def _shipped_alignnets():
     """(config file, section, model name, window bins, its AlignNet config) for every AlignNet a shipped config
     trains: its `train` section's model, and each AlignNet variant `alignnet evaluate` trains by default or the
     config names, with the config's model settings and window (100 bins where the dataset's default applies)."""
-    from pathlib import Path
-
-    import yaml
-
     from alignnet.cli.train import DEFAULT_MODELS
     from alignnet.model.registry import model_config
+    from alignnet.training.run import CONFIGS, load_config
 
-    for path in sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")):
-        cfg = yaml.safe_load(path.read_text())
+    for path in sorted(CONFIGS.glob("*.yaml")):
+        cfg, _ = load_config(str(path))
         name = cfg.get("model", "alignnet")
         window = int(cfg.get("train", {}).get("window_bins", 100))
         if name.startswith("alignnet"):
