@@ -73,6 +73,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser(
+        "ablate", help="what each part of AlignNet's training adds: variants x seeds at the newest bin",
+        description="Evaluate one model under one protocol with parts of its training taken out (full; "
+        "no-contrastive; no-cross-modal; no-alignment; no-pretraining), each over the same seeds, and the full model "
+        "under the probes (latent replaced by its mean; skips zeroed). Writes OUT/ablation.md (mean ± sd, each "
+        "variant's difference from the full model paired by seed), ablation.json and fig_ablation.png; each "
+        "variant's runs stay in OUT/<variant>/seed-K and are reused when rerun.",
+    )
+    p.add_argument("--protocol", default="cross-day", choices=["single-day", "cross-day", "pretrain"],
+                   help="the protocol to score (default: %(default)s)")
+    p.add_argument("--model", default="alignnet-causal", help="an AlignNet variant (default: %(default)s)")
+    p.add_argument("--variants", default="full,no-contrastive,no-cross-modal,no-alignment,no-pretraining",
+                   help="comma-separated (default: %(default)s)")
+    p.add_argument("--seeds", type=_seeds, default=[0, 1, 2], metavar="N|K,K,...",
+                   help="N seeds (0 .. N-1) or the listed ones (default: 3)")
+    _evaluation_inputs(p, Path("runs/ablate"), "train.epochs=3", models=False)
+    p.set_defaults(func=cmd_ablate)
+
+    p = sub.add_parser(
         "calibrate", help="fit a new day's read-in (few-shot or zero-label) and write an artifact that serves it",
         description="Fit the read-in (and read-out) of one recording day alone, base weights and batch-norm "
         "statistics frozen, on the day's first --trials trials or --seconds seconds: with its behavior "
@@ -108,10 +126,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_drift)
 
 
-def _evaluation_inputs(p: argparse.ArgumentParser, out: Path, set_example: str) -> None:
-    """The options `evaluate` and `search` share: models, dataset, config, output folder, overrides."""
-    p.add_argument("--models", default=DEFAULT_MODELS,
-                   help="comma-separated registered models (default: %(default)s)")
+def _evaluation_inputs(p: argparse.ArgumentParser, out: Path, set_example: str, models: bool = True) -> None:
+    """The options `evaluate`, `search` and `ablate` share: models, dataset, config, output folder, overrides."""
+    if models:
+        p.add_argument("--models", default=DEFAULT_MODELS,
+                       help="comma-separated registered models (default: %(default)s)")
     p.add_argument("--data", type=Path, default=DEFAULT_DATASET, help="dataset folder (default: %(default)s)")
     p.add_argument("--config", default="quick", help="YAML file or name in configs/ (its 'evaluate' section)")
     p.add_argument("--out", type=Path, default=out, help="output folder (default: %(default)s)")
@@ -221,6 +240,19 @@ def cmd_search(args: argparse.Namespace) -> int:
     print(md)
     print(f"wrote {args.out / 'search.json'}, search.md and search.yaml (evaluate with --config "
           f"{args.out / 'search.yaml'})")
+    return 0
+
+
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from alignnet.training.ablate import ablate
+    from alignnet.training.run import apply_overrides, load_config
+
+    cfg, _ = load_config(args.config)
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    ablate(apply_overrides(dict(cfg.get("evaluate", {})), args.set), args.data, args.out, args.protocol,
+           args.model, args.seeds, variants, command=command_line(args))
+    print((args.out / "ablation.md").read_text())
+    print(f"wrote {args.out / 'ablation.md'}, ablation.json and fig_ablation.png")
     return 0
 
 

@@ -16,8 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from alignnet.model.base import BidirectionalModel
-from alignnet.model.lif import LIFConfig, make_lif, reset_states
+from alignnet.model.lif import LIFConfig, reset_states
 from alignnet.model.registration import register_model
+from alignnet.model.unet import Bottleneck, HistoryConv1d, Projection, UDecoder, UEncoder
 
 
 @dataclass
@@ -51,6 +52,9 @@ class AlignNetConfig:
     # bins of history the per-bin input maps see (1: the paper's per-bin maps). Above 1 they are causal temporal
     # convolutions: each bin enters the U-Net with a summary of its own recent past, as a Wiener filter's lags are
     input_history: int = 1
+    # training only: each skip level the served decode reads (spike encoder -> behavior decoder) is zeroed for a
+    # window with this probability, so the decoder must also decode from the latent alone (0: never)
+    skip_dropout: float = 0.0
     lif_impl: str = "spikingjelly"  # 'spikingjelly' (training) or 'plain' (export; same weights, same spikes)
 
     def __post_init__(self) -> None:
@@ -67,6 +71,8 @@ class AlignNetConfig:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if self.block_alignment not in ("start", "end"):
             raise ValueError(f"block_alignment must be 'start' or 'end', got {self.block_alignment!r}")
+        if not 0.0 <= self.skip_dropout < 1.0:
+            raise ValueError(f"skip_dropout must be in [0, 1), got {self.skip_dropout}")
         if self.lif_impl not in ("spikingjelly", "plain"):
             raise ValueError(f"lif_impl must be 'spikingjelly' or 'plain', got {self.lif_impl!r}")
 
@@ -104,160 +110,6 @@ class AlignNetConfig:
         return LIFConfig(self.tau, self.v_threshold, self.v_reset, self.surrogate_alpha)
 
 
-# ---- sequence helpers: (Ts, B, ...) through per-frame layers -----------------------------------------------------
-def seq_apply(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Apply a per-frame layer to (Ts, B, ...) by folding steps into the batch."""
-    ts, b = x.shape[:2]
-    y = module(x.reshape(ts * b, *x.shape[2:]))
-    return y.reshape(ts, b, *y.shape[1:])
-
-
-def match_steps(x: torch.Tensor, steps: int) -> torch.Tensor:
-    """Bring (Ts', B, ...) to Ts = steps: average spikes into rates for an ANN (steps=1), repeat a static map for
-    an SNN."""
-    if x.shape[0] == steps:
-        return x
-    if steps == 1:
-        return x.mean(0, keepdim=True)
-    if x.shape[0] == 1:
-        return x.expand(steps, *x.shape[1:])
-    raise ValueError(f"cannot match {x.shape[0]} steps to {steps}")
-
-
-class Conv3x3(nn.Conv2d):
-    """3x3 convolution over (channel, time) images; ``causal``: time padded on the past side only (2 bins), so an
-    output bin sees itself and the two before it."""
-
-    def __init__(self, c_in: int, c_out: int, causal: bool) -> None:
-        super().__init__(c_in, c_out, 3, padding=0 if causal else 1, bias=False)
-        self.causal = causal
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(F.pad(x, (2, 0, 1, 1)) if self.causal else x)
-
-
-class HistoryConv1d(nn.Conv1d):
-    """Per-bin linear map that also sees the ``history - 1`` bins before each bin (zeros before the window):
-    (B, C_in, T) -> (B, C_out, T), causal. history=1 is the plain per-bin map."""
-
-    def __init__(self, c_in: int, c_out: int, history: int = 1) -> None:
-        super().__init__(c_in, c_out, history)
-        self.history = history
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(F.pad(x, (self.history - 1, 0)) if self.history > 1 else x)
-
-
-def shift_one_block(h: torch.Tensor) -> torch.Tensor:
-    """(..., W) -> the same shifted one step later in time (zeros first): a coarse block summarises bins up to its
-    end, so before upsampling it may only inform the bins after that end."""
-    return F.pad(h, (1, 0))[..., :-1]
-
-
-def upsample_at_block_ends(up: nn.Module, h: torch.Tensor) -> torch.Tensor:
-    """Causal 2x upsampling with the least delay, for blocks that end at the window's newest bin: the second
-    (later) half of each fine pair reads the coarse column of its own block, which ends at it; the first half reads
-    the column before, which ends just before it. ``up`` is a stride-2 transposed convolution over (M, C, H, W)."""
-    now, before = up(h), up(shift_one_block(h))
-    first_half = torch.arange(now.shape[-1], device=now.device) % 2 == 0
-    return torch.where(first_half, before, now)
-
-
-class Activation(nn.Module):
-    """ReLU, or a multi-step LIF over (Ts, B, ...)."""
-
-    def __init__(self, spiking: bool, lif: LIFConfig, impl: str) -> None:
-        super().__init__()
-        self.spiking = spiking
-        self.lif = make_lif(lif, impl) if spiking else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.lif(x) if self.spiking else F.relu(x)
-
-
-class UEncoder(nn.Module):
-    """Encoder blocks of 3x3 conv -> batch norm -> activation (LIF or ReLU) -> 2x2 max-pool."""
-
-    def __init__(self, widths: tuple[int, ...], spiking: bool, lif: LIFConfig, impl: str, in_ch: int = 1,
-                 causal: bool = False) -> None:
-        super().__init__()
-        chans = (in_ch, *widths)
-        self.convs = nn.ModuleList(Conv3x3(chans[i], chans[i + 1], causal) for i in range(len(widths)))
-        self.norms = nn.ModuleList(nn.BatchNorm2d(w) for w in widths)
-        self.acts = nn.ModuleList(Activation(spiking, lif, impl) for _ in widths)
-
-    def forward(self, x: torch.Tensor, steps: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """x (B, in_ch, H, W), static. Returns the pooled output (Ts, B, w_last, H/2^k, W/2^k) and the skip
-        features of every level (Ts, B, w_i, H/2^i, W/2^i)."""
-        # direct encoding: the first conv sees the same static input every step, so compute it once
-        h = self.norms[0](self.convs[0](x)).unsqueeze(0).expand(steps, *x.shape[:1], -1, -1, -1)
-        skips = []
-        for i in range(len(self.convs)):
-            if i > 0:
-                h = seq_apply(lambda z, i=i: self.norms[i](self.convs[i](z)), h)
-            s = self.acts[i](h.contiguous())
-            skips.append(s)
-            h = seq_apply(lambda z: F.max_pool2d(z, 2), s)
-        return h, skips
-
-
-class UDecoder(nn.Module):
-    """Transposed-conv upsampling -> batch norm -> activation, concatenation with the skip, 3x3 conv -> batch norm
-    -> activation, per level; a 1x1 conv head on the (step-averaged) output."""
-
-    def __init__(self, widths: tuple[int, ...], latent_ch: int, spiking: bool, lif: LIFConfig, impl: str,
-                 out_ch: int = 1, causal: bool = False, block_alignment: str = "start") -> None:
-        super().__init__()
-        self.causal, self.at_ends = causal, causal and block_alignment == "end"
-        ins = (*widths[1:], latent_ch)  # input channels of level i's upsampling
-        self.ups = nn.ModuleList(nn.ConvTranspose2d(ins[i], widths[i], 2, stride=2, bias=False)
-                                 for i in range(len(widths)))
-        self.up_norms = nn.ModuleList(nn.BatchNorm2d(w) for w in widths)
-        self.up_acts = nn.ModuleList(Activation(spiking, lif, impl) for _ in widths)
-        self.convs = nn.ModuleList(Conv3x3(2 * w, w, causal) for w in widths)
-        self.norms = nn.ModuleList(nn.BatchNorm2d(w) for w in widths)
-        self.acts = nn.ModuleList(Activation(spiking, lif, impl) for _ in widths)
-        self.head = nn.Conv2d(widths[0], out_ch, 1)
-
-    def forward(self, latent: torch.Tensor, skips: list[torch.Tensor], steps: int) -> torch.Tensor:
-        """latent (B, L, h, w) static; skips as UEncoder returns them (any step count). Returns (B, out, H, W)."""
-        h = match_steps(latent.unsqueeze(0), steps)
-        for i in reversed(range(len(self.ups))):
-            if self.at_ends:
-                h = seq_apply(lambda z, i=i: self.up_norms[i](upsample_at_block_ends(self.ups[i], z)), h)
-            else:
-                if self.causal:
-                    h = shift_one_block(h)
-                h = seq_apply(lambda z, i=i: self.up_norms[i](self.ups[i](z)), h)
-            h = self.up_acts[i](h.contiguous())
-            h = torch.cat([h, match_steps(skips[i], steps)], dim=2)
-            h = seq_apply(lambda z, i=i: self.norms[i](self.convs[i](z)), h)
-            h = self.acts[i](h.contiguous())
-        return self.head(h.mean(0))
-
-
-class Bottleneck(nn.Module):
-    """Average over steps (rates), 1x1 conv and ReLU: the latent map (B, L, h, w)."""
-
-    def __init__(self, in_ch: int, latent_ch: int) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(in_ch, latent_ch, 1)
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.conv(h.mean(0)))
-
-
-class Projection(nn.Module):
-    """Projection MLP from the flattened latent map to the shared latent vector (B, D)."""
-
-    def __init__(self, in_features: int, hidden: int, out: int) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Flatten(), nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, out))
-
-    def forward(self, latent: torch.Tensor) -> torch.Tensor:
-        return self.net(latent)
-
-
 @register_model("alignnet")
 @register_model("alignnet-causal", causal=True, input_history=10)
 @register_model("alignnet-paper", widths=(16, 32, 64, 128), latent_channels=16, latent_dim=128, proj_hidden=256)
@@ -276,6 +128,10 @@ class AlignNet(BidirectionalModel):
     def __init__(self, config: AlignNetConfig) -> None:
         super().__init__()
         self.config = c = config
+        # probes of what the served decode reads (never saved; training/probes.py sets them for one scoring):
+        # a fixed latent map (L, h, w) in place of every window's, and skip features replaced by zeros
+        self.latent_override: torch.Tensor | None = None
+        self.zero_skips = False
         lif, impl = c.lif, c.lif_impl
         latent_features = c.latent_channels * c.latent_hw[0] * c.latent_hw[1]
         # spike autoencoder (SNN). 3x3 kernels see three neighbouring channels, and electrode order carries no
@@ -348,32 +204,57 @@ class AlignNet(BidirectionalModel):
 
     # ---- the two directions and pretraining --------------------------------------------------------------------
     def _decode(self, spikes: torch.Tensor) -> torch.Tensor:
-        return self.decode_behavior(*self.encode_spikes(spikes))
+        latent, skips = self.encode_spikes(spikes)
+        if self.latent_override is not None:  # the latent-mean probe (training/probes.py)
+            latent = self.latent_override.to(latent).expand_as(latent)
+        if self.zero_skips:  # the skip probe: the decode reads the latent alone
+            skips = [torch.zeros_like(s) for s in skips]
+        return self.decode_behavior(latent, self._drop_skips(skips))
+
+    def _drop_skips(self, skips: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Training: each spike skip level (Ts, B, ...) zeroed per window with probability ``skip_dropout``."""
+        p = self.config.skip_dropout
+        if not self.training or p == 0:
+            return skips
+        keep = [(torch.rand(1, s.shape[1], *[1] * (s.dim() - 2), device=s.device) >= p).to(s.dtype) for s in skips]
+        return [s * k for s, k in zip(skips, keep)]
 
     def _simulate_logits(self, behavior: torch.Tensor) -> torch.Tensor:
         return self.decode_spike_logits(*self.encode_behavior(behavior))
 
-    def pretrain_outputs(self, spikes: torch.Tensor, behavior: torch.Tensor, day: str | None = None) -> dict:
-        """Both reconstructions and both latent vectors for pretraining (spikes in the day's channels)."""
+    def pretrain_outputs(self, spikes: torch.Tensor, behavior: torch.Tensor, day: str | None = None,
+                         cross_modal: bool = False) -> dict:
+        """Both reconstructions and both latent vectors for pretraining (spikes in the day's channels). With
+        ``cross_modal`` also the two paths that serving uses, so pretraining trains them too: behavior decoded from
+        the spike encoder's latent and skips ('behavior_from_spikes', what ``decode`` serves) and spikes from the
+        behavior encoder's ('spikes_from_behavior', what ``simulate`` serves)."""
         adapter = self._adapter(day)
         x = adapter.read_in(spikes) if adapter is not None else spikes
         s_lat, s_skips = self.encode_spikes(x)
         b_lat, b_skips = self.encode_behavior(behavior)
-        logits = self.decode_spike_logits(s_lat, s_skips)
-        if adapter is not None:
-            logits = adapter.read_out(F.softplus(logits))
-        return {
-            "spike_recon": F.softplus(logits),
+
+        def spikes_out(logits: torch.Tensor) -> torch.Tensor:
+            return F.softplus(adapter.read_out(F.softplus(logits)) if adapter is not None else logits)
+
+        out = {
+            "spike_recon": spikes_out(self.decode_spike_logits(s_lat, s_skips)),
             "behavior_recon": self.decode_behavior(b_lat, b_skips),
             "z_spike": self.spike_projection(s_lat),
             "z_behavior": self.behavior_projection(b_lat),
         }
+        if cross_modal:
+            out["behavior_from_spikes"] = self.decode_behavior(s_lat, self._drop_skips(s_skips))
+            out["spikes_from_behavior"] = spikes_out(self.decode_spike_logits(b_lat, b_skips))
+        return out
+
+    def latent_map(self, spikes: torch.Tensor, day: str | None = None) -> torch.Tensor:
+        """(B, C_day, T) -> (B, L, h, w): the spike latent map the decode reads (and the projection aligns)."""
+        adapter = self._adapter(day)
+        return self.encode_spikes(adapter.read_in(spikes) if adapter is not None else spikes)[0]
 
     def spike_embedding(self, spikes: torch.Tensor, day: str | None = None) -> torch.Tensor:
         """(B, C_day, T) -> (B, D) latent vectors (for analysis and alignment checks)."""
-        adapter = self._adapter(day)
-        x = adapter.read_in(spikes) if adapter is not None else spikes
-        return self.spike_projection(self.encode_spikes(x)[0])
+        return self.spike_projection(self.latent_map(spikes, day))
 
     def firing_rates(self, spikes: torch.Tensor) -> list[float]:
         """Mean firing probability per step of each spiking encoder level (a health check)."""

@@ -39,13 +39,21 @@ def overlapping(starts: torch.Tensor, window: int) -> torch.Tensor:
 def pretrain_loss(
     out: dict[str, torch.Tensor], spikes: torch.Tensor, behavior: torch.Tensor, temperature: float,
     contrastive_weight: float = 1.0, spike_weight: float = 1.0, behavior_weight: float = 1.0,
-    exclude: torch.Tensor | None = None,
+    exclude: torch.Tensor | None = None, cross_modal_weight: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """AlignNet pretraining: reconstruction (MSE) of both modalities plus contrastive alignment (``exclude``: pairs
-    that are not negatives, see ``info_nce``)."""
+    that are not negatives, see ``info_nce``), plus ``cross_modal_weight`` x the MSE of the two cross-modal paths
+    (spikes -> behavior, behavior -> spikes) where ``out`` has them (``pretrain_outputs(cross_modal=True)``)."""
     spike_mse = F.mse_loss(out["spike_recon"], spikes)
     behavior_mse = F.mse_loss(out["behavior_recon"], behavior)
     nce, parts = info_nce(out["z_spike"], out["z_behavior"], temperature, exclude)
     loss = spike_weight * spike_mse + behavior_weight * behavior_mse + contrastive_weight * nce
-    return loss, {"loss": loss.detach(), "spike_mse": spike_mse.detach(), "behavior_mse": behavior_mse.detach(),
-                  "infonce": nce.detach(), **{f"nce_{k}": v for k, v in parts.items()}}
+    logged = {"spike_mse": spike_mse.detach(), "behavior_mse": behavior_mse.detach(), "infonce": nce.detach()}
+    if cross_modal_weight > 0:
+        if "behavior_from_spikes" not in out:
+            raise ValueError("cross_modal_weight > 0 needs the cross-modal outputs: pretrain_outputs(cross_modal=True)")
+        decode_mse = F.mse_loss(out["behavior_from_spikes"], behavior)
+        simulate_mse = F.mse_loss(out["spikes_from_behavior"], spikes)
+        loss = loss + cross_modal_weight * (decode_mse + simulate_mse)
+        logged.update(decode_mse=decode_mse.detach(), simulate_mse=simulate_mse.detach())
+    return loss, {"loss": loss.detach(), **logged, **{f"nce_{k}": v for k, v in parts.items()}}

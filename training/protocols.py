@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -32,6 +32,8 @@ from alignnet.model.registry import model_class
 from alignnet.model.streaming import offline_twin
 from alignnet.recordings.dataset import Dataset
 from alignnet.recordings.psth import movement_onsets, per_bin, psth, psth_r
+from alignnet.training.eval_config import PROTOCOLS, EvalConfig, ModelResult, fit_days  # noqa: F401
+from alignnet.training.probes import probe_scores
 from alignnet.training.trainer import TrainConfig, Trainer, seed_everything
 from alignnet.training.windows import (
     DayWindows,
@@ -44,58 +46,6 @@ from alignnet.training.windows import (
 )
 
 log = logging.getLogger(__name__)
-
-PROTOCOLS = ("single-day", "cross-day", "pretrain")
-
-
-@dataclass
-class EvalConfig:
-    hop_bins: int | None = None  # window hop (default: the dataset's)
-    window_bins: int | None = None  # window length (default: the dataset's)
-    cross_segments: bool | None = None  # concatenate movement periods into windows (None: when segments are short)
-    behavior: str | None = None  # pos | vel (default: the dataset's)
-    single_day: int = 0  # day of the single-day protocol
-    cross_train_days: list[int] = field(default_factory=lambda: [0, 1])  # labelled days of cross-day
-    cross_test_day: int = 2  # held-out day
-    pretrain_test_day: int | None = None  # many-days protocol: test day, trained on every day before it (None: last)
-    calib_fraction: float = 0.0  # labelled slice of the new day (first trials); required where units differ
-    test_fraction: float = 0.2
-    val_fraction: float = 0.1
-    model_channels: int = 64  # model channel space when units differ across days (read-ins map to it)
-    models: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-model config overrides
-    model_train: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-model training overrides (e.g. lr)
-    train: dict[str, Any] = field(default_factory=dict)  # TrainConfig for baselines and AlignNet fine-tuning
-    pretrain: dict[str, Any] = field(default_factory=dict)  # TrainConfig overrides for AlignNet pretraining
-    readin: dict[str, Any] = field(default_factory=dict)  # TrainConfig overrides for fitting a new day's read-in
-    online_seconds: float | None = None  # newest-bin R² on at most this much of the test range (None: all of it)
-    seed: int = 0
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> EvalConfig:
-        valid = set(cls.__dataclass_fields__)
-        unknown = sorted(set(d) - valid)
-        if unknown:
-            raise ValueError(f"unknown evaluation setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}")
-        for key in ("train", "pretrain", "readin"):
-            TrainConfig.check_keys(d.get(key) or {}, f"evaluate.{key}")
-        for name, own in (d.get("model_train") or {}).items():
-            TrainConfig.check_keys(own or {}, f"evaluate.model_train.{name}")
-        return cls(**d)
-
-
-@dataclass
-class ModelResult:
-    model: str
-    s2b_r2: float
-    b2s_r: float | None  # None for a decode-only yardstick
-    train_s: float
-    parameters: int
-    online_r2: float | None = None  # newest-bin R²: the test range streamed bin by bin, as it is served
-    causal: bool = False  # the decoded value of a bin depends on no later bin
-    rate_r: float | None = None  # B->S r against the simulator's true rates (simulated data only)
-    psth_r: float | None = None  # B->S r of trial-averaged PSTHs (vs true rates when simulated, else vs counts)
-    details: dict[str, Any] = field(default_factory=dict)
-
 
 class Protocol:
     """Builds windows for one dataset and evaluation config, and trains/tests models on them."""
@@ -216,11 +166,16 @@ class Protocol:
         return start, day.behavior(self.behavior)[start:start + n], pred
 
     def score(self, tag: str, name: str, model: BidirectionalModel, test: DayWindows, day_index: int,
-              trials: np.ndarray, contract: DataContract, use_day: bool, info: dict[str, Any]) -> ModelResult:
-        """Window R² and r on the test windows and newest-bin R² on the test range; the test windows' predictions
-        are kept under ``tag/name`` for the figures."""
+              trials: np.ndarray, contract: DataContract, use_day: bool, info: dict[str, Any],
+              train: list[DayWindows] = ()) -> ModelResult:
+        """Window R² and r on the test windows and newest-bin R² on the test range (and under the config's probes,
+        whose mean latent is taken over ``train``); the test windows' predictions are kept under ``tag/name`` for
+        the figures."""
         score_r2, score_r, beh, counts = self.test(model, test, contract, use_day)
         online = self.online_r2(model, day_index, trials, contract, use_day)
+        if probes := probe_scores(model, self.cfg.probes, lambda: self.online_r2(model, day_index, trials, contract,
+                                                                                 use_day), train, contract, use_day):
+            info = {**info, "probes": probes}
         trial_day = self.ds.day(day_index).split_by == "trial"  # a continuous session has no onsets to align on
         rate_r, psth_r_, psth_ = (self.simulation_scores(tag, counts, test, day_index, trials)
                                   if counts is not None and trial_day else (None, None, None))
@@ -270,7 +225,7 @@ class Protocol:
             model, info = self.fit_model(name, train, val, contract)
             use_day = not self.matched and not _closed_form(name)
             out.append(self.score("single-day", name, model, test, c.single_day, split["test"], contract, use_day,
-                                  info))
+                                  info, train))
         self.predictions.setdefault("single-day/truth", {}).update(behavior=test.behavior, counts=test.counts)
         return out
 
@@ -317,7 +272,7 @@ class Protocol:
                     t0 = time.perf_counter()
                     self.new_day_readin(model, test.day, calib, contract)
                     info["readin_s"] = time.perf_counter() - t0
-            res = self.score(tag, name, model, test, test_day, test_trials, contract, use_day, info)
+            res = self.score(tag, name, model, test, test_day, test_trials, contract, use_day, info, train)
             if not pretrain and self.matched:  # accuracy against days apart
                 res.details["r2_by_day"] = self.by_day(model, contract)
             out.append(res)
@@ -338,41 +293,6 @@ class Protocol:
 def _closed_form(name: str) -> bool:
     """A closed-form model (Wiener filter, ridge) has no read-in: it is fitted on one day's own units."""
     return not model_class(name).needs_gradients
-
-
-STOCK_CROSS = ([0, 1], 2)  # the configs' cross-day days; fitted to smaller datasets, any other choice is checked
-
-
-def fit_days(cfg: EvalConfig, n_days: int, protocols: list[str], matched: bool = True) -> tuple[list[str], list[str]]:
-    """Protocols and days that fit a dataset of ``n_days``: "auto" is single-day plus cross-day where there are two
-    days or more; the stock cross-day days (train 0, 1, test 2) shrink to train 0, test 1 on a two-day dataset.
-    Units that differ by day need a labelled slice of the new day for its read-in: the first 10 % of its trials
-    unless ``calib_fraction`` says otherwise. A protocol asked for by name that needs days the dataset lacks is a
-    clear error. Returns (protocols, notes)."""
-    notes = []
-    if protocols == ["auto"]:
-        protocols = ["single-day", "cross-day"] if n_days >= 2 else ["single-day"]
-        if n_days < 2:
-            notes.append("one recording day: single-day protocol only (cross-day needs two days or more)")
-    for p in protocols:
-        if p not in PROTOCOLS:
-            raise ValueError(f"unknown protocol {p!r}; choose from auto, {', '.join(PROTOCOLS)}")
-    if n_days < 2 and {"cross-day", "pretrain"} & set(protocols):
-        raise ValueError(f"the cross-day and pretrain protocols need two recording days or more; this dataset has "
-                         f"{n_days} (use --protocol single-day)")
-    if "cross-day" in protocols and (cfg.cross_train_days, cfg.cross_test_day) == STOCK_CROSS and n_days == 2:
-        cfg.cross_train_days, cfg.cross_test_day = [0], 1
-        notes.append("two recording days: cross-day trains on day 0 and tests on day 1")
-    if not matched and cfg.calib_fraction <= 0 and {"cross-day", "pretrain"} & set(protocols):
-        cfg.calib_fraction = 0.1
-        notes.append("units differ by day: the new day's first 10 % of trials are labelled to fit its read-in")
-    if cfg.single_day >= n_days and "single-day" in protocols:
-        raise ValueError(f"single_day is day index {cfg.single_day}, but the dataset has {n_days} days")
-    used = [cfg.cross_test_day, *cfg.cross_train_days] if "cross-day" in protocols else []
-    if max(used, default=0) >= n_days:
-        raise ValueError(f"cross-day uses day index {max(used)} (cross_train_days {cfg.cross_train_days}, "
-                         f"cross_test_day {cfg.cross_test_day}), but the dataset has {n_days} days")
-    return protocols, notes
 
 
 def run(ds: Dataset, cfg: EvalConfig, protocols: list[str], models: list[str]) -> tuple[dict[str, Any], Protocol]:

@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -29,8 +28,8 @@ from alignnet.model.atomic import atomic_path
 from alignnet.model.base import BidirectionalModel
 from alignnet.model.contract import DataContract
 from alignnet.model.lif import reset_states
-from alignnet.model.losses import overlapping, pretrain_loss
 from alignnet.training.batches import Batches, is_rank0  # noqa: F401  (is_rank0 re-exported)
+from alignnet.training.objective import Objective
 from alignnet.training.windows import DayWindows
 
 log = logging.getLogger(__name__)
@@ -50,6 +49,9 @@ class TrainConfig:
     patience: int = 5  # early stopping: epochs without a better validation loss
     max_steps_per_epoch: int | None = None  # cap on steps per epoch (quick runs)
     contrastive_weight: float = 1.0  # weight of InfoNCE in pretraining
+    # weight of the cross-modal paths' MSEs in pretraining (spike encoder -> behavior decoder, behavior encoder ->
+    # spike decoder: the two that decode and simulate serve). 0: the paper's pretraining, which never trains them
+    cross_modal_weight: float = 0.0
     seed: int = 0  # everything random derives from it
     device: str = "auto"  # auto | cpu | cuda
     compile: bool | str = "auto"  # torch.compile the training step: auto = on CUDA only (CPU compiles cost more
@@ -72,6 +74,9 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        for name in ("contrastive_weight", "cross_modal_weight"):
+            if not float(getattr(self, name)) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("compile", "data_on_device"):
             if getattr(self, name) not in (True, False, "auto"):
                 raise ValueError(f"{name} must be true, false or auto, got {getattr(self, name)!r}")
@@ -137,35 +142,6 @@ def as_numbers(parts: dict[str, torch.Tensor]) -> dict[str, float]:
     return dict(zip(keys, values))
 
 
-class Objective(nn.Module):
-    """The training loss of a stage as a module, so DDP sees the forward that produces it (gradient sync) and
-    torch.compile can compile it whole. forward -> (loss, parts)."""
-
-    def __init__(self, model: BidirectionalModel, stage: str, contrastive_weight: float) -> None:
-        super().__init__()
-        self.model, self.stage, self.contrastive_weight = model, stage, contrastive_weight
-
-    def forward(self, spikes: torch.Tensor, behavior: torch.Tensor, day: str | None,
-                starts: torch.Tensor | None = None):
-        """``starts``: the windows' first bins (one day per batch); windows that overlap are no InfoNCE negatives."""
-        if self.stage == "pretrain":
-            out = self.model.pretrain_outputs(spikes, behavior, day)
-            exclude = None if starts is None else overlapping(starts, spikes.shape[-1])
-            return pretrain_loss(out, spikes, behavior, self.model.config.temperature, self.contrastive_weight,
-                                 exclude=exclude)
-        parts, loss = {}, torch.zeros((), device=spikes.device)
-        if self.stage in ("decode", "both"):
-            dec = F.mse_loss(self.model.decode(spikes, day), behavior)
-            loss = loss + dec
-            parts["decode_mse"] = dec.detach()
-        if self.stage in ("simulate", "both"):
-            sim = F.mse_loss(self.model.simulate(behavior, day), spikes)
-            loss = loss + sim
-            parts["simulate_mse"] = sim.detach()
-        parts["loss"] = loss.detach()
-        return loss, parts
-
-
 class Trainer:
     def __init__(self, model: BidirectionalModel, cfg: TrainConfig, run_dir: str | Path | None = None,
                  day_names_use_readin: bool = False) -> None:
@@ -181,7 +157,7 @@ class Trainer:
         self.params = [p for p in model.parameters() if p.requires_grad]
         if cfg.channels_last:
             self.model.to(memory_format=torch.channels_last)
-        self.objective = Objective(model, cfg.stage, cfg.contrastive_weight)
+        self.objective = Objective(model, cfg.stage, cfg.contrastive_weight, cfg.cross_modal_weight)
         self.net: nn.Module = self.objective
         if dist.is_initialized():
             from torch.nn.parallel import DistributedDataParallel
