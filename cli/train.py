@@ -75,15 +75,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "ablate", help="what each part of AlignNet's training adds: variants x seeds at the newest bin",
         description="Evaluate one model under one protocol with parts of its training taken out (full; "
-        "no-contrastive; no-cross-modal; no-alignment; no-pretraining), each over the same seeds, and the full model "
-        "under the probes (latent replaced by its mean; skips zeroed). Writes OUT/ablation.md (mean ± sd, each "
-        "variant's difference from the full model paired by seed), ablation.json and fig_ablation.png; each "
+        "no-contrastive; no-cross-modal; no-alignment; no-pretraining; and skip-dropout, an addition), each over "
+        "the same seeds, and the full and skip-dropout models under the probes (latent replaced by its mean; "
+        "skips zeroed). Writes OUT/ablation.md (mean ± sd, each variant's difference from the full model paired "
+        "by seed), ablation.json and fig_ablation.png; each "
         "variant's runs stay in OUT/<variant>/seed-K and are reused when rerun.",
     )
     p.add_argument("--protocol", default="cross-day", choices=["single-day", "cross-day", "pretrain"],
                    help="the protocol to score (default: %(default)s)")
     p.add_argument("--model", default="alignnet-causal", help="an AlignNet variant (default: %(default)s)")
-    p.add_argument("--variants", default="full,no-contrastive,no-cross-modal,no-alignment,no-pretraining",
+    p.add_argument("--variants", default="full,no-contrastive,no-cross-modal,no-alignment,no-pretraining,skip-dropout",
                    help="comma-separated (default: %(default)s)")
     p.add_argument("--seeds", type=_seeds, default=[0, 1, 2], metavar="N|K,K,...",
                    help="N seeds (0 .. N-1) or the listed ones (default: 3)")

@@ -83,6 +83,8 @@ def test_variants_take_out_one_part_each():
     assert variant_config(cfg, "no-contrastive")["pretrain"]["contrastive_weight"] == 0.0
     assert variant_config(cfg, "no-cross-modal")["pretrain"]["cross_modal_weight"] == 0.0
     assert variant_config(cfg, "no-pretraining")["pretrain"]["epochs"] == 0
+    dropout = variant_config(cfg, "skip-dropout", "test-alignnet")
+    assert dropout["models"] == {"test-alignnet": {"skip_dropout": 0.5}} and "probes" in dropout
     assert cfg == {"pretrain": {"epochs": 4, "max_steps_per_epoch": 30}}  # the caller's config is not changed
     for v in VARIANTS:
         EvalConfig.from_dict(variant_config(cfg, v))
@@ -92,8 +94,10 @@ def test_variants_take_out_one_part_each():
 
 def test_differences_are_paired_by_seed():
     scores = {"full": {"newest": [0.5, 0.7, 0.6], "window": [0.4, 0.6, 0.5], "train_s": [10, 10, 10]},
-              "no-pretraining": {"newest": [0.45, 0.65, 0.55], "window": [0.3, 0.5, 0.4], "train_s": [5, 5, 5]}}
-    full, ablated = summarise(scores)
+              "no-pretraining": {"newest": [0.45, 0.65, 0.55], "window": [0.3, 0.5, 0.4], "train_s": [5, 5, 5]},
+              "no-pretraining / skips-zero": {"newest": [0.1, 0.3, 0.2], "window": [None] * 3, "train_s": [0] * 3}}
+    full, ablated, probe = summarise(scores)
+    assert probe["against"] == "no-pretraining" and probe["delta"] == pytest.approx(-0.35)
     assert full["newest_r2"] == pytest.approx(0.6) and full["newest_sd"] == pytest.approx(0.1)
     # the seeds' spread is 0.1, but every seed loses exactly 0.05: the paired difference has no spread
     assert ablated["delta"] == pytest.approx(-0.05) and ablated["delta_sd"] == pytest.approx(0.0, abs=1e-12)
@@ -107,14 +111,15 @@ def test_ablate_command_runs_every_variant_and_probe_and_reuses_finished_runs(ti
     assert cli(args) == 0
     result = json.loads((out / "ablation.json").read_text())
     rows = {r["variant"]: r for r in result["rows"]}
-    assert set(rows) == {"full", "latent-mean", "skips-zero", "no-pretraining"}
+    assert set(rows) == {"full", "full / latent-mean", "full / skips-zero", "no-pretraining"}
+    assert rows["full / latent-mean"]["against"] == "full"
     for name in ("full", "no-pretraining"):
         per_seed = [json.loads((out / name / f"seed-{s}" / "results.json").read_text()) for s in (0, 1)]
         values = [r["protocols"]["single-day"][0]["online_r2"] for r in per_seed]
         assert rows[name]["values"] == pytest.approx(values) and np.isfinite(values).all()
     assert rows["no-pretraining"]["train_s"] < rows["full"]["train_s"]
     md = (out / "ablation.md").read_text()
-    assert "| no-pretraining | fine-tuning alone |" in md and "Replacing the latent by its mean costs" in md
+    assert "| no-pretraining | fine-tuning alone |" in md and "full: replacing the latent by its mean costs" in md
     assert (out / "fig_ablation.png").stat().st_size > 5_000
     stamp = (out / "full" / "seed-0" / "results.json").stat().st_mtime_ns
     assert cli(args) == 0  # finished runs are reused

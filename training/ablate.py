@@ -2,8 +2,9 @@
 
 Each variant is the same evaluation (one protocol, one model, the config's budget) with one part of the training
 taken out; every variant trains with the same seeds, so a variant's difference from the full model is paired by
-seed. The full model is also scored under the probes (training/probes.py): its spike latent replaced by its mean
-over the training windows, and its skip features zeroed. Nothing is selected here: the config's settings were
+seed. The full model (and the skip-dropout variant) is also scored under the probes (training/probes.py): its
+spike latent replaced by its mean over the training windows, and its skip features zeroed; a probe's difference is
+taken from its own variant. Nothing is selected here: the config's settings were
 chosen on validation data before, and every number is a test score.
 
 Writes OUT/<variant>/seed-K/ (each an ``alignnet evaluate`` run, reused when finished with the same request),
@@ -34,19 +35,23 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "no-alignment": ("as full, both weights 0 (pretraining = the two autoencoders alone)",
                      {"pretrain.contrastive_weight": 0.0, "pretrain.cross_modal_weight": 0.0}),
     "no-pretraining": ("fine-tuning alone", {"pretrain.epochs": 0}),
+    # an addition, not a removal: the served decode must sometimes do without its skips, so the latent carries it
+    "skip-dropout": ("as full, each spike skip level dropped per window with probability 0.5 in training",
+                     {"models.{model}.skip_dropout": 0.5}),
 }
-PROBE_NAMES = {"latent-mean": "full, spike latent replaced by its training mean at inference",
-               "skips-zero": "full, skip features zeroed at inference (the latent alone)"}
+PROBED = ("full", "skip-dropout")  # the variants also scored under the probes
+PROBE_NAMES = {"latent-mean": "spike latent replaced by its training mean at inference",
+               "skips-zero": "skip features zeroed at inference (the latent alone)"}
 
 
-def variant_config(cfg: dict[str, Any], variant: str) -> dict[str, Any]:
-    """The evaluate config of one variant (the full model also runs the probes)."""
+def variant_config(cfg: dict[str, Any], variant: str, model: str = "alignnet-causal") -> dict[str, Any]:
+    """The evaluate config of one variant of ``model`` (the PROBED variants also run the probes)."""
     from alignnet.training.run import apply_overrides
 
     if variant not in VARIANTS:
         raise ValueError(f"unknown ablation variant {variant!r}; choose from {', '.join(VARIANTS)}")
-    out = apply_overrides(copy.deepcopy(cfg), [f"{k}={v}" for k, v in VARIANTS[variant][1].items()])
-    if variant == "full":
+    out = apply_overrides(copy.deepcopy(cfg), [f"{k.format(model=model)}={v}" for k, v in VARIANTS[variant][1].items()])
+    if variant in PROBED:
         out["probes"] = list(PROBES)
     return out
 
@@ -61,7 +66,7 @@ def ablate(cfg: dict[str, Any], data: Path, out: Path, protocol: str, model: str
         raise ValueError(f"{model} has no pretraining to ablate: give an AlignNet variant (alignnet-causal, alignnet)")
     if "full" not in variants:
         raise ValueError("the ablation compares every variant with 'full': include it")
-    configs = {v: variant_config(cfg, v) for v in variants}  # every unknown name refused before any training
+    configs = {v: variant_config(cfg, v, model) for v in variants}  # every unknown name refused before any training
     scores: dict[str, dict[str, list[float]]] = {}
     for i, v in enumerate(variants):
         print(f"[{i + 1}/{len(variants)}] {v}: {VARIANTS[v][0]} (seeds {', '.join(map(str, seeds))})", flush=True)
@@ -70,11 +75,10 @@ def ablate(cfg: dict[str, Any], data: Path, out: Path, protocol: str, model: str
                 for s in seeds]
         scores[v] = {"newest": [r["online_r2"] for r in rows], "window": [r["s2b_r2"] for r in rows],
                      "train_s": [r["train_s"] for r in rows]}
-        if v == "full":
-            for probe in PROBES:
-                got = [r["details"].get("probes", {}).get(probe) for r in rows]
-                if all(g is not None for g in got):
-                    scores[probe] = {"newest": got, "window": [None] * len(got), "train_s": [0.0] * len(got)}
+        for probe in PROBES if v in PROBED else ():
+            got = [r["details"].get("probes", {}).get(probe) for r in rows]
+            if all(g is not None for g in got):
+                scores[f"{v} / {probe}"] = {"newest": got, "window": [None] * len(got), "train_s": [0.0] * len(got)}
     result = {"protocol": protocol, "model": model, "seeds": seeds, "data": str(data), "command": command,
               "rows": summarise(scores)}
     out.mkdir(parents=True, exist_ok=True)
@@ -90,16 +94,17 @@ def _mean_sd(values: list[float]) -> tuple[float, float]:
 
 
 def summarise(scores: dict[str, dict[str, list]]) -> list[dict[str, Any]]:
-    """One row per variant and probe: newest-bin R² mean ± sd over seeds and its difference from the full model,
-    paired by seed."""
-    full = np.asarray(scores["full"]["newest"], np.float64)
+    """One row per variant and probe ('VARIANT / PROBE'): newest-bin R² mean ± sd over seeds and its difference,
+    paired by seed, from the full model (a probe: from its own variant)."""
     rows = []
     for name, s in scores.items():
+        variant, _, probe = name.partition(" / ")
+        against = variant if probe else "full"
         newest = np.asarray(s["newest"], np.float64)
         mean, sd = _mean_sd(newest)
-        d_mean, d_sd = _mean_sd(newest - full)
+        d_mean, d_sd = _mean_sd(newest - np.asarray(scores[against]["newest"], np.float64))
         window = None if s["window"][0] is None else _mean_sd(s["window"])
-        rows.append({"variant": name, "what": VARIANTS[name][0] if name in VARIANTS else PROBE_NAMES[name],
+        rows.append({"variant": name, "what": PROBE_NAMES[probe] if probe else VARIANTS[name][0], "against": against,
                      "newest_r2": mean, "newest_sd": sd, "delta": d_mean, "delta_sd": d_sd,
                      "window_r2": None if window is None else window[0], "train_s": float(np.mean(s["train_s"])),
                      "values": [float(x) for x in newest]})
@@ -111,11 +116,11 @@ def markdown(result: dict[str, Any]) -> str:
     n = len(result["seeds"])
     lines = [f"# Ablation: {result['model']}, {result['protocol']}, newest bin, {n} seeds ({result['data']})", "",
              f"Command: `{result['command']}`", "",
-             "| variant | what | newest-bin R² (mean ± sd) | vs full (paired by seed) | window R² | train s |",
+             "| variant | what | newest-bin R² (mean ± sd) | difference (paired by seed) | window R² | train s |",
              "|---|---|---|---|---|---|"]
     for r in result["rows"]:
         window = "—" if r["window_r2"] is None else f"{r['window_r2']:.3f}"
-        delta = "—" if r["variant"] == "full" else f"{r['delta']:+.3f} ± {r['delta_sd']:.3f}"
+        delta = "—" if r["variant"] == "full" else f"{r['delta']:+.3f} ± {r['delta_sd']:.3f} vs {r['against']}"
         lines.append(f"| {r['variant']} | {r['what']} | {r['newest_r2']:.3f} ± {r['newest_sd']:.3f} | {delta} | "
                      f"{window} | {r['train_s']:.0f} |")
     lines += ["", "Per seed (newest bin): " + "; ".join(
@@ -124,11 +129,12 @@ def markdown(result: dict[str, Any]) -> str:
     if "no-alignment" in rows:
         said.append(f"- The alignment (InfoNCE + cross-modal paths) adds {-rows['no-alignment']['delta']:+.3f} "
                     f"± {rows['no-alignment']['delta_sd']:.3f} newest-bin R² (full − no-alignment).")
-    if "latent-mean" in rows:
-        said.append(f"- Replacing the latent by its mean costs {-rows['latent-mean']['delta']:.3f} "
-                    f"± {rows['latent-mean']['delta_sd']:.3f}: "
-                    + ("the decode reads the aligned latent." if -rows["latent-mean"]["delta"] >= 0.1 else
-                       "below 0.1, so most of the decode does not pass through the aligned latent."))
+    for v in PROBED:
+        if (probe := rows.get(f"{v} / latent-mean")) is not None:
+            said.append(f"- {v}: replacing the latent by its mean costs {-probe['delta']:.3f} "
+                        f"± {probe['delta_sd']:.3f}: "
+                        + ("the decode reads the aligned latent." if -probe["delta"] >= 0.1 else
+                           "below 0.1, so most of the decode does not pass through the aligned latent."))
     return "\n".join(lines + said) + "\n\n![ablation](fig_ablation.png)\n"
 
 
