@@ -144,3 +144,24 @@ def test_skip_dropout_zeroes_whole_levels_per_window_in_training_only():
     assert all(torch.equal(a, b) for a, b in zip(model._drop_skips(skips), skips))
     with pytest.raises(ValueError, match="skip_dropout"):
         create_model("test-alignnet", skip_dropout=1.0)
+
+
+def test_pretraining_selects_its_checkpoint_on_the_served_decode_when_asked(tiny_dataset):
+    from alignnet.training.trainer import TrainConfig, Trainer
+    from alignnet.training.windows import fit_contract
+    from tests.test_training import _tiny_windows
+
+    ds, train, val, _ = _tiny_windows(tiny_dataset)
+    contract = fit_contract(ds.contract(window_bins=20), train)
+    cfg = dict(stage="pretrain", epochs=3, batch_size=8, max_steps_per_epoch=3, progress=False, device="cpu",
+               cross_modal_weight=1.0)
+    torch.manual_seed(0)
+    trainer = Trainer(create_model("test-alignnet-causal"), TrainConfig(**cfg, select_on="decode_mse"))
+    summary = trainer.fit(train, val, contract)
+    decode = [row["val_decode_mse"] for row in trainer.history]
+    assert summary["best_val_loss"] == pytest.approx(min(decode))  # chosen on the decode, not the whole loss
+    assert all(row["val_loss"] > row["val_decode_mse"] for row in trainer.history)
+    trainer = Trainer(create_model("test-alignnet-causal"), TrainConfig(**{**cfg, "cross_modal_weight": 0.0},
+                                                                        select_on="decode_mse"))
+    with pytest.raises(ValueError, match="select_on 'decode_mse' is not a loss part .*infonce"):
+        trainer.fit(train, val, contract)

@@ -52,6 +52,9 @@ class TrainConfig:
     # weight of the cross-modal paths' MSEs in pretraining (spike encoder -> behavior decoder, behavior encoder ->
     # spike decoder: the two that decode and simulate serve). 0: the paper's pretraining, which never trains them
     cross_modal_weight: float = 0.0
+    # the validation loss part that keeps the best checkpoint and stops early: loss (the stage's whole loss), or one
+    # of its parts, e.g. decode_mse (fine-tuning; pretraining with cross_modal_weight > 0): what the service serves
+    select_on: str = "loss"
     seed: int = 0  # everything random derives from it
     device: str = "auto"  # auto | cpu | cuda
     compile: bool | str = "auto"  # torch.compile the training step: auto = on CUDA only (CPU compiles cost more
@@ -278,7 +281,7 @@ class Trainer:
                    **self.evaluate(val_b), "lr": self.optimizer.param_groups[0]["lr"], "epoch_train_s": train_s,
                    "windows_per_s": sum(len(i) for _, i in plan) / max(train_s, 1e-9)}
             self.epoch += 1
-            score = row.get("val_loss", row["loss"])
+            score = self._selection_score(row)
             if score < self.best - 1e-6:
                 self.best, self.bad_epochs = score, 0
                 self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
@@ -295,6 +298,17 @@ class Trainer:
             self._check_ranks_agree()
         return {"epochs": self.epoch, "best_val_loss": self.best, "train_s": time.perf_counter() - t0,
                 "windows_seen": windows_seen, "stopped_early": self.bad_epochs >= c.patience}
+
+    def _selection_score(self, row: dict[str, float]) -> float:
+        """The epoch's validation ``select_on`` part (its training value where there are no validation windows)."""
+        key = self.cfg.select_on
+        if f"val_{key}" in row:
+            return row[f"val_{key}"]
+        if key in row:
+            return row[key]
+        parts = sorted(k for k in row if k.startswith("val_")) or sorted(row)
+        raise ValueError(f"select_on {key!r} is not a loss part of stage {self.cfg.stage!r}; its parts: "
+                         f"{', '.join(k.removeprefix('val_') for k in parts)}")
 
     def _train_epoch(self, train_b: Batches, plan: list) -> tuple[dict[str, float], float]:
         """One epoch's steps over ``plan``: each loss part summed over them (read once) and the seconds taken."""
