@@ -24,7 +24,7 @@ from alignnet.recordings.dataset import atomic_write_bytes, atomic_write_json
 from alignnet.training.probes import PROBES
 
 # name -> (what it is, evaluate-config overrides). 'full' is pretraining with both the contrastive term and the
-# cross-modal paths, then fine-tuning, whatever weights the config itself gives them
+# cross-modal paths (both weights 1, whatever the config gives them), then fine-tuning
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "full": ("pretraining (reconstructions + InfoNCE + cross-modal paths), then fine-tuning",
              {"pretrain.contrastive_weight": 1.0, "pretrain.cross_modal_weight": 1.0}),
