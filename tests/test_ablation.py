@@ -15,6 +15,7 @@ from alignnet.model.losses import pretrain_loss
 from alignnet.training.ablate import VARIANTS, summarise, variant_config
 from alignnet.training.probes import probing
 from alignnet.training.protocols import EvalConfig
+from alignnet.training.seeds import same_request
 
 
 @pytest.fixture
@@ -85,11 +86,30 @@ def test_variants_take_out_one_part_each():
     assert variant_config(cfg, "no-pretraining")["pretrain"]["epochs"] == 0
     dropout = variant_config(cfg, "skip-dropout", "test-alignnet")
     assert dropout["models"] == {"test-alignnet": {"skip_dropout": 0.5}} and "probes" in dropout
+    assert dropout["pretrain"] == full["pretrain"]  # "as full": the addition is the only difference
     assert cfg == {"pretrain": {"epochs": 4, "max_steps_per_epoch": 30}}  # the caller's config is not changed
     for v in VARIANTS:
         EvalConfig.from_dict(variant_config(cfg, v))
     with pytest.raises(ValueError, match="unknown ablation variant"):
         variant_config(cfg, "no-everything")
+
+
+def test_a_no_op_pretraining_setting_is_the_same_request():
+    """A finished run is reused when only a no-op setting differs (a pretraining weight given at the value it has
+    anyway), and rerun for any setting that changes what trains."""
+    def req(pretrain, train=None, model_train=None):
+        return {"config": {"seed": 0, "train": train or {}, "pretrain": pretrain, "model_train": model_train or {}},
+                "data": "/d", "protocols": ["cross-day"], "models": ["alignnet-causal"]}
+
+    plain = req({"epochs": 4})
+    assert same_request(plain, req({"epochs": 4, "contrastive_weight": 1.0, "cross_modal_weight": 0.0}))
+    assert not same_request(plain, req({"epochs": 4, "contrastive_weight": 0.5}))
+    assert not same_request(plain, req({"epochs": 4, "cross_modal_weight": 1.0}))
+    # the training section's value is what pretraining would have: 1.0 there overrides its 0.5
+    assert not same_request(req({"epochs": 4}, {"contrastive_weight": 0.5}),
+                            req({"epochs": 4, "contrastive_weight": 1.0}, {"contrastive_weight": 0.5}))
+    assert same_request(req({"epochs": 4}, {"lr": 0.01}), req({"epochs": 4, "lr": 0.01}, {"lr": 0.01}))
+    assert not same_request(plain, {**plain, "data": "/other"})
 
 
 def test_differences_are_paired_by_seed():

@@ -37,7 +37,8 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "no-pretraining": ("fine-tuning alone", {"pretrain.epochs": 0}),
     # an addition, not a removal: the served decode must sometimes do without its skips, so the latent carries it
     "skip-dropout": ("as full, each spike skip level dropped per window with probability 0.5 in training",
-                     {"models.{model}.skip_dropout": 0.5}),
+                     {"pretrain.contrastive_weight": 1.0, "pretrain.cross_modal_weight": 1.0,
+                      "models.{model}.skip_dropout": 0.5}),
 }
 PROBED = ("full", "skip-dropout")  # the variants also scored under the probes
 PROBE_NAMES = {"latent-mean": "spike latent replaced by its training mean at inference",

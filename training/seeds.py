@@ -25,6 +25,24 @@ def request(ecfg, data: Path, protocols: list[str], models: list[str]) -> dict[s
                                   "protocols": list(protocols), "models": list(models)}))
 
 
+def same_request(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two requests ask for the same run: a pretraining setting equal to what it would be without it (the
+    training section's, else TrainConfig's default) is a no-op, so ``pretrain.contrastive_weight: 1.0`` and no such
+    key are the same request."""
+    return _resolved(a) == _resolved(b)
+
+
+def _resolved(req: dict[str, Any]) -> dict[str, Any]:
+    from alignnet.training.trainer import TrainConfig
+
+    cfg = dict(req.get("config") or {})
+    own = {k for per in (cfg.get("model_train") or {}).values() for k in (per or {})}  # these override pretrain
+    under = {**{k: f.default for k, f in TrainConfig.__dataclass_fields__.items()}, **(cfg.get("train") or {})}
+    cfg["pretrain"] = {k: v for k, v in (cfg.get("pretrain") or {}).items()
+                       if k in own or k not in under or under[k] != v}
+    return {**req, "config": cfg}
+
+
 def evaluate_seeds(cfg: dict[str, Any], data: Path, out: Path, protocols: list[str], models: list[str],
                    command: str, seeds: list[int], evaluate: Callable[..., tuple[dict[str, Any], list[Path]]]
                    ) -> tuple[dict[str, Any], list[Path]]:
@@ -48,7 +66,7 @@ def evaluate_seeds(cfg: dict[str, Any], data: Path, out: Path, protocols: list[s
                 old = json.loads(done.read_text())
             except (OSError, json.JSONDecodeError):
                 old = {}
-            if old.get("request") == want:
+            if isinstance(old.get("request"), dict) and same_request(old["request"], want):
                 log.info("seed %d: reusing the finished run in %s", seed, folder)
                 runs.append(old)
                 continue
