@@ -244,17 +244,14 @@ class DataContract:
         path's ring buffer, whose samples were sanitised on arrival)."""
         return (np.log1p(counts) / self._spike_scale()).astype(np.float32, copy=False)
 
-    # time-major helpers for the live path, whose bins arrive (m, C): no transposing to (B, C, T) and back
-    def scale_bins(self, counts: np.ndarray) -> np.ndarray:
-        """(m, C) clean counts -> (m, C) normalised float32, contiguous (``scale_counts`` for bins in rows)."""
-        scale = np.asarray(self._spike_scale(), np.float32).reshape(-1)
-        return np.ascontiguousarray(np.log1p(np.asarray(counts, np.float32)) / scale, np.float32)
-
-    def behavior_bins(self, z: np.ndarray) -> np.ndarray:
-        """(m, D) standardised model output -> (m, D) behavior in data units (``postprocess_behavior`` in rows)."""
+    def bin_affine(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The live path's per-bin maps as arrays, for the one caller that applies them to (m, C) bins itself, time-
+        major (the incremental rows, ``service/live/pipeline.py``): bins -> log1p(bins) / scale (``scale_counts``),
+        output -> output * std + mean (``postprocess_behavior``). Returns float32 (scale (C,) or (1,), std (D,),
+        mean (D,))."""
         self._require_fitted()
-        std, mean = np.asarray(self.behavior_std, np.float32), np.asarray(self.behavior_mean, np.float32)
-        return (np.asarray(z, np.float32) * std + mean).astype(np.float32, copy=False)
+        return (np.asarray(self._spike_scale(), np.float32).reshape(-1), np.asarray(self.behavior_std, np.float32),
+                np.asarray(self.behavior_mean, np.float32))
 
     def preprocess_behavior(self, behavior: np.ndarray) -> np.ndarray:
         """(N, D, T) or (D, T) behavior in data units -> standardised float32 (N, D, T)."""

@@ -176,29 +176,25 @@ class IncrementalDecoder:
                 ring[:, r] = 0
             zero = np.zeros((1, self.n_in), np.float32)
             while self.t[r[0]] < 0:
-                self._step(r, zero)
+                self.step_rows(r, zero, output=False)
             self._primed = {k: v[:, r[0]].copy() for k, v in self.rings.items()}
         for k, v in self.rings.items():
             v[:, rows] = self._primed[k][:, None]
         self.t[rows] = 0
-
-    def _step(self, rows: np.ndarray, x: np.ndarray) -> np.ndarray:
-        """Run the step graph for ``rows`` and store each ring's new column at its slot."""
-        t = self.t[rows]
-        out = self.session.run(None, {"x": x, "t": t, "rows": rows, **self.rings})
-        slot = t % self.keep
-        for name, new in zip(self._names, out[1:]):
-            self.rings[name][slot, rows] = new
-        self.t[rows] = t + 1
-        return out[0]
 
     # ---- the interface -----------------------------------------------------------------------------------------
     def step_rows(self, rows, x: np.ndarray, output: bool = True) -> np.ndarray | None:
         """One new normalised bin for each of ``rows`` (distinct), (len(rows), C_in) -> (len(rows), D) normalised
         behavior of those bins (None without ``output``: the bins only enter the history)."""
         rows = np.asarray(rows, np.int64)
-        y = self._step(rows, np.ascontiguousarray(x, np.float32).reshape(len(rows), self.n_in))
-        return y if output else None
+        x = np.ascontiguousarray(x, np.float32).reshape(len(rows), self.n_in)
+        t = self.t[rows]
+        out = self.session.run(None, {"x": x, "t": t, "rows": rows, **self.rings})  # the step graph
+        slot = t % self.keep
+        for name, new in zip(self._names, out[1:]):  # each ring's new column at its slot
+            self.rings[name][slot, rows] = new
+        self.t[rows] = t + 1
+        return out[0] if output else None
 
     def step(self, x: np.ndarray, output: bool = True) -> np.ndarray | None:
         """(open rows, C_in) normalised bins, one per open row in row order -> (open rows, D)."""

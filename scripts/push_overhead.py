@@ -1,7 +1,8 @@
-"""What a live stream's push costs over the bare incremental step it wraps (docs/benchmarks.md, "One live pipeline
+"""What a live stream's step costs over the bare incremental step it wraps (docs/benchmarks.md, "One live pipeline
 and the root layout"): the default model, one BLAS thread, 3,000 single bins through
-``IncrementalDecoder.step_rows`` (after ``contract.scale_bins``) and through ``LiveStream.push`` (the batcher's flat
-combining, the row group, the behavior scaling), the first 500 of each dropped as warm-up.
+``IncrementalDecoder.step_rows`` (on bins normalised beforehand), through ``RowGroup.step_lone`` (a lone LSL
+source's step: the contract's per-bin maps and the row group's lock) and through ``LiveStream.push`` (the batcher's
+flat combining on top), the first 500 of each dropped as warm-up.
 
     .venv/bin/python scripts/push_overhead.py
 """
@@ -31,12 +32,14 @@ def main() -> None:
     threadpool_limits(1, user_api="blas")
     engine = load_engine(DEFAULT_ARTIFACT)
     stream = engine.open_stream()
-    decoder, c = stream.rows.decoder, engine.contract
+    rows, c = stream.rows, engine.contract
     x = np.random.default_rng(0).poisson(0.5, (3000, c.n_channels)).astype(np.float32)
-    step = percentiles(lambda b: decoder.step_rows([stream.row], c.scale_bins(b)), x)
+    step = percentiles(lambda b: rows.decoder.step_rows([stream.row], b), np.log1p(x) / rows.scale)
+    lone = percentiles(lambda b: rows.step_lone(stream.row, b), x)
     push = percentiles(stream.push, x)
     print(f"step_rows  p50 {step[0]:.3f}  p99 {step[1]:.3f} ms")
-    print(f"push       p50 {push[0]:.3f}  p99 {push[1]:.3f} ms   (+{push[0] - step[0]:.3f} ms at p50)")
+    for name, (p50, p99) in (("step_lone", lone), ("push", push)):
+        print(f"{name:10} p50 {p50:.3f}  p99 {p99:.3f} ms   (+{p50 - step[0]:.3f} ms at p50)")
 
 
 if __name__ == "__main__":

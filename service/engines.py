@@ -79,7 +79,7 @@ class Engine:
             raise ArtifactError(f"{self.folder}: no {STREAM_FILE}; re-export the artifact to decode incrementally")
         with _ROWS_LOCK:
             if self.rows is None:
-                self.rows = RowGroup(load_weights(self.folder / STREAM_FILE), self.contract.window_bins)
+                self.rows = RowGroup(load_weights(self.folder / STREAM_FILE), self.contract)
         return LiveStream(self.contract, self.rows, batcher)
 
     rows: RowGroup | None = None

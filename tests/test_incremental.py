@@ -156,7 +156,7 @@ def test_submitted_bins_come_back_in_order_batched_on_the_pools_thread(causal_ar
     them again."""
     import threading
 
-    from alignnet.service.live.pipeline import Batcher
+    from alignnet.service.live.batcher import Batcher
 
     monkeypatch.setattr(Batcher, "IDLE_S", 0.3)
     engine = load_engine(causal_artifact)
@@ -358,9 +358,7 @@ def test_the_route_raises_a_failed_step_on_the_bridges_thread_and_drops_stale_ou
     """What the batcher's thread hands a stream's route: a failed step is raised where the bridge reports and
     reconnects; the outputs of a route since closed (a new model or source) are counted dropped, not pushed; the
     bins in flight are given back either way, and a stream with ``limit`` in flight waits (the one lag policy)."""
-    from alignnet.service.live.binning import Ring
-    from alignnet.service.live.pipeline import IncrementalRoute
-    from alignnet.service.live.routes import Lag
+    from alignnet.service.live.pipeline import IncrementalRoute, Lag, Ring
 
     engine = load_engine(causal_artifact)
     dropped, pushed = [], []

@@ -10,8 +10,8 @@ import pytest
 from conftest import wait_until
 
 from alignnet.service.engines import load_engine
-from alignnet.service.live.binning import Ring
 from alignnet.service.live.lsl import Bridge, BridgeConfig
+from alignnet.service.live.pipeline import Ring
 from alignnet.service.live.sources import EventBinner, RegularBinner, sanitize
 
 pylsl = pytest.importorskip("pylsl")
@@ -274,7 +274,10 @@ def test_app_runs_the_bridge_and_reports_it(service_artifacts):
         assert "alignnet_lsl_lag_seconds_bucket" in text
         del src
         assert wait_until(lambda: client.get("/health").json()["lsl"]["state"] in ("reconnecting", "resolving"))
-        assert f'alignnet_lsl_reconnects_total{{direction="decode",stream="{name}"}} 1.0' in client.get("/metrics").text
+        # at least the one loss (a source that lingers in discovery can be found and lost once more before this)
+        line = f'alignnet_lsl_reconnects_total{{direction="decode",stream="{name}"}} '
+        found = [float(x[len(line):]) for x in client.get("/metrics").text.splitlines() if x.startswith(line)]
+        assert found and found[0] >= 1.0, found
 
 
 def test_integer_count_streams_are_read_in_their_own_type(engine):

@@ -147,7 +147,7 @@ def test_concurrent_decode_requests_are_batched_with_each_its_own_answer(artifac
     each request gets its own rows back; a bad request is refused alone (422), not with its batch."""
     import threading
 
-    from alignnet.service.live.pipeline import Batcher
+    from alignnet.service.live.batcher import Batcher
     from alignnet.service.live.routes import window_group
 
     engine = load_engine(artifacts[0], "onnx")

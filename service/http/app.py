@@ -23,9 +23,9 @@ from alignnet.service.http.openapi import contract_openapi
 from alignnet.service.http.routes import ROUTERS
 from alignnet.service.http.settings import Settings
 from alignnet.service.http.state import State
+from alignnet.service.live.batcher import BATCHER
 from alignnet.service.live.binning import BlockCollector
 from alignnet.service.live.lsl import Bridge, BridgeConfig, Bridges
-from alignnet.service.live.pipeline import BATCHER
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def start_bridges(state: State) -> Bridges:
     BATCHER.wait_s = s.lsl_batch_wait_s  # how long a step waits for every source's bin
     batcher = BATCHER if s.lsl_decode and len(sources) > 1 else None  # several sources: their windows batch too
     first = next((c for c in items if c.direction == "decode"), None)  # calibration and drift watch one session
-    return Bridges([Bridge(cfg, lambda: state.engine, state.metrics.lsl, collector if cfg is first else None,
+    return Bridges([Bridge(cfg, state, state.metrics.lsl, collector if cfg is first else None,
                            (state.drift,) if cfg is first else (), batcher if cfg.direction == "decode" else None,
                            s.lsl_batch_workers)
                     .start() for cfg in items], batcher)

@@ -1,6 +1,6 @@
-"""The window ring of a stream that decodes windows, the most spikes a channel can plausibly fire, and the block a
-session's zero-label calibration is fitted on (pure numpy, tested without LSL). Re-binning and the clean-up of bad
-samples are on the sample's path, in ``sources.py``.
+"""The most spikes a channel can plausibly fire, and the block a session's zero-label calibration is fitted on (pure
+numpy, tested without LSL). Re-binning and the clean-up of bad samples are on the sample's path, in ``sources.py``;
+the stream's window ring in ``pipeline.py``.
 
 Written here because no maintained library does these few lines for a live stream.
 """
@@ -10,37 +10,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-
-
-class Ring:
-    """The last ``window`` bins, (C, window); starts as ``fill`` (zeros: no spikes) so the first bin is decoded too.
-
-    Written by hand (a few lines; no maintained library gives a numpy ring that never allocates): every bin is
-    stored twice, at k and k + window of a (C, 2 window) buffer, so the window is always one slice of it and
-    ``push`` allocates nothing."""
-
-    def __init__(self, n_channels: int, window: int, fill: np.ndarray | None = None) -> None:
-        self.fill = np.zeros(n_channels, np.float32) if fill is None else np.asarray(fill, np.float32)
-        self.window = int(window)
-        self._buf = np.repeat(self.fill[:, None], 2 * self.window, axis=1)
-        self._head = 0  # index of the oldest bin
-
-    def reset(self) -> None:
-        self._buf[:] = self.fill[:, None]
-        self._head = 0
-
-    @property
-    def buf(self) -> np.ndarray:
-        """(C, window) view, oldest bin first."""
-        return self._buf[:, self._head:self._head + self.window]
-
-    def push(self, bins: np.ndarray) -> None:
-        """(m, C) bins, oldest first."""
-        for row in bins[-self.window:]:
-            self._buf[:, self._head] = row
-            self._buf[:, self._head + self.window] = row
-            self._head = (self._head + 1) % self.window
-
 
 MAX_RATE_HZ = 1000.0  # a channel's count above this rate is implausible (a 1-ms refractory period)
 

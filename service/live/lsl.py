@@ -8,7 +8,7 @@ One ``Bridge`` per direction runs in its own thread. The path of one sample:
    source may also be an irregular stream of spike events (one channel: the channel index of each spike), binned
    on its time stamps;
 3. ``open_inlet`` with a bounded buffer and pylsl's clock synchronisation where the source runs on another host
-   (on the same host stamps are left exactly as sent); ``read_chunk`` pulls into a preallocated array;
+   (on the same host stamps are left exactly as sent); each pull goes into a preallocated array;
 4. ``RateWatch``: refuse a regular source whose stamps run off its declared rate (``rate_tolerance``);
    ``Feed.bins``: clean bad samples (NaN, inf, negative, fractional or implausible counts: zeroed and counted as
    dropped) and bin them;
@@ -37,8 +37,8 @@ import numpy as np
 import pylsl
 
 from alignnet.model.contract import DataContract
-from alignnet.service.live.binning import Ring
-from alignnet.service.live.routes import Lag, open_route
+from alignnet.service.live.pipeline import Lag, Ring
+from alignnet.service.live.routes import open_route
 from alignnet.service.live.sources import (  # noqa: F401
     BridgeMetrics,
     Direction,
@@ -50,7 +50,6 @@ from alignnet.service.live.sources import (  # noqa: F401
     check_source,
     direction_for,
     open_inlet,
-    read_chunk,
     replay_speed,
     resolve,
 )
@@ -90,10 +89,22 @@ class BridgeConfig:
 
 
 # ---- the bridge --------------------------------------------------------------------------------------------------
-class Bridge:
-    """Runs one direction in a background thread. ``engine()`` returns the engine to use now (hot reload)."""
+class _Calls:
+    """A function that returns the engine, as the holder the bridge reads (``holder.engine``)."""
 
-    def __init__(self, cfg: BridgeConfig, engine: Callable[[], Any], metrics: BridgeMetrics | None = None,
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self.fn = fn
+
+    @property
+    def engine(self) -> Any:
+        return self.fn()
+
+
+class Bridge:
+    """Runs one direction in a background thread. ``engine`` holds the engine to use now in its ``engine``
+    attribute (the service's ``State``: hot reload swaps it), or is a function that returns it."""
+
+    def __init__(self, cfg: BridgeConfig, engine: Any, metrics: BridgeMetrics | None = None,
                  collector: Any = None, observers: tuple = (), batcher: Any = None, slots: int = 2) -> None:
         self.cfg, self.collector = cfg, collector  # collector: binning.BlockCollector (session calibration)
         # pipeline.Batcher whose window groups other sources' bridges share (None: a lone source's windows decode
@@ -101,7 +112,7 @@ class Bridge:
         self.batcher, self.slots = batcher, slots
         self.stream = cfg.source_name or f"type:{cfg.source_type}"  # the metrics' label
         self.observers = [o for o in (collector, *observers) if o is not None]  # + the drift monitor
-        self.get_engine = engine
+        self.holder = _Calls(engine) if callable(engine) else engine  # read once per chunk: an attribute, no call
         self.metrics = metrics
         self._children: dict[tuple, Any] = {}  # labelled metric children, by (metric, labels)
         self.state = "starting"
@@ -114,6 +125,7 @@ class Bridge:
         self._thread: threading.Thread | None = None
         self._outlet = None
         self._outlet_key: tuple | None = None
+        self._emitted: tuple | None = None  # emit's metric children (hops, lag)
         self._rng = np.random.default_rng(cfg.seed)
         self.route = None  # pipeline.Route of the current stream
 
@@ -159,7 +171,7 @@ class Bridge:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                engine = self.get_engine()
+                engine = self.holder.engine
                 if engine is None:
                     self.state, self.error = "waiting for model", "no model loaded"
                     self._stop.wait(0.5)
@@ -206,37 +218,39 @@ class Bridge:
         watch = StallWatch(self, info, events)
         self.rate = None if events else RateWatch(self, info.nominal_srate(), self.cfg.rate_tolerance,
                                                   speed=replay_speed(inlet, self.cfg.resolve_timeout_s))
+        m_samples = self._metric("samples")
         try:
             while not self._stop.is_set():
-                current = self.get_engine()
-                if current is not engine:  # hot reload: the source must be checked against the new contract
+                if (current := self.holder.engine) is not engine:  # hot reload: check the source against it
                     if current is None or current.contract.to_dict() != c.to_dict():
                         log.info("model changed: re-checking the LSL source")
                         return None
                     engine = current
                     self._open_route(engine, d, ring, prime=True)
-                x, stamps = read_chunk(inlet, buf)
-                if (other := watch.after_pull(len(stamps))) is not None:
+                # up to 50 ms for one sample, into the preallocated buffer (a lost source raises LostError: _run)
+                x, t = inlet.pull_chunk(timeout=0.05, max_samples=len(buf), dest_obj=buf, min_samples=1,
+                                        as_numpy=True)
+                n = len(t)
+                if (other := watch.after_pull(n)) is not None:
                     return other
-                self._count("samples", len(stamps), "samples")
+                self.counts["samples"] += n
+                if m_samples is not None and n:
+                    m_samples.inc(n)
+                stamps = np.asarray(t, np.float64)
                 if self.rate is not None and self.rate.observe(stamps):
-                    self._drop(len(stamps), "rate")
+                    self._drop(n, "rate")
                     continue
-                bins, bin_stamps = feed.bins(x, stamps)
+                bins, bin_stamps = feed.bins(x[:n], stamps)
                 if len(bins):
-                    self._advance(engine, d, ring, bins, bin_stamps)
+                    self.counts["bins"] += len(bins)
+                    for observer in self.observers if d.counts else ():  # add(bins, engine, ring): side branches
+                        observer.add(bins, engine, ring)
+                    self.route.push(bins, bin_stamps)
         finally:
             self._set_connected(0)
             inlet.close_stream()
             self.route.close()
         return None
-
-    def _advance(self, engine, d: Direction, ring: Ring, bins: np.ndarray, stamps: np.ndarray) -> None:
-        """New (m, C) bins to the observers and down the stream's route."""
-        self.counts["bins"] += len(bins)
-        for observer in self.observers if d.counts else ():  # add(bins, engine, ring)
-            observer.add(bins, engine, ring)
-        self.route.push(bins, stamps)
 
     def _open_route(self, engine, d: Direction, ring: Ring, prime: bool) -> None:
         """The stream's route, chosen once per model (``routes.open_route``); a model swapped in mid-stream starts
@@ -255,14 +269,15 @@ class Bridge:
         if outlet is None:  # the bridge stopped while these were in flight
             self._drop(k, "reload")
             return
+        self.counts["hops"] += 1  # counted first: whoever has the outputs sees them counted
+        self.counts["pushed"] += k
+        if (emitted := self._emitted) is not None:  # the hops and lag metrics' children, fetched with the outlet
+            emitted[0].inc()
         for row, t in zip(np.ascontiguousarray(y, np.float32), stamps):
             outlet.push_sample(row, t)
         self.last_lag_s = pylsl.local_clock() - stamps[-1]
-        lag_metric = self._metric("lag")
-        if lag_metric is not None:
-            lag_metric.observe(max(self.last_lag_s, 0.0))
-        self._count("hops", 1, "hops")
-        self._count("pushed", k)
+        if emitted is not None:
+            emitted[1].observe(max(self.last_lag_s, 0.0))
 
     def _set_connected(self, value: int) -> None:
         m = self._metric("connected")
@@ -280,6 +295,7 @@ class Bridge:
         info = outlet_info(self.cfg.output_name, d, c, engine.config, engine.folder.name, self.source or {},
                            self.cfg.hop_bins)
         self._outlet = pylsl.StreamOutlet(info, chunk_size=1, max_buffered=max(1, int(self.cfg.buffer_s)))
+        self._emitted = None if self.metrics is None else (self._metric("hops"), self._metric("lag"))
 
 
 @dataclass

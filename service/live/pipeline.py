@@ -1,118 +1,148 @@
-"""The live pipeline: a stream's bins in, its outputs out, the same way for every source.
+"""The live pipeline of one stream: its bins in, its outputs out, the same way for every source.
 
     Bridge (lsl.py)     reads a source, checks and bins its samples          (m, C) bins, time-major
-      -> Route          chosen once per stream (``open_route``): the engine's incremental rows where the artifact
-                        has them, else its newest-bins graph (the receptive field), else the whole window
-      -> Batcher        the one cross-source batcher: every source's (and HTTP request's) jobs of one group run
-                        in one engine call
-      -> Lag            the one lag policy (routes.py)
+      -> Route          chosen once per stream (``routes.open_route``): the engine's incremental rows where the
+                        artifact has them (``IncrementalRoute``, here), else its newest-bins graph (the receptive
+                        field), else the whole window (``routes.WindowRoute``)
+      -> RowGroup       the engine's incremental decoder, one row per source; a lone source steps its own row
+                        (``step_lone``), sources beside others go through the process's one batcher (batcher.py)
+      -> Lag            the one lag policy
       -> Bridge.emit    each output stamped with its input bin's time
 
-Two ways through the batcher. ``run`` (a caller with its bins in hand, and nothing of its own in flight: a lone
-LSL source, an HTTP request, FALCON's batch of sessions) is flat combining: the caller queues its job and, when a
-slot of the group is free, runs whatever of the group is queued itself, so no thread sits in between.
-``submit`` (LSL sources beside others) queues the job and returns at once: the batcher's stepping thread waits up
-to ``wait_s`` for every open row of the group to have bins, runs them in one call, and its output thread calls
-each submitter back while the next batch steps (before this, 32 bridge threads queued for the decoder's lock and
-the GIL one after another every bin, and the service fell behind: docs/benchmarks.md).
-
-Standard-library queue and locks; the batching is by hand (no maintained library batches calls with row state).
+The stream's ``Ring`` (its last window of bins) is what a model swapped in mid-stream starts from, and what the
+window routes decode.
 """
 
 from __future__ import annotations
 
-import logging
-import queue
 import threading
 import time
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from alignnet.model.contract import DataContract
 from alignnet.model.incremental import IncrementalDecoder
-
-log = logging.getLogger(__name__)
-
-
-# ---- the one cross-source batcher --------------------------------------------------------------------------------
-@dataclass(eq=False)
-class Job:
-    x: np.ndarray  # a row's (m, C) normalised bins, or (n, C, W) windows
-    row: int | None = None  # rows: the decoder row; windows: None
-    callback: Callable | None = None  # submitted: called with (out or None, error) on the output thread
-    out: np.ndarray | None = None
-    error: BaseException | None = None
-    done: bool = False
+from alignnet.service.live.batcher import BATCHER, Batcher, Group, Job
 
 
-class Group:
-    """Jobs that run together in one call; ``slots`` calls of a group may run at once (1 where the group holds
-    state). ``stats`` counts its calls and their time."""
+# ---- a stream's window and its lag -------------------------------------------------------------------------------
+class Ring:
+    """The last ``window`` bins, (C, window); starts as ``fill`` (zeros: no spikes) so the first bin is decoded too.
 
-    def __init__(self, slots: int = 1) -> None:
-        self.free = int(slots)
-        self.queue: list[Job] = []  # run() callers' jobs, guarded by cv
-        self.cv = threading.Condition()
-        self.stats = {"calls": 0, "items": 0, "largest_batch": 0, "run_s": 0.0}
+    Written by hand (a few lines; no maintained library gives a numpy ring that never allocates): every bin is
+    stored twice, at k and k + window of a (C, 2 window) buffer, so the window is always one slice of it and
+    ``push`` allocates nothing."""
 
-    def expected(self) -> int:
-        """How many rows the stepping thread waits for before a call (0: none)."""
-        return 0
+    def __init__(self, n_channels: int, window: int, fill: np.ndarray | None = None) -> None:
+        self.fill = np.zeros(n_channels, np.float32) if fill is None else np.asarray(fill, np.float32)
+        self.window = int(window)
+        self._buf = np.repeat(self.fill[:, None], 2 * self.window, axis=1)
+        self._head = 0  # index of the oldest bin
 
-    def call(self, jobs: list[Job]) -> None:
-        """Run ``jobs``, setting each one's ``out`` (or every one's ``error``)."""
-        t, n, batch = time.perf_counter(), 0, 0
-        try:
-            n, batch = self._run(jobs)
-        except BaseException as e:  # handed to every caller, which reports it
-            for j in jobs:
-                j.error = e
-        self.stats["calls"] += 1
-        self.stats["items"] += n
-        self.stats["largest_batch"] = max(self.stats["largest_batch"], batch)
-        self.stats["run_s"] += time.perf_counter() - t
+    def reset(self) -> None:
+        self._buf[:] = self.fill[:, None]
+        self._head = 0
 
-    def _run(self, jobs: list[Job]) -> tuple[int, int]:
-        """-> (items run, the largest batch one engine call took)."""
-        raise NotImplementedError
+    @property
+    def buf(self) -> np.ndarray:
+        """(C, window) view, oldest bin first."""
+        return self._buf[:, self._head:self._head + self.window]
+
+    def push(self, bins: np.ndarray) -> None:
+        """(m, C) bins, oldest first."""
+        for row in bins[-self.window:]:
+            self._buf[:, self._head] = row
+            self._buf[:, self._head + self.window] = row
+            self._head = (self._head + 1) % self.window
 
 
+class Lag:
+    """At most ``limit`` bins of one stream wait between its newest input and the output pushed next. A backlog
+    beyond that keeps only the newest hop (``newest``: the rest are counted dropped, reason "lag"), and a stream
+    with ``limit`` bins handed to the batcher waits for them before handing more (``take``/``give``): a batcher
+    that falls behind slows its sources instead of queueing without end."""
+
+    def __init__(self, limit: int, hop: int, drop: Callable[[int, str], None]) -> None:
+        self.limit, self.hop, self.drop = int(limit), int(hop), drop
+        self.in_flight = 0
+        self._cv = threading.Condition()
+
+    def newest(self, items: list) -> list:
+        """``items`` (oldest first) cut to the newest hop when there are more than ``limit``."""
+        if len(items) <= self.limit:
+            return items
+        self.drop(len(items) - self.hop, "lag")
+        return items[-self.hop:]
+
+    def take(self, n: int, timeout: float = 5.0) -> None:
+        with self._cv:
+            if not self._cv.wait_for(lambda: self.in_flight == 0 or self.in_flight + n <= self.limit, timeout):
+                raise RuntimeError(f"the live decoder gave nothing back for {timeout:g} s")
+            self.in_flight += n
+
+    def give(self, n: int) -> None:
+        with self._cv:
+            self.in_flight -= n
+            self._cv.notify_all()
+
+
+# ---- the incremental rows of one engine --------------------------------------------------------------------------
 class RowGroup(Group):
     """The rows of one artifact's incremental decoder, one per live source (rows keep their own clocks, so sources
-    at any phase step together); a step is one ONNX Runtime call (``model/incremental.py``)."""
+    at any phase step together); a step is one ONNX Runtime call (``model/incremental.py``). Jobs are clean counts
+    in rows, (m, C), and come back as behavior in data units, (m, D): the contract's per-bin maps are applied here,
+    time-major, so no chunk is transposed to (B, C, T) and back."""
 
-    def __init__(self, weights: dict[str, np.ndarray], window_bins: int) -> None:
+    def __init__(self, weights: dict[str, np.ndarray], contract: DataContract) -> None:
         super().__init__(1)
-        self.decoder = IncrementalDecoder(weights, window_bins, batch=0)
+        self.decoder = IncrementalDecoder(weights, contract.window_bins, batch=0)
+        # log1p(bins) / scale in, out * std + mean out: ``scale_counts`` and ``postprocess_behavior`` for bins in
+        # rows (tests/test_incremental.py checks the stream against the window's newest bin through the contract)
+        self.scale, self.std, self.mean = contract.bin_affine()
+        self.n_open = 0  # rows open: a lone source (1) steps its own row, beside others it submits
         self.stats["steps"] = 0  # a call steps each bin of its longest row: items / steps = rows per step
-        self._lock = threading.Lock()  # opening and priming rows, beside the steps
+        self._lock = threading.Lock()  # the decoder's state: steps, opening and priming rows
 
     def expected(self) -> int:
-        return int(self.decoder.rows_open.sum())
+        return self.n_open
 
     def open(self) -> int:
         with self._lock:
-            return self.decoder.open()
+            row = self.decoder.open()
+            self.n_open = int(self.decoder.rows_open.sum())
+            return row
 
     def close(self, row: int) -> None:
         """Free a row (a finalizer, which may run inside a step: no lock; a step never reads the mark)."""
         self.decoder.close(row)
+        self.n_open = int(self.decoder.rows_open.sum())
+
+    def step_lone(self, row: int, counts: np.ndarray, count: bool = True) -> np.ndarray:
+        """(m, C) counts of ``row`` -> (m, D) behavior, stepped here, bin by bin (a lone source: no batch to wait
+        for). ``count``: add the call to ``stats`` (the batcher's calls count themselves)."""
+        t = time.perf_counter()
+        x = np.log1p(counts, dtype=np.float32) / self.scale
+        with self._lock:
+            y = np.concatenate([self.decoder.step_rows([row], x[k:k + 1]) for k in range(len(x))])
+        st = self.stats
+        st["steps"] += len(x)
+        if count:
+            st["calls"], st["items"], st["largest_batch"] = st["calls"] + 1, st["items"] + len(x), \
+                max(st["largest_batch"], 1)
+            st["run_s"] += time.perf_counter() - t
+        return y * self.std + self.mean
 
     def _run(self, jobs: list[Job]) -> tuple[int, int]:
-        if len(jobs) == 1:  # a lone source's bins (the common case): no grouping by row, no stacking
-            j = jobs[0]
-            with self._lock:
-                outs = [self.decoder.step_rows([j.row], j.x[k:k + 1]) for k in range(len(j.x))]
-                self.stats["steps"] += len(outs)
-            j.out = outs[0] if len(outs) == 1 else np.concatenate(outs)
-            return len(j.x), 1
+        if len(jobs) == 1:  # one job (a lone caller of the batcher): no grouping by row, no stacking
+            jobs[0].out = self.step_lone(jobs[0].row, jobs[0].x, count=False)
+            return len(jobs[0].x), 1
         by_row: dict[int, list[Job]] = {}  # a step takes each row once: a row's queued bins go in together
         for j in jobs:
             by_row.setdefault(j.row, []).append(j)
-        xs = {r: js[0].x if len(js) == 1 else np.concatenate([j.x for j in js]) for r, js in by_row.items()}
+        xs = {r: np.log1p(js[0].x if len(js) == 1 else np.concatenate([j.x for j in js]), dtype=np.float32)
+              / self.scale for r, js in by_row.items()}
         outs: dict[int, list] = {r: [] for r in xs}
         with self._lock:
             for k in range(max(len(x) for x in xs.values())):  # the k-th bin of every row that has one
@@ -122,159 +152,20 @@ class RowGroup(Group):
                     outs[r].append(out)
                 self.stats["steps"] += 1
         for r, js in by_row.items():
-            y, i = np.stack(outs[r]), 0
+            y, i = np.stack(outs[r]) * self.std + self.mean, 0
             for j in js:
                 j.out, i = y[i:i + len(j.x)], i + len(j.x)
         return sum(len(x) for x in xs.values()), len(xs)  # the first step takes every row
 
-    def prime(self, row: int, x: np.ndarray) -> None:
-        """Restart ``row`` from (m, C) normalised past bins (a model swapped in mid-stream)."""
-        with self._lock:  # the lock the steps hold
+    def prime(self, row: int, counts: np.ndarray) -> None:
+        """Restart ``row`` from (m, C) past counts (a model swapped in mid-stream)."""
+        x = np.log1p(counts, dtype=np.float32) / self.scale
+        with self._lock:
             self.decoder.reset([row])
             for k in range(len(x)):
                 self.decoder.step_rows([row], x[k:k + 1], output=False)
 
 
-@dataclass
-class _Batch:
-    group: Group
-    jobs: list[Job] = field(default_factory=list)
-
-class Batcher:
-    """The one cross-source batcher of a process (``BATCHER``; the LSL sources and the HTTP app share it).
-    ``wait_s``: how long the stepping thread waits for every open row of a group before a call; ``max_batch``:
-    the most jobs a ``run`` caller takes at once (its share when several slots are free)."""
-
-    IDLE_S = 5.0  # the stepping and output threads end after this long without work; the next submit restarts them
-
-    def __init__(self, wait_s: float = 0.001, max_batch: int = 64) -> None:
-        if wait_s < 0 or max_batch < 1:
-            raise ValueError(f"wait_s must be >= 0 and max_batch >= 1; got {wait_s}, {max_batch}")
-        self.wait_s, self.max_batch = wait_s, max_batch
-        self._cv = threading.Condition()  # guards the submitted jobs and the threads
-        self.lock = threading.Lock()  # guards ``windows``
-        self._submitted: list[tuple[Group, Job]] = []
-        self._stepper: threading.Thread | None = None
-        self._outputs: queue.SimpleQueue = queue.SimpleQueue()  # stepped batches for the output thread
-        self._caller: threading.Thread | None = None
-        self.windows: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # routes.window_group's groups
-
-    # ---- flat combining ----
-    def run(self, group: Group, x: np.ndarray, row: int | None = None, wait_s: float = 0.0) -> np.ndarray:
-        return self.run_many(group, [(row, x)], wait_s)[0]
-    def run_many(self, group: Group, items: list[tuple[int | None, np.ndarray]],
-                 wait_s: float = 0.0) -> list[np.ndarray]:
-        """Several jobs at once -> their outputs, run with whatever else of ``group`` is queued. A row belongs to
-        one caller, so rows are distinct. ``wait_s``: wait this long for others' jobs first (HTTP batching)."""
-        rows = [r for r, _ in items if r is not None]
-        if len(set(rows)) < len(rows):
-            raise ValueError("run_many takes each row once")
-        jobs = [Job(x, row) for row, x in items]
-        with group.cv:
-            group.queue.extend(jobs)
-        if wait_s:
-            time.sleep(wait_s)
-        with group.cv:
-            while not all(j.done for j in jobs):
-                if not group.free or not group.queue:
-                    group.cv.wait()
-                    continue
-                group.free -= 1
-                share = min(self.max_batch, -(-len(group.queue) // (group.free + 1)))
-                take, group.queue = group.queue[:share], group.queue[share:]
-                group.cv.release()
-                try:
-                    group.call(take)
-                finally:
-                    group.cv.acquire()
-                    group.free += 1
-                    for j in take:
-                        j.done = True
-                    group.cv.notify_all()
-        for j in jobs:
-            if j.error is not None:
-                raise j.error
-        return [j.out for j in jobs]
-
-    # ---- submitted jobs: the stepping and output threads ----
-    def submit(self, group: Group, x: np.ndarray, row: int | None, callback: Callable) -> None:
-        """Queue ``x`` and return at once. ``callback(out, error)`` follows on the output thread: out, or None with
-        the exception that stopped the call. A row's callbacks come in the order of its submits."""
-        with self._cv:
-            self._submitted.append((group, Job(x, row, callback)))
-            self._cv.notify()
-            if self._stepper is None:
-                self._stepper = threading.Thread(target=self._step, name="live-batcher", daemon=True)
-                self._stepper.start()
-
-    def _ready(self) -> bool:
-        rows: dict[int, set] = {}
-        groups = {}
-        for g, j in self._submitted:
-            rows.setdefault(id(g), set()).add(j.row)
-            groups[id(g)] = g
-        return all(len(rows[i]) >= g.expected() for i, g in groups.items())
-
-    def _take(self) -> list[_Batch] | None:
-        """The submitted jobs by group, once there are some and every open row has some or ``wait_s`` has passed;
-        None after ``IDLE_S`` without any (the thread then ends)."""
-        with self._cv:
-            if not self._cv.wait_for(lambda: self._submitted, self.IDLE_S):
-                self._stepper = None
-                return None
-            end = time.monotonic() + self.wait_s
-            while not self._ready() and (left := end - time.monotonic()) > 0:
-                self._cv.wait(left)
-            taken, self._submitted = self._submitted, []
-        batches: dict[int, _Batch] = {}
-        for g, j in taken:
-            batches.setdefault(id(g), _Batch(g)).jobs.append(j)
-        return list(batches.values())
-
-    def _step(self) -> None:
-        while (batches := self._take()) is not None:
-            for b in batches:
-                with b.group.cv:  # a slot of the group, as a run() caller takes one
-                    b.group.cv.wait_for(lambda b=b: b.group.free > 0)
-                    b.group.free -= 1
-                try:
-                    b.group.call(b.jobs)
-                finally:
-                    with b.group.cv:
-                        b.group.free += 1
-                        b.group.cv.notify_all()
-            self._outputs.put(batches)
-            with self._cv:
-                if self._caller is None:
-                    self._caller = threading.Thread(target=self._call_back, name="live-batcher-out", daemon=True)
-                    self._caller.start()
-
-    def _call_back(self) -> None:
-        """The output thread: each stepped batch's callbacks, in order, while the stepping thread goes on (pushing 32
-        outputs to LSL took more than half as long as their step). Ends after ``IDLE_S`` without a batch."""
-        while True:
-            try:
-                batches = self._outputs.get(timeout=self.IDLE_S)
-            except queue.Empty:
-                with self._cv:
-                    if self._outputs.empty():  # checked under the lock the stepping thread starts us under
-                        self._caller = None
-                        return
-                continue
-            for b in batches:
-                for j in b.jobs:
-                    try:
-                        j.callback(None if j.error is not None else j.out, j.error)
-                    except Exception:  # one source's failure must not stop the others' outputs
-                        log.exception("a live stream's callback failed")
-
-    def idle(self) -> bool:
-        return self._stepper is None and self._caller is None
-
-BATCHER = Batcher()  # the process's one batcher; ``open_route`` and the HTTP app use it
-
-
-# ---- one source's row --------------------------------------------------------------------------------------------
 class LiveStream:
     """One live source's row of its engine's ``RowGroup``, in data units, time-major: ``push`` clean counts (m, C)
     (finite, non-negative: the live path's sanitised bins), get the behavior of each bin (m, D), the same numbers as
@@ -288,27 +179,30 @@ class LiveStream:
 
     def push(self, counts: np.ndarray) -> np.ndarray:
         """(m, C) counts -> (m, D) behavior, stepped with whatever other rows are queued."""
-        y = self.batcher.run(self.rows, self.contract.scale_bins(counts), self.row)
-        return self.contract.behavior_bins(y)
+        return self.batcher.run(self.rows, self._checked(counts), self.row)
 
     def submit(self, counts: np.ndarray, callback: Callable) -> None:
         """(m, C) counts, returning at once: ``callback(behavior (m, D) or None, error)`` follows on the batcher's
         output thread, once they are stepped with the other rows' waiting bins."""
-        post = self.contract.behavior_bins
-        self.batcher.submit(self.rows, self.contract.scale_bins(counts), self.row,
-                            lambda y, error: callback(None if y is None else post(y), error))
+        self.batcher.submit(self.rows, self._checked(counts), self.row, callback)
 
     @staticmethod
     def push_many(streams: list[LiveStream], counts: np.ndarray) -> np.ndarray:
         """One bin for each of ``streams`` (of one engine), (n, C) counts -> (n, D) behavior, stepped together."""
-        c = streams[0].contract
-        x = c.scale_bins(counts)
+        x = streams[0]._checked(counts)
         y = streams[0].batcher.run_many(streams[0].rows, [(s.row, x[i:i + 1]) for i, s in enumerate(streams)])
-        return c.behavior_bins(np.concatenate(y))
+        return np.concatenate(y)
 
     def prime(self, window: np.ndarray) -> None:
         """(W, C) past counts, oldest first."""
-        self.rows.prime(self.row, self.contract.scale_bins(window))
+        self.rows.prime(self.row, self._checked(window))
+
+    def _checked(self, counts: np.ndarray) -> np.ndarray:
+        """Counts in rows of the contract's channels, float32, or a ValueError at the door (not in a step)."""
+        x = np.asarray(counts, np.float32)
+        if x.ndim != 2 or x.shape[1] != self.contract.n_channels:
+            raise ValueError(f"live counts must be (bins, {self.contract.n_channels} channels), got {x.shape}")
+        return x
 
 
 # ---- the route of one stream, chosen once ------------------------------------------------------------------------
@@ -320,7 +214,7 @@ class Route:
 
     name = "?"
 
-    def __init__(self, engine, ring, lag, emit: Callable) -> None:
+    def __init__(self, engine, ring: Ring, lag: Lag, emit: Callable) -> None:
         self.engine, self.ring, self.lag, self.emit = engine, ring, lag, emit
         self.hop = lag.hop
 
@@ -334,13 +228,13 @@ class Route:
 
 
 class IncrementalRoute(Route):
-    """Every bin from the engine's incremental rows (the history needs each bin, so none is skipped). Beside other
-    sources the bins are submitted to the batcher and the bridge is back at its source at once; a lone source with
-    nothing in flight runs its own bins (no hand-off to another thread)."""
+    """Every bin from the engine's incremental rows (the history needs each bin, so none is skipped). A lone source
+    with nothing in flight steps its own row (no hand-off to another thread); beside other sources the bins are
+    submitted to the batcher and the bridge is back at its source at once."""
 
     name = "incremental"
 
-    def __init__(self, engine, ring, lag, emit: Callable, batcher: Batcher, prime: bool) -> None:
+    def __init__(self, engine, ring: Ring, lag: Lag, emit: Callable, batcher: Batcher, prime: bool) -> None:
         super().__init__(engine, ring, lag, emit)
         self.stream = engine.open_stream(batcher)
         if prime:
@@ -355,8 +249,8 @@ class IncrementalRoute(Route):
             raise error
         self.ring.push(bins)
         s, t = self.stream, stamps.tolist()
-        if self.lag.in_flight == 0 and s.rows.expected() <= 1:
-            self._decoded(t, s.push(bins), None)
+        if self.lag.in_flight == 0 and s.rows.n_open <= 1:
+            self._decoded(t, s.rows.step_lone(s.row, bins), None)
             return
         self.lag.take(len(t))
         s.submit(bins, lambda y, error: self._back(t, y, error))
@@ -374,7 +268,9 @@ class IncrementalRoute(Route):
         if not self.open:
             self.lag.drop(len(stamps), "reload")
             return
-        pending = self.lag.newest(self.pending + list(zip(stamps, y)))
+        pending = self.pending + list(zip(stamps, y))
+        if len(pending) > self.lag.limit:
+            pending = self.lag.newest(pending)
         while len(pending) >= self.hop:
             self.emit(np.stack([v for _, v in pending[:self.hop]]), [t for t, _ in pending[:self.hop]])
             pending = pending[self.hop:]

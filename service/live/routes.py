@@ -1,45 +1,14 @@
-"""The routes of a stream that decodes windows or simulates (``pipeline.py`` holds the incremental one and the
-batcher), and ``open_route``, which chooses a stream's route once."""
+"""The routes of a stream that decodes windows or simulates (``pipeline.py`` holds the incremental one, the ring and
+the lag policy; ``batcher.py`` the batcher), and ``open_route``, which chooses a stream's route once."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 
 import numpy as np
 
-from alignnet.service.live.pipeline import BATCHER, Batcher, Group, IncrementalRoute, Job, Route
-
-
-# ---- the one lag policy ------------------------------------------------------------------------------------------
-class Lag:
-    """At most ``limit`` bins of one stream wait between its newest input and the output pushed next. A backlog
-    beyond that keeps only the newest hop (``newest``: the rest are counted dropped, reason "lag"), and a stream
-    with ``limit`` bins handed to the batcher waits for them before handing more (``take``/``give``): a batcher
-    that falls behind slows its sources instead of queueing without end."""
-
-    def __init__(self, limit: int, hop: int, drop: Callable[[int, str], None]) -> None:
-        self.limit, self.hop, self.drop = int(limit), int(hop), drop
-        self.in_flight = 0
-        self._cv = threading.Condition()
-
-    def newest(self, items: list) -> list:
-        """``items`` (oldest first) cut to the newest hop when there are more than ``limit``."""
-        if len(items) <= self.limit:
-            return items
-        self.drop(len(items) - self.hop, "lag")
-        return items[-self.hop:]
-
-    def take(self, n: int, timeout: float = 5.0) -> None:
-        with self._cv:
-            if not self._cv.wait_for(lambda: self.in_flight == 0 or self.in_flight + n <= self.limit, timeout):
-                raise RuntimeError(f"the live decoder gave nothing back for {timeout:g} s")
-            self.in_flight += n
-
-    def give(self, n: int) -> None:
-        with self._cv:
-            self.in_flight -= n
-            self._cv.notify_all()
+from alignnet.service.live.batcher import BATCHER, Batcher, Group, Job
+from alignnet.service.live.pipeline import IncrementalRoute, Lag, Route
 
 
 class WindowGroup(Group):

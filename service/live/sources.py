@@ -115,16 +115,6 @@ def replay_speed(inlet, timeout: float) -> float:
     return value if np.isfinite(value) and value > 0 else 1.0
 
 
-def read_chunk(inlet, buf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Pull what is there (waiting up to 50 ms for one sample) into ``buf``; (samples, stamps), or SourceLost."""
-    try:
-        x, stamps = inlet.pull_chunk(timeout=0.05, max_samples=len(buf), dest_obj=buf, min_samples=1, as_numpy=True)
-    except pylsl.util.LostError as e:
-        raise SourceLost(str(e)) from None
-    n = len(stamps)
-    return x[:n], np.asarray(stamps, np.float64)
-
-
 class BridgeMetrics:
     """Prometheus metrics of the bridges, registered on the app's registry."""
 

@@ -14,7 +14,7 @@ from alignnet.service.http.bodies import body_schema, parse, respond, run_engine
 from alignnet.service.http.errors import error_responses
 from alignnet.service.http.schemas import DecodeRequest, SimulateRequest
 from alignnet.service.http.state import EngineDep, StateDep, in_worker
-from alignnet.service.live.pipeline import BATCHER
+from alignnet.service.live.batcher import BATCHER
 from alignnet.service.live.routes import window_group
 
 INFERENCE_ERRORS = error_responses(408, 413, 415, 422, 503)

@@ -13,7 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from alignnet.service.http.errors import error_responses
 from alignnet.service.http.guard import scrub
 from alignnet.service.http.state import EngineDep, StateDep
-from alignnet.service.live.pipeline import BATCHER
+from alignnet.service.live.batcher import BATCHER
 from alignnet.service.live.routes import window_group
 
 meta = APIRouter(tags=["metadata"])
